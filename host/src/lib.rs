@@ -1,1 +1,4 @@
+//! PostDog host kernel: tenants, storage, the sandboxed plugin runtime and the HTTP
+//! server behind the `postdog` binary.
 
+pub mod ids;
