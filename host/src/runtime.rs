@@ -1,0 +1,3 @@
+//! The sandboxed plugin runtime.
+#![allow(missing_docs)]
+pub mod bindings;
