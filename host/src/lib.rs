@@ -2,3 +2,4 @@
 //! server behind the `postdog` binary.
 
 pub mod ids;
+pub mod runtime;
