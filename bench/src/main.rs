@@ -1,1 +1,29 @@
-fn main() {}
+//! PostDog benchmark scenarios. Each prints its figures and, where a baseline exists, the
+//! ratio to that baseline measured in the same run, so noise on a shared machine cancels
+//! out. Nothing here asserts on time.
+//!
+//! `cargo run --release -p postdog-bench -- plugin-call`
+
+mod plugin_call;
+
+use clap::{Parser, Subcommand};
+
+/// PostDog benchmarks.
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Full PostDog plugin invocations vs bare wasmtime, 1 thread and all cores, plus cold
+    /// load with and without the compile cache.
+    PluginCall(plugin_call::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::PluginCall(options) => plugin_call::run(options),
+    }
+}

@@ -3,3 +3,8 @@
 
 pub mod ids;
 pub mod runtime;
+pub mod http;
+pub mod outbound_http;
+pub mod plugin_dev;
+pub mod server;
+pub mod storage;

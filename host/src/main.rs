@@ -1,1 +1,151 @@
-fn main() {}
+//! The `postdog` binary: a thin command-line front over `postdog_host`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use postdog_host::plugin_dev::{self, RunOptions};
+use postdog_host::runtime::World;
+use postdog_host::server::{self, ServeOptions};
+
+/// PostDog: open, self-hostable customer messaging.
+#[derive(Parser)]
+#[command(name = "postdog", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (SQLite in --data-dir unless DATABASE_URL is set).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Directory for the embedded database and caches.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// PostgreSQL (or SQLite) URL; overrides the embedded database.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Run database migrations and exit.
+    Migrate {
+        /// Directory for the embedded database.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// PostgreSQL (or SQLite) URL; overrides the embedded database.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Plugin author tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a component and call it once, printing the result as JSON.
+    Run {
+        /// The component (.wasm) to run.
+        component: PathBuf,
+        /// The world it must implement: flow-action, messaging-channel, social-channel, integration.
+        #[arg(long)]
+        world: World,
+        /// The function to call (default: run / send / publish / handle-webhook).
+        #[arg(long)]
+        call: Option<String>,
+        /// The input as JSON.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Configuration value KEY=VALUE (repeatable).
+        #[arg(long = "config", value_parser = plugin_dev::parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Secret KEY=VALUE (repeatable).
+        #[arg(long = "secret", value_parser = plugin_dev::parse_key_value)]
+        secrets: Vec<(String, String)>,
+        /// Capability to grant, e.g. `kv` or `http:api.example.com` (repeatable).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// Keep kv data in this directory between runs.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTDOG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("POSTDOG_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            database_url,
+        } => {
+            server::serve(
+                ServeOptions {
+                    listen,
+                    data_dir,
+                    database_url,
+                },
+                server::shutdown_signal(),
+            )
+            .await
+        }
+        Command::Migrate {
+            data_dir,
+            database_url,
+        } => server::migrate(&data_dir, database_url.as_deref())
+            .await
+            .map(|_| eprintln!("migrations are up to date")),
+        Command::Plugin {
+            command:
+                PluginCommand::Run {
+                    component,
+                    world,
+                    call,
+                    input,
+                    config,
+                    secrets,
+                    grants,
+                    data_dir,
+                },
+        } => plugin_dev::run(RunOptions {
+            component,
+            world,
+            call,
+            input,
+            config,
+            secrets,
+            grants,
+            data_dir,
+        })
+        .await
+        .map(|output| println!("{output:#}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -15,6 +15,8 @@ pub mod v0_1_0 {
             world: "sdk",
             path: "../wit",
             imports: { default: async | trappable },
+            // Serde lets `postdog plugin run` read arguments and print results as JSON.
+            additional_derives: [serde::Serialize, serde::Deserialize],
         });
     }
 

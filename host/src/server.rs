@@ -1,0 +1,135 @@
+//! Running the server: open storage (SQLite under the data directory unless
+//! `DATABASE_URL` names PostgreSQL), migrate, start the plugin runtime, serve the API
+//! until SIGINT/SIGTERM, then drain in-flight requests and close the database.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::http::{AppState, router};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::storage::Storage;
+
+/// Options of `postdog serve`.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the embedded database and the compile cache.
+    pub data_dir: PathBuf,
+    /// A database URL (`postgres://…` or `sqlite://…`); `None` uses SQLite in `data_dir`.
+    pub database_url: Option<String>,
+}
+
+/// Opens the configured database (without migrating).
+pub async fn open_storage(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Storage> {
+    match database_url {
+        Some(url) => Storage::connect(url)
+            .await
+            .with_context(|| format!("while connecting to DATABASE_URL ({})", redact(url))),
+        None => Storage::open_data_dir(data_dir)
+            .await
+            .with_context(|| format!("while opening the database in {}", data_dir.display())),
+    }
+}
+
+/// Opens and migrates the database: what `postdog migrate` does.
+pub async fn migrate(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Storage> {
+    let storage = open_storage(data_dir, database_url).await?;
+    storage.migrate().await.context("while running migrations")?;
+    Ok(storage)
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn serve(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let storage = migrate(&options.data_dir, options.database_url.as_deref()).await?;
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            cache_dir: Some(options.data_dir.join("cache").join("plugins")),
+            ..RuntimeConfig::default()
+        },
+        Some(storage.clone()),
+    )?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("while binding {}", options.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, database = storage.backend().name(), "postdog is serving");
+    let app = router(AppState {
+        storage: storage.clone(),
+        runtime,
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("while serving HTTP")?;
+    tracing::info!("shut down cleanly");
+    storage.close().await;
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// Hides the password of a database URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact("postgres://me:secret@db:5432/x"),
+            "postgres://me:***@db:5432/x"
+        );
+        assert_eq!(super::redact("postgres://me@db/x"), "postgres://me@db/x");
+        assert_eq!(super::redact("sqlite://./data/postdog.db"), "sqlite://./data/postdog.db");
+    }
+}

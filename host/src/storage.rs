@@ -1,0 +1,202 @@
+//! The storage layer: one `Storage` over SQLite (embedded default, WAL) or PostgreSQL,
+//! chosen by URL, through sqlx's `Any` driver.
+//!
+//! Rules every aggregate follows:
+//! - SQL text is shared by both backends wherever possible (`$1, $2` placeholders work on
+//!   both); backend-specific statements branch on `Storage::backend()`.
+//! - Ids are text, times `i64` Unix milliseconds, flags `i64` 0/1, JSON text, binary
+//!   `Vec<u8>`. Domain types never carry backend types.
+//! - Tenant-owned data is reachable only through a `TenantDb` (from
+//!   `Storage::tenant`), which adds the tenant id to every query. There is no way to
+//!   query a tenant-owned table without naming the tenant.
+//!
+//! Adding an aggregate: a migration with the next number in both `migrations/sqlite/`
+//! and `migrations/postgres/`; a file `storage/<aggregate>.rs` with its queries and a
+//! plain domain struct; a constructor method on `TenantDb` (tenant-owned) or `Storage`
+//! (global, like tenants themselves); tests that run on both backends (`testing`).
+
+mod plugin_kv;
+mod tenants;
+pub mod testing;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+use crate::ids::TenantId;
+
+pub use plugin_kv::{KvError, KvQuota, PluginKv};
+pub use tenants::Tenant;
+
+/// Which database a `Storage` talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite (WAL mode).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A storage failure. The source is kept for logs; callers show users a generic message.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The URL names no supported database.
+    #[error("unsupported database URL `{0}`: use postgres://… or sqlite://…")]
+    UnsupportedUrl(String),
+    /// The database could not be reached or opened.
+    #[error("cannot open the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database query failed while {context}: {source}")]
+    Query {
+        /// What the storage layer was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A file-system problem with the data directory.
+    #[error("data directory problem: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Adds what a query was for to its error.
+pub(crate) trait QueryContext<T> {
+    fn context(self, context: &'static str) -> Result<T, StorageError>;
+}
+
+impl<T> QueryContext<T> for Result<T, sqlx::Error> {
+    fn context(self, context: &'static str) -> Result<T, StorageError> {
+        self.map_err(|source| StorageError::Query { context, source })
+    }
+}
+
+/// The database. Cheap to clone (a pool handle).
+#[derive(Clone, Debug)]
+pub struct Storage {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// The current time in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Storage {
+    /// Connects to `postgres://…` or `sqlite://…` (SQLite files are created if missing).
+    pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StorageError::UnsupportedUrl(url.to_string()));
+        };
+        let options = AnyConnectOptions::from_str(url).map_err(StorageError::Connect)?;
+        let pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let pool = match backend {
+            Backend::Postgres => pool_options.max_connections(16),
+            // One writer at a time is SQLite's model; a few connections serve concurrent
+            // reads under WAL, and busy_timeout makes writers queue instead of failing.
+            Backend::Sqlite => pool_options.max_connections(4).after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection.execute("PRAGMA journal_mode = WAL").await?;
+                    connection.execute("PRAGMA busy_timeout = 10000").await?;
+                    connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    connection.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            }),
+        }
+        .connect_with(options)
+        .await
+        .map_err(StorageError::Connect)?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Opens (creating if needed) the embedded SQLite database `<dir>/postdog.db`.
+    pub async fn open_data_dir(dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("postdog.db");
+        Self::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Runs the embedded migrations of this backend that have not run yet.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
+        };
+        migrator.run(&self.pool).await.map_err(StorageError::Migrate)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("checking the database answers")
+            .map(drop)
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The handle through which all of one tenant's data is reached.
+    pub fn tenant(&self, tenant_id: &TenantId) -> TenantDb {
+        TenantDb {
+            storage: self.clone(),
+            tenant_id: tenant_id.clone(),
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// One tenant's view of the database. Every query it runs is filtered by its tenant id.
+#[derive(Clone, Debug)]
+pub struct TenantDb {
+    storage: Storage,
+    tenant_id: TenantId,
+}
+
+impl TenantDb {
+    /// The tenant this handle is scoped to.
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.tenant_id
+    }
+
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+}
