@@ -26,6 +26,8 @@ pub struct TestDatabase {
     pub storage: Storage,
     /// `sqlite` or `postgres`, for assertion messages.
     pub label: &'static str,
+    /// The database's URL (for starting a server process on it).
+    pub url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -37,6 +39,7 @@ pub async fn sqlite() -> Result<TestDatabase, StorageError> {
     Ok(TestDatabase {
         storage,
         label: "sqlite",
+        url: format!("sqlite://{}?mode=rwc", dir.path().join("postdog.db").display()),
         _dir: Some(dir),
     })
 }
@@ -74,6 +77,7 @@ pub async fn postgres() -> Result<Option<TestDatabase>, StorageError> {
     Ok(Some(TestDatabase {
         storage,
         label: "postgres",
+        url,
         _dir: None,
     }))
 }
