@@ -109,7 +109,10 @@ fn main() {
         .expect("the package has a version")
         .to_string();
     let inline = format!("{package_line}\n{wit}");
-    assert!(!inline.contains("\"#"), "the WIT must not contain a raw-string terminator");
+    assert!(
+        !inline.contains("\"#"),
+        "the WIT must not contain a raw-string terminator"
+    );
 
     let mut out = String::new();
     for (macro_name, world, trait_name, export, functions) in WORLDS {

@@ -22,11 +22,20 @@ fn watch(dir: &Path) {
 
 /// Builds the plugins and tells cargo where they are.
 pub fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("the crate sits in the repository root").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir
+        .parent()
+        .expect("the crate sits in the repository root")
+        .to_path_buf();
     let plugins = root.join("plugins");
     let target_dir = root.join("target").join("wasm");
-    for dir in [plugins.join("examples"), plugins.join("hostile"), root.join("sdk"), root.join("wit")] {
+    for dir in [
+        plugins.join("examples"),
+        plugins.join("hostile"),
+        root.join("sdk"),
+        root.join("wit"),
+    ] {
         watch(&dir);
     }
     for file in ["Cargo.toml", "Cargo.lock"] {
@@ -54,18 +63,36 @@ pub fn main() {
             && !key.starts_with("CARGO_REGISTRIES_")
             || matches!(
                 key,
-                "RUSTFLAGS" | "RUSTC" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTDOC"
-                    | "DEBUG" | "OPT_LEVEL" | "PROFILE" | "TARGET" | "HOST" | "NUM_JOBS" | "OUT_DIR"
-                    | "RUSTC_LINKER" | "CLIPPY_ARGS" | "CLIPPY_CONF_DIR"
+                "RUSTFLAGS"
+                    | "RUSTC"
+                    | "RUSTC_WRAPPER"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "RUSTDOC"
+                    | "DEBUG"
+                    | "OPT_LEVEL"
+                    | "PROFILE"
+                    | "TARGET"
+                    | "HOST"
+                    | "NUM_JOBS"
+                    | "OUT_DIR"
+                    | "RUSTC_LINKER"
+                    | "CLIPPY_ARGS"
+                    | "CLIPPY_CONF_DIR"
             )
         {
             command.env_remove(key);
         }
     }
-    let output = command.output().unwrap_or_else(|error| panic!("cannot run cargo to build the plugins: {error}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run cargo to build the plugins: {error}"));
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        if stderr.contains("wasm32-wasip2") && (stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`") || stderr.contains("can't find crate for `std`")) {
+        if stderr.contains("wasm32-wasip2")
+            && (stderr.contains("target may not be installed")
+                || stderr.contains("can't find crate for `core`")
+                || stderr.contains("can't find crate for `std`"))
+        {
             panic!(
                 "\n\nthe wasm32-wasip2 target is missing: run `rustup target add wasm32-wasip2`, then build again\n\n"
             );

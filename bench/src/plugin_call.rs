@@ -23,8 +23,8 @@ use postdog_host::ids::{InstallId, TenantId};
 use postdog_host::runtime::abi::action_types::ActionInput;
 use postdog_host::runtime::abi::worlds::flow_action::FlowActionPre;
 use postdog_host::runtime::abi::{
-    action_types, channel_types, config, contacts, http, integration_types, kv, log,
-    social_types, types,
+    action_types, channel_types, config, contacts, http, integration_types, kv, log, social_types,
+    types,
 };
 use postdog_host::runtime::{
     CacheOutcome, CallContext, Grants, LoadedPlugin, PluginConfig, Runtime, RuntimeConfig,
@@ -79,7 +79,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let plugin = cold_runtime.load(&bytes)?;
     let cold_compile = started.elapsed();
     if plugin.cache_outcome() != CacheOutcome::Miss {
-        bail!("expected a compile on the first load, got {:?}", plugin.cache_outcome());
+        bail!(
+            "expected a compile on the first load, got {:?}",
+            plugin.cache_outcome()
+        );
     }
     drop(plugin);
     drop(cold_runtime);
@@ -88,7 +91,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let plugin = runtime.load(&bytes)?;
     let cold_cached = started.elapsed();
     if plugin.cache_outcome() != CacheOutcome::Hit {
-        bail!("expected a cache hit on the second load, got {:?}", plugin.cache_outcome());
+        bail!(
+            "expected a cache hit on the second load, got {:?}",
+            plugin.cache_outcome()
+        );
     }
     println!("component: hello_action.wasm, {} bytes", bytes.len());
     println!(
@@ -102,12 +108,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     );
 
     let ctx = Arc::new(
-        CallContext::new(TenantId::new("bench-tenant"), InstallId::new("bench-install"), "hello-action")
-            .with_grants(Grants::parse(["kv"])?)
-            .with_config(PluginConfig {
-                values: [("greeting".to_string(), "Hello".to_string())].into(),
-                secrets: Default::default(),
-            }),
+        CallContext::new(
+            TenantId::new("bench-tenant"),
+            InstallId::new("bench-install"),
+            "hello-action",
+        )
+        .with_grants(Grants::parse(["kv"])?)
+        .with_config(PluginConfig {
+            values: [("greeting".to_string(), "Hello".to_string())].into(),
+            secrets: Default::default(),
+        }),
     );
     let bare = Bare::new(runtime.engine(), &bytes)?;
 
@@ -148,8 +158,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     })?;
 
-    println!("postdog, 1 thread: {:.0} inv/s ({:.1} µs/call)", postdog_1, 1e6 / postdog_1);
-    println!("bare wasmtime, 1 thread: {:.0} inv/s ({:.1} µs/call)", bare_1, 1e6 / bare_1);
+    println!(
+        "postdog, 1 thread: {:.0} inv/s ({:.1} µs/call)",
+        postdog_1,
+        1e6 / postdog_1
+    );
+    println!(
+        "bare wasmtime, 1 thread: {:.0} inv/s ({:.1} µs/call)",
+        bare_1,
+        1e6 / bare_1
+    );
     println!(
         "postdog, {threads} threads: {:.0} inv/s ({:.0} inv/s per core)",
         postdog_n,
@@ -248,15 +266,37 @@ impl Bare {
         let component = wasmtime::component::Component::new(engine, bytes)
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let mut linker = Linker::<BareState>::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let link = |r: wasmtime::Result<()>| r.map_err(|e| anyhow::anyhow!("{e:#}"));
-        link(types::add_to_linker::<_, HasSelf<BareState>>(&mut linker, |s| s))?;
-        link(action_types::add_to_linker::<_, HasSelf<BareState>>(&mut linker, |s| s))?;
-        link(log::add_to_linker::<_, HasSelf<BareState>>(&mut linker, |s| s))?;
-        link(kv::add_to_linker::<_, HasSelf<BareState>>(&mut linker, |s| s))?;
-        link(http::add_to_linker::<_, HasSelf<BareState>>(&mut linker, |s| s))?;
-        link(config::add_to_linker::<_, HasSelf<BareState>>(&mut linker, |s| s))?;
-        link(contacts::add_to_linker::<_, HasSelf<BareState>>(&mut linker, |s| s))?;
+        link(types::add_to_linker::<_, HasSelf<BareState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(action_types::add_to_linker::<_, HasSelf<BareState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(log::add_to_linker::<_, HasSelf<BareState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(kv::add_to_linker::<_, HasSelf<BareState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(http::add_to_linker::<_, HasSelf<BareState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(config::add_to_linker::<_, HasSelf<BareState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(contacts::add_to_linker::<_, HasSelf<BareState>>(
+            &mut linker,
+            |s| s,
+        ))?;
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -316,11 +356,18 @@ impl config::Host for BareState {
 }
 
 impl kv::Host for BareState {
-    async fn get(&mut self, _key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
+    async fn get(
+        &mut self,
+        _key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
         Ok(Ok(None))
     }
 
-    async fn set(&mut self, _key: String, _value: Vec<u8>) -> wasmtime::Result<Result<(), kv::KvError>> {
+    async fn set(
+        &mut self,
+        _key: String,
+        _value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), kv::KvError>> {
         Ok(Ok(()))
     }
 
@@ -328,7 +375,10 @@ impl kv::Host for BareState {
         Ok(Ok(false))
     }
 
-    async fn list_keys(&mut self, _prefix: String) -> wasmtime::Result<Result<Vec<String>, kv::KvError>> {
+    async fn list_keys(
+        &mut self,
+        _prefix: String,
+    ) -> wasmtime::Result<Result<Vec<String>, kv::KvError>> {
         Ok(Ok(Vec::new()))
     }
 }

@@ -135,7 +135,9 @@ pub enum OutboundError {
         host: String,
     },
     /// The host is or resolves to a non-public address.
-    #[error("host `{host}` is or resolves to the non-public address {address}, which plugins may not reach")]
+    #[error(
+        "host `{host}` is or resolves to the non-public address {address}, which plugins may not reach"
+    )]
     AddressDenied {
         /// The host.
         host: String,
@@ -279,8 +281,9 @@ impl OutboundHttp {
     pub fn new(config: OutboundHttpConfig) -> Result<Self, OutboundConfigError> {
         let mut overrides = HashMap::new();
         for (host, base) in &config.host_overrides {
-            let url = Url::parse(base)
-                .map_err(|error| OutboundConfigError(format!("override for `{host}`: `{base}`: {error}")))?;
+            let url = Url::parse(base).map_err(|error| {
+                OutboundConfigError(format!("override for `{host}`: `{base}`: {error}"))
+            })?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
                 return Err(OutboundConfigError(format!(
                     "override for `{host}`: `{base}` must be an http(s) base URL"
@@ -332,7 +335,8 @@ impl OutboundHttp {
             return Err(OutboundError::HostNotAllowed { host });
         }
         if let Some(base) = self.config.host_overrides.get(&host) {
-            let base = Url::parse(base).map_err(|error| OutboundError::InvalidRequest(error.to_string()))?;
+            let base = Url::parse(base)
+                .map_err(|error| OutboundError::InvalidRequest(error.to_string()))?;
             let scheme_ok = url.set_scheme(base.scheme()).is_ok();
             let host_ok = url.set_host(base.host_str()).is_ok();
             let port_ok = url.set_port(base.port()).is_ok();
@@ -376,9 +380,11 @@ impl OutboundHttp {
         allow: &AllowList,
         request: OutboundRequest,
     ) -> Result<OutboundResponse, OutboundError> {
-        let url = self.checked_url(allow, &request.url).await?;
-        let method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| OutboundError::InvalidRequest(format!("`{}` is not an HTTP method", request.method)))?;
+        // Cheap checks first; the URL check may resolve DNS.
+        let method =
+            Method::from_bytes(request.method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                OutboundError::InvalidRequest(format!("`{}` is not an HTTP method", request.method))
+            })?;
         let limit = self.config.max_request_body_bytes;
         if request.body.len() > limit {
             return Err(OutboundError::RequestTooLarge {
@@ -388,8 +394,9 @@ impl OutboundHttp {
         }
         let mut headers = HeaderMap::new();
         for (name, value) in &request.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| OutboundError::InvalidRequest(format!("`{name}` is not a valid header name")))?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                OutboundError::InvalidRequest(format!("`{name}` is not a valid header name"))
+            })?;
             if HOST_CONTROLLED_HEADERS.contains(&name.as_str()) {
                 continue;
             }
@@ -398,6 +405,7 @@ impl OutboundHttp {
             })?;
             headers.append(name, value);
         }
+        let url = self.checked_url(allow, &request.url).await?;
         let timeout = request
             .timeout
             .unwrap_or(self.config.default_timeout)
@@ -413,7 +421,10 @@ impl OutboundHttp {
                 .send()
                 .await
                 .map_err(|error| transport_error(&error, after_ms))?;
-            if response.content_length().is_some_and(|length| length > max_body as u64) {
+            if response
+                .content_length()
+                .is_some_and(|length| length > max_body as u64)
+            {
                 return Err(OutboundError::ResponseTooLarge {
                     limit: max_body as u64,
                 });
@@ -423,7 +434,10 @@ impl OutboundHttp {
                 .headers()
                 .iter()
                 .map(|(name, value)| {
-                    (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned())
+                    (
+                        name.as_str().to_string(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
                 })
                 .collect();
             let mut body = Vec::new();
@@ -481,4 +495,360 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+
+    use super::*;
+
+    #[test]
+    fn allow_list_globs() {
+        let allow = AllowList::new(["api.example.com", "*.shop.test", "Graph.Facebook.com"]);
+        for (host, allowed) in [
+            ("api.example.com", true),
+            ("API.EXAMPLE.COM", true),
+            ("api.example.com.", true),
+            ("evil-api.example.com", false),
+            ("example.com", false),
+            ("a.shop.test", true),
+            ("a.b.shop.test", true),
+            ("shop.test", false),
+            ("evilshop.test", false),
+            ("graph.facebook.com", true),
+        ] {
+            assert_eq!(allow.allows(host), allowed, "{host}");
+        }
+        assert!(AllowList::new(["*"]).allows("anything.example"));
+        assert!(!AllowList::none().allows("api.example.com"));
+    }
+
+    #[test]
+    fn non_public_addresses() {
+        for denied in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+            "ff02::1",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = denied.parse().expect("an address");
+            assert!(!is_public_address(ip), "{denied} must be refused");
+        }
+        for allowed in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "100.128.0.1",
+        ] {
+            let ip: IpAddr = allowed.parse().expect("an address");
+            assert!(is_public_address(ip), "{allowed} is public");
+        }
+    }
+
+    struct Fake {
+        base: String,
+        _shutdown: tokio::sync::oneshot::Sender<()>,
+    }
+
+    async fn fake(router: Router) -> Fake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Fake {
+            base,
+            _shutdown: shutdown,
+        }
+    }
+
+    fn client(overrides: &[(&str, &str)], config: OutboundHttpConfig) -> OutboundHttp {
+        OutboundHttp::new(OutboundHttpConfig {
+            host_overrides: overrides
+                .iter()
+                .map(|(h, b)| (h.to_string(), b.to_string()))
+                .collect(),
+            ..config
+        })
+        .expect("client")
+    }
+
+    fn get_request(url: &str) -> OutboundRequest {
+        OutboundRequest {
+            method: "GET".into(),
+            url: url.into(),
+            ..OutboundRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_are_typed() {
+        let http = client(&[], OutboundHttpConfig::default());
+        let any = AllowList::new(["*"]);
+        let only = AllowList::new(["api.example.com"]);
+        let error = http
+            .fetch(&only, get_request("https://evil.example.net/"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            OutboundError::HostNotAllowed {
+                host: "evil.example.net".into()
+            }
+        );
+        assert!(error.to_string().contains("http:evil.example.net"));
+        for url in [
+            "http://127.0.0.1/",
+            "http://[::1]:8080/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://0.0.0.0/",
+            "http://10.0.0.1/",
+            "http://192.168.0.1/",
+            "http://100.64.1.1/",
+            "http://[fd00::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://localhost/",
+            "http://LOCALHOST:9/",
+        ] {
+            let error = http.fetch(&any, get_request(url)).await.unwrap_err();
+            assert!(
+                matches!(error, OutboundError::AddressDenied { .. }),
+                "{url}: {error:?}"
+            );
+        }
+        for (url, fragment) in [
+            ("http://user:pw@api.example.com/", "credentials"),
+            ("ftp://api.example.com/", "scheme `ftp`"),
+            ("/relative", "not an absolute URL"),
+            ("file:///etc/passwd", "scheme `file`"),
+        ] {
+            let error = http.fetch(&any, get_request(url)).await.unwrap_err();
+            assert!(
+                matches!(&error, OutboundError::InvalidRequest(text) if text.contains(fragment)),
+                "{url}: {error:?}"
+            );
+        }
+        let bad_method = OutboundRequest {
+            method: "GE T".into(),
+            ..get_request("http://api.example.com/")
+        };
+        assert!(matches!(
+            http.fetch(&any, bad_method).await,
+            Err(OutboundError::InvalidRequest(_))
+        ));
+        let error = http
+            .fetch(&any, get_request("http://no-such-host.invalid/"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, OutboundError::DnsFailed { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn overrides_reach_a_loopback_fake_with_everything_intact() {
+        let server = fake(
+            Router::new()
+                .route(
+                    "/v1/echo",
+                    post(|headers: HeaderMap, body: String| async move {
+                        let token = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        (
+                            StatusCode::CREATED,
+                            [("x-seen-auth", token)],
+                            format!("got:{body}"),
+                        )
+                    }),
+                )
+                .route(
+                    "/limited",
+                    get(|| async {
+                        (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "30")],
+                            "slow down",
+                        )
+                    }),
+                )
+                .route(
+                    "/moved",
+                    get(|| async {
+                        (
+                            StatusCode::FOUND,
+                            [("location", "http://127.0.0.1:1/secret")],
+                        )
+                            .into_response()
+                    }),
+                ),
+        )
+        .await;
+        let http = client(
+            &[("api.fake.test", &server.base)],
+            OutboundHttpConfig::default(),
+        );
+        let allow = AllowList::new(["api.fake.test"]);
+        let response = http
+            .fetch(
+                &allow,
+                OutboundRequest {
+                    method: "post".into(),
+                    url: "https://api.fake.test/v1/echo?x=1".into(),
+                    headers: vec![
+                        ("Authorization".into(), "Bearer t".into()),
+                        ("Host".into(), "evil".into()),
+                    ],
+                    body: b"hello".to_vec(),
+                    timeout: None,
+                },
+            )
+            .await
+            .expect("the fake answers");
+        assert_eq!(response.status, 201);
+        assert_eq!(response.body, b"got:hello");
+        assert!(
+            response
+                .headers
+                .iter()
+                .any(|(k, v)| k == "x-seen-auth" && v == "Bearer t")
+        );
+
+        let limited = http
+            .fetch(&allow, get_request("http://api.fake.test/limited"))
+            .await
+            .expect("answers");
+        assert_eq!(limited.status, 429);
+        assert!(
+            limited
+                .headers
+                .iter()
+                .any(|(k, v)| k == "retry-after" && v == "30")
+        );
+
+        // Redirects are returned, never followed (following would bypass the checks).
+        let moved = http
+            .fetch(&allow, get_request("http://api.fake.test/moved"))
+            .await
+            .expect("answers");
+        assert_eq!(moved.status, 302);
+    }
+
+    #[tokio::test]
+    async fn sizes_and_time_are_capped() {
+        async fn streamed() -> impl IntoResponse {
+            // 10 MB in 64 KiB chunks, without a Content-Length.
+            let chunks = futures::stream::iter(
+                (0..160).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 64 * 1024])),
+            );
+            Body::from_stream(chunks)
+        }
+        let server = fake(
+            Router::new()
+                .route("/sized", get(|| async { vec![b'x'; 10 << 20] }))
+                .route("/streamed", get(streamed))
+                .route(
+                    "/slow",
+                    get(|| async {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        "late"
+                    }),
+                ),
+        )
+        .await;
+        let config = OutboundHttpConfig {
+            max_response_body_bytes: 1 << 20,
+            max_request_body_bytes: 1000,
+            ..OutboundHttpConfig::default()
+        };
+        let http = client(&[("big.fake.test", &server.base)], config);
+        let allow = AllowList::new(["big.fake.test"]);
+        for path in ["sized", "streamed"] {
+            let error = http
+                .fetch(&allow, get_request(&format!("http://big.fake.test/{path}")))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error,
+                OutboundError::ResponseTooLarge { limit: 1 << 20 },
+                "{path}"
+            );
+        }
+        let too_big = OutboundRequest {
+            method: "POST".into(),
+            body: vec![0; 1001],
+            ..get_request("http://big.fake.test/sized")
+        };
+        assert_eq!(
+            http.fetch(&allow, too_big).await.unwrap_err(),
+            OutboundError::RequestTooLarge {
+                size: 1001,
+                limit: 1000
+            }
+        );
+        let started = Instant::now();
+        let slow = OutboundRequest {
+            timeout: Some(Duration::from_millis(300)),
+            ..get_request("http://big.fake.test/slow")
+        };
+        assert_eq!(
+            http.fetch(&allow, slow).await.unwrap_err(),
+            OutboundError::Timeout { after_ms: 300 }
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        // Nothing listens on the mapped port: connection refused.
+        let closed = client(
+            &[("down.fake.test", "http://127.0.0.1:1")],
+            OutboundHttpConfig::default(),
+        );
+        let error = closed
+            .fetch(
+                &AllowList::new(["down.fake.test"]),
+                get_request("http://down.fake.test/"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, OutboundError::ConnectionFailed(_)),
+            "{error:?}"
+        );
+    }
 }

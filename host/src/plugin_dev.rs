@@ -62,7 +62,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Value> {
     let storage = Storage::open_data_dir(&data_dir)
         .await
         .with_context(|| format!("while opening the database in {}", data_dir.display()))?;
-    storage.migrate().await.context("while migrating the dev database")?;
+    storage
+        .migrate()
+        .await
+        .context("while migrating the dev database")?;
     let tenant = dev_tenant(&storage).await?;
 
     let runtime = Runtime::new(
@@ -80,12 +83,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<Value> {
         tokio::task::spawn_blocking(move || runtime.load_as(&bytes, world)).await??
     };
     let ctx = Arc::new(
-        CallContext::new(tenant, InstallId::new("dev-install"), plugin_name(&options.component))
-            .with_grants(grants)
-            .with_config(PluginConfig {
-                values: options.config.into_iter().collect(),
-                secrets: options.secrets.into_iter().collect(),
-            }),
+        CallContext::new(
+            tenant,
+            InstallId::new("dev-install"),
+            plugin_name(&options.component),
+        )
+        .with_grants(grants)
+        .with_config(PluginConfig {
+            values: options.config.into_iter().collect(),
+            secrets: options.secrets.into_iter().collect(),
+        }),
     );
     let result = call(&runtime, &plugin, &ctx, options.call.as_deref(), input).await;
     storage.close().await;
@@ -114,7 +121,9 @@ fn arg<T: serde::de::DeserializeOwned>(input: Value, what: &str) -> anyhow::Resu
 /// A friendly action input: every field optional.
 fn action_input(input: Value) -> anyhow::Result<ActionInput> {
     let Value::Object(mut fields) = input else {
-        bail!("--input for a flow action is a JSON object like {{\"config\":{{}},\"contact\":{{\"name\":\"Ada\"}},\"trigger\":{{}}}}");
+        bail!(
+            "--input for a flow action is a JSON object like {{\"config\":{{}},\"contact\":{{\"name\":\"Ada\"}},\"trigger\":{{}}}}"
+        );
     };
     let mut text = |name: &str, default: Value| fields.remove(name).unwrap_or(default);
     let run_id = text("run_id", json!("dev-run"));
@@ -124,7 +133,9 @@ fn action_input(input: Value) -> anyhow::Result<ActionInput> {
     let trigger = text("trigger", json!({}));
     let variables = text("variables", json!({}));
     if let Some(unknown) = fields.keys().next() {
-        bail!("unknown field `{unknown}` in --input; use config, contact, trigger, variables, run_id, step_id");
+        bail!(
+            "unknown field `{unknown}` in --input; use config, contact, trigger, variables, run_id, step_id"
+        );
     }
     Ok(ActionInput {
         run_id: run_id.as_str().unwrap_or("dev-run").to_string(),
@@ -136,7 +147,9 @@ fn action_input(input: Value) -> anyhow::Result<ActionInput> {
     })
 }
 
-fn outcome<T: serde::Serialize, E: serde::Serialize>(result: Result<T, E>) -> anyhow::Result<Value> {
+fn outcome<T: serde::Serialize, E: serde::Serialize>(
+    result: Result<T, E>,
+) -> anyhow::Result<Value> {
     Ok(match result {
         Ok(value) => json!({ "ok": serde_json::to_value(value)? }),
         Err(error) => json!({ "error": serde_json::to_value(error)? }),
@@ -160,9 +173,11 @@ async fn call(
         (World::FlowAction, "describe") => {
             json!({ "ok": serde_json::to_value(runtime.action_describe(plugin, ctx).await?)? })
         }
-        (World::FlowAction, "run") => {
-            outcome(runtime.action_run(plugin, ctx, &action_input(input)?).await?)?
-        }
+        (World::FlowAction, "run") => outcome(
+            runtime
+                .action_run(plugin, ctx, &action_input(input)?)
+                .await?,
+        )?,
         (World::MessagingChannel, "send") => outcome(
             runtime
                 .channel_send(plugin, ctx, &arg(input, "an outbound message")?)
@@ -186,12 +201,18 @@ async fn call(
                 .channel_submit_template(plugin, ctx, &arg(input, "a template definition")?)
                 .await?,
         )?,
-        (World::SocialChannel, "publish") => {
-            outcome(runtime.social_publish(plugin, ctx, &arg(input, "a post")?).await?)?
-        }
+        (World::SocialChannel, "publish") => outcome(
+            runtime
+                .social_publish(plugin, ctx, &arg(input, "a post")?)
+                .await?,
+        )?,
         (World::SocialChannel, "metrics") => outcome(
             runtime
-                .social_metrics(plugin, ctx, &arg::<Vec<String>>(input, "a list of post ids")?)
+                .social_metrics(
+                    plugin,
+                    ctx,
+                    &arg::<Vec<String>>(input, "a list of post ids")?,
+                )
                 .await?,
         )?,
         (World::Integration, "handle-webhook") => outcome(
@@ -206,7 +227,11 @@ async fn call(
         )?,
         (World::Integration, "sync") => {
             let cursor: Option<String> = arg(input, "a cursor (a string or null)")?;
-            outcome(runtime.integration_sync(plugin, ctx, cursor.as_deref()).await?)?
+            outcome(
+                runtime
+                    .integration_sync(plugin, ctx, cursor.as_deref())
+                    .await?,
+            )?
         }
         (world, other) => bail!(
             "`{other}` is not a function of the {world} world; use one of: {}",

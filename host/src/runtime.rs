@@ -250,8 +250,10 @@ impl Runtime {
     /// Starts a runtime. `storage` backs the `kv` import; without it kv calls report
     /// `unavailable`.
     pub fn new(config: RuntimeConfig, storage: Option<Storage>) -> Result<Self, RuntimeStartError> {
-        let start = |what: &str, error: &dyn fmt::Display| RuntimeStartError(format!("{what}: {error}"));
-        let engine = engine::build_engine(&config).map_err(|e| start("engine", &format!("{e:#}")))?;
+        let start =
+            |what: &str, error: &dyn fmt::Display| RuntimeStartError(format!("{what}: {error}"));
+        let engine =
+            engine::build_engine(&config).map_err(|e| start("engine", &format!("{e:#}")))?;
         let mut linker = Linker::<PluginState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| start("linking WASI", &format!("{e:#}")))?;
@@ -316,8 +318,7 @@ impl Runtime {
                     .map_err(invalid)?,
             ),
             World::SocialChannel => PluginPre::SocialChannel(
-                abi_v0_1_0::social_channel::SocialChannelPre::new(instance_pre)
-                    .map_err(invalid)?,
+                abi_v0_1_0::social_channel::SocialChannelPre::new(instance_pre).map_err(invalid)?,
             ),
             World::Integration => PluginPre::Integration(
                 abi_v0_1_0::integration::IntegrationPre::new(instance_pre).map_err(invalid)?,
@@ -402,7 +403,10 @@ impl Runtime {
         let ctx = &state.ctx;
         let (stdout, stdout_dropped) = state.stdout.take();
         let (stderr, stderr_dropped) = state.stderr.take();
-        for (stream, text, dropped) in [("stdout", &stdout, stdout_dropped), ("stderr", &stderr, stderr_dropped)] {
+        for (stream, text, dropped) in [
+            ("stdout", &stdout, stdout_dropped),
+            ("stderr", &stderr, stderr_dropped),
+        ] {
             if !text.is_empty() {
                 tracing::info!(
                     target: "plugin",
@@ -549,9 +553,9 @@ impl Runtime {
         ctx: &Arc<CallContext>,
         message: &channel_types::OutboundMessage,
     ) -> Result<Result<channel_types::SendReceipt, channel_types::ChannelError>, PluginError> {
-        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| instance
-            .postdog_plugin_channel()
-            .call_send(store, message))
+        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| {
+            instance.postdog_plugin_channel().call_send(store, message)
+        })
     }
 
     /// `channel.verify-webhook` of a messaging-channel plugin.
@@ -561,9 +565,11 @@ impl Runtime {
         ctx: &Arc<CallContext>,
         request: &types::HttpRequest,
     ) -> Result<Result<types::HttpResponse, channel_types::ChannelError>, PluginError> {
-        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| instance
-            .postdog_plugin_channel()
-            .call_verify_webhook(store, request))
+        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| {
+            instance
+                .postdog_plugin_channel()
+                .call_verify_webhook(store, request)
+        })
     }
 
     /// `channel.handle-webhook` of a messaging-channel plugin.
@@ -574,9 +580,11 @@ impl Runtime {
         request: &types::HttpRequest,
     ) -> Result<Result<channel_types::WebhookOutcome, channel_types::ChannelError>, PluginError>
     {
-        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| instance
-            .postdog_plugin_channel()
-            .call_handle_webhook(store, request))
+        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| {
+            instance
+                .postdog_plugin_channel()
+                .call_handle_webhook(store, request)
+        })
     }
 
     /// `channel.submit-template` of a messaging-channel plugin.
@@ -586,9 +594,11 @@ impl Runtime {
         ctx: &Arc<CallContext>,
         template: &channel_types::TemplateDefinition,
     ) -> Result<Result<channel_types::TemplateInfo, channel_types::ChannelError>, PluginError> {
-        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| instance
-            .postdog_plugin_channel()
-            .call_submit_template(store, template))
+        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| {
+            instance
+                .postdog_plugin_channel()
+                .call_submit_template(store, template)
+        })
     }
 
     /// `channel.list-templates` of a messaging-channel plugin.
@@ -598,9 +608,9 @@ impl Runtime {
         ctx: &Arc<CallContext>,
     ) -> Result<Result<Vec<channel_types::TemplateInfo>, channel_types::ChannelError>, PluginError>
     {
-        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| instance
-            .postdog_plugin_channel()
-            .call_list_templates(store))
+        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| {
+            instance.postdog_plugin_channel().call_list_templates(store)
+        })
     }
 
     /// `social.publish` of a social-channel plugin.
@@ -621,7 +631,8 @@ impl Runtime {
         plugin: &LoadedPlugin,
         ctx: &Arc<CallContext>,
         remote_ids: &[String],
-    ) -> Result<Result<Vec<social_types::PostMetrics>, social_types::SocialError>, PluginError> {
+    ) -> Result<Result<Vec<social_types::PostMetrics>, social_types::SocialError>, PluginError>
+    {
         invoke!(self, plugin, ctx, SocialChannel, |instance, store| instance
             .postdog_plugin_social()
             .call_metrics(store, remote_ids))

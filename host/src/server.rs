@@ -39,7 +39,10 @@ pub async fn open_storage(data_dir: &Path, database_url: Option<&str>) -> anyhow
 /// Opens and migrates the database: what `postdog migrate` does.
 pub async fn migrate(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Storage> {
     let storage = open_storage(data_dir, database_url).await?;
-    storage.migrate().await.context("while running migrations")?;
+    storage
+        .migrate()
+        .await
+        .context("while running migrations")?;
     Ok(storage)
 }
 
@@ -130,6 +133,9 @@ mod tests {
             "postgres://me:***@db:5432/x"
         );
         assert_eq!(super::redact("postgres://me@db/x"), "postgres://me@db/x");
-        assert_eq!(super::redact("sqlite://./data/postdog.db"), "sqlite://./data/postdog.db");
+        assert_eq!(
+            super::redact("sqlite://./data/postdog.db"),
+            "sqlite://./data/postdog.db"
+        );
     }
 }

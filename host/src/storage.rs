@@ -119,15 +119,17 @@ impl Storage {
             Backend::Postgres => pool_options.max_connections(16),
             // One writer at a time is SQLite's model; a few connections serve concurrent
             // reads under WAL, and busy_timeout makes writers queue instead of failing.
-            Backend::Sqlite => pool_options.max_connections(4).after_connect(|connection, _| {
-                Box::pin(async move {
-                    connection.execute("PRAGMA journal_mode = WAL").await?;
-                    connection.execute("PRAGMA busy_timeout = 10000").await?;
-                    connection.execute("PRAGMA synchronous = NORMAL").await?;
-                    connection.execute("PRAGMA foreign_keys = ON").await?;
-                    Ok(())
-                })
-            }),
+            Backend::Sqlite => pool_options
+                .max_connections(4)
+                .after_connect(|connection, _| {
+                    Box::pin(async move {
+                        connection.execute("PRAGMA journal_mode = WAL").await?;
+                        connection.execute("PRAGMA busy_timeout = 10000").await?;
+                        connection.execute("PRAGMA synchronous = NORMAL").await?;
+                        connection.execute("PRAGMA foreign_keys = ON").await?;
+                        Ok(())
+                    })
+                }),
         }
         .connect_with(options)
         .await
@@ -148,7 +150,10 @@ impl Storage {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
         };
-        migrator.run(&self.pool).await.map_err(StorageError::Migrate)
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(StorageError::Migrate)
     }
 
     /// Which database this is.

@@ -24,12 +24,16 @@ pub trait Channel {
 
     /// Submits a template for review. Default: unsupported.
     fn submit_template(_template: TemplateDefinition) -> Result<TemplateInfo, ChannelError> {
-        Err(ChannelError::Unsupported("this channel has no templates".into()))
+        Err(ChannelError::Unsupported(
+            "this channel has no templates".into(),
+        ))
     }
 
     /// Lists the provider's templates. Default: unsupported.
     fn list_templates() -> Result<Vec<TemplateInfo>, ChannelError> {
-        Err(ChannelError::Unsupported("this channel has no templates".into()))
+        Err(ChannelError::Unsupported(
+            "this channel has no templates".into(),
+        ))
     }
 }
 

@@ -13,7 +13,11 @@ pub struct ConfigMissing {
 
 impl std::fmt::Display for ConfigMissing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = if self.secret { "secret" } else { "configuration value" };
+        let kind = if self.secret {
+            "secret"
+        } else {
+            "configuration value"
+        };
         write!(f, "the {kind} `{}` is not set for this install", self.key)
     }
 }

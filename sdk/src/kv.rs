@@ -33,15 +33,18 @@ pub fn list_keys(prefix: &str) -> Result<Vec<String>, KvError> {
 pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, KvError> {
     match get(key)? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|error| KvError::Unavailable(format!("the value of `{key}` is not the expected JSON: {error}"))),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|error| {
+            KvError::Unavailable(format!(
+                "the value of `{key}` is not the expected JSON: {error}"
+            ))
+        }),
     }
 }
 
 /// Stores `value` as JSON under `key`.
 pub fn set_json<T: Serialize>(key: &str, value: &T) -> Result<(), KvError> {
-    let bytes = serde_json::to_vec(value)
-        .map_err(|error| KvError::Unavailable(format!("cannot encode the value of `{key}`: {error}")))?;
+    let bytes = serde_json::to_vec(value).map_err(|error| {
+        KvError::Unavailable(format!("cannot encode the value of `{key}`: {error}"))
+    })?;
     set(key, &bytes)
 }

@@ -18,7 +18,11 @@ impl MessageContent {
     }
 
     /// An approved template with its components (the channel's JSON shape).
-    pub fn template(name: impl Into<String>, language: impl Into<String>, components: Value) -> Self {
+    pub fn template(
+        name: impl Into<String>,
+        language: impl Into<String>,
+        components: Value,
+    ) -> Self {
         MessageContent::Template(TemplateMessage {
             name: name.into(),
             language: language.into(),
@@ -83,7 +87,9 @@ impl HttpRequest {
 
 fn percent_decode(text: &str) -> String {
     fn hex(byte: u8) -> Option<u8> {
-        (byte as char).to_digit(16).and_then(|digit| u8::try_from(digit).ok())
+        (byte as char)
+            .to_digit(16)
+            .and_then(|digit| u8::try_from(digit).ok())
     }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -91,7 +97,10 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' => match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
                 (Some(high), Some(low)) => {
                     out.push(high * 16 + low);
                     i += 2;

@@ -19,7 +19,8 @@ pub fn plugin_path(name: &str) -> PathBuf {
 /// When the plugin was not built (the build script builds every member of `plugins/`).
 pub fn plugin_bytes(name: &str) -> Vec<u8> {
     let path = plugin_path(name);
-    std::fs::read(&path).unwrap_or_else(|error| panic!("plugin {} is missing: {error}", path.display()))
+    std::fs::read(&path)
+        .unwrap_or_else(|error| panic!("plugin {} is missing: {error}", path.display()))
 }
 
 use std::collections::HashMap;

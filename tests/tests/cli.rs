@@ -13,27 +13,43 @@ use serde_json::Value;
 /// The `postdog` binary of this build (`cargo test --workspace` builds it).
 fn postdog() -> Command {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
     let binary: PathBuf = dir.join("postdog");
-    assert!(binary.exists(), "{} is missing: run `cargo build -p postdog-host` (cargo test --workspace does)", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p postdog-host` (cargo test --workspace does)",
+        binary.display()
+    );
     let mut command = Command::new(binary);
-    command.env_remove("DATABASE_URL").env("POSTDOG_LOG", "info");
+    command
+        .env_remove("DATABASE_URL")
+        .env("POSTDOG_LOG", "info");
     command
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 async fn wait_healthy(url: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(response) = reqwest::get(url).await {
-            if response.status() == 200 {
-                return response.json().await.expect("healthz answers JSON");
-            }
+        if let Ok(response) = reqwest::get(url).await
+            && response.status() == 200
+        {
+            return response.json().await.expect("healthz answers JSON");
         }
-        assert!(Instant::now() < deadline, "the server did not become healthy at {url}");
+        assert!(
+            Instant::now() < deadline,
+            "the server did not become healthy at {url}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -43,7 +59,12 @@ async fn serve_and_stop(database_url: Option<String>, expected_backend: &str) {
     let port = free_port();
     let mut command = postdog();
     command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(data.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -55,14 +76,25 @@ async fn serve_and_stop(database_url: Option<String>, expected_backend: &str) {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["database"], expected_backend);
     if database_url.is_none() {
-        assert!(data.path().join("postdog.db").exists(), "SQLite lives in the data directory");
+        assert!(
+            data.path().join("postdog.db").exists(),
+            "SQLite lives in the data directory"
+        );
     }
     // Unknown routes get a problem document, not a bare 404.
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/nope")).await.expect("request");
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/nope"))
+        .await
+        .expect("request");
     assert_eq!(response.status(), 404);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     let exit = loop {
@@ -75,7 +107,10 @@ async fn serve_and_stop(database_url: Option<String>, expected_backend: &str) {
     let output = child.wait_with_output().expect("output");
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(exit.success(), "exit {exit:?}; log:\n{log}");
-    assert!(log.contains("SIGTERM received") && log.contains("shut down cleanly"), "log:\n{log}");
+    assert!(
+        log.contains("SIGTERM received") && log.contains("shut down cleanly"),
+        "log:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -96,8 +131,17 @@ async fn serve_on_postgres_when_database_url_is_set() {
 fn migrate_is_idempotent() {
     let data = tempfile::tempdir().expect("tempdir");
     for _ in 0..2 {
-        let output = postdog().arg("migrate").arg("--data-dir").arg(data.path()).output().expect("runs");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let output = postdog()
+            .arg("migrate")
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .expect("runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(String::from_utf8_lossy(&output.stderr).contains("migrations are up to date"));
     }
 }
@@ -107,14 +151,32 @@ fn plugin_run_calls_a_component_and_prints_json() {
     let output = postdog()
         .args(["plugin", "run"])
         .arg(plugin_path("hello_action"))
-        .args(["--world", "flow-action", "--grant", "kv", "--config", "greeting=Bonjour"])
-        .args(["--input", r#"{"contact":{"id":"c1","name":"Ada"},"config":{"count_greetings":true}}"#])
+        .args([
+            "--world",
+            "flow-action",
+            "--grant",
+            "kv",
+            "--config",
+            "greeting=Bonjour",
+        ])
+        .args([
+            "--input",
+            r#"{"contact":{"id":"c1","name":"Ada"},"config":{"count_greetings":true}}"#,
+        ])
         .output()
         .expect("runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let printed: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
-    let result: Value = serde_json::from_str(printed["ok"]["output"].as_str().expect("output")).expect("JSON");
-    assert_eq!(result, serde_json::json!({"message": "Bonjour, Ada!", "count": 1}));
+    let result: Value =
+        serde_json::from_str(printed["ok"]["output"].as_str().expect("output")).expect("JSON");
+    assert_eq!(
+        result,
+        serde_json::json!({"message": "Bonjour, Ada!", "count": 1})
+    );
     // The plugin's log line reaches the author's terminal.
     assert!(String::from_utf8_lossy(&output.stderr).contains("greeting Ada"));
 
@@ -132,23 +194,72 @@ fn plugin_run_calls_a_component_and_prints_json() {
 #[test]
 fn plugin_run_explains_what_is_wrong() {
     let cases: [(Vec<String>, &str); 4] = [
-        (vec![plugin_path("echo_channel").display().to_string(), "--world".into(), "flow-action".into()], "implements the `messaging-channel` world, but a `flow-action` plugin is required"),
-        (vec![plugin_path("hello_action").display().to_string(), "--world".into(), "flow-action".into(), "--input".into(), "{oops".into()], "--input is not valid JSON"),
-        (vec![plugin_path("hello_action").display().to_string(), "--world".into(), "flow-action".into(), "--grant".into(), "filesystem".into()], "unknown capability `filesystem`"),
-        (vec![plugin_path("hostile_panic").display().to_string(), "--world".into(), "flow-action".into()], "hostile plugin panicked on purpose"),
+        (
+            vec![
+                plugin_path("echo_channel").display().to_string(),
+                "--world".into(),
+                "flow-action".into(),
+            ],
+            "implements the `messaging-channel` world, but a `flow-action` plugin is required",
+        ),
+        (
+            vec![
+                plugin_path("hello_action").display().to_string(),
+                "--world".into(),
+                "flow-action".into(),
+                "--input".into(),
+                "{oops".into(),
+            ],
+            "--input is not valid JSON",
+        ),
+        (
+            vec![
+                plugin_path("hello_action").display().to_string(),
+                "--world".into(),
+                "flow-action".into(),
+                "--grant".into(),
+                "filesystem".into(),
+            ],
+            "unknown capability `filesystem`",
+        ),
+        (
+            vec![
+                plugin_path("hostile_panic").display().to_string(),
+                "--world".into(),
+                "flow-action".into(),
+            ],
+            "hostile plugin panicked on purpose",
+        ),
     ];
     for (args, expected) in cases {
-        let output = postdog().args(["plugin", "run"]).args(&args).output().expect("runs");
+        let output = postdog()
+            .args(["plugin", "run"])
+            .args(&args)
+            .output()
+            .expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} should fail");
-        assert!(stderr.contains(expected), "{args:?}: expected `{expected}` in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected `{expected}` in:\n{stderr}"
+        );
         // (A guest's own panic message is quoted from its stderr; the host's threads must
         // never panic.)
-        let host_panic = stderr.lines().any(|line| line.contains("panicked at") && !line.contains("'<unnamed>'"));
+        let host_panic = stderr
+            .lines()
+            .any(|line| line.contains("panicked at") && !line.contains("'<unnamed>'"));
         assert!(!host_panic, "the host must not panic: {stderr}");
     }
     let core = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(core.path(), b"\0asm\x01\0\0\0").expect("write");
-    let output = postdog().args(["plugin", "run"]).arg(core.path()).args(["--world", "flow-action"]).output().expect("runs");
-    assert!(String::from_utf8_lossy(&output.stderr).contains("core WebAssembly module, not a component"));
+    let output = postdog()
+        .args(["plugin", "run"])
+        .arg(core.path())
+        .args(["--world", "flow-action"])
+        .output()
+        .expect("runs");
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("core WebAssembly module, not a component")
+    );
 }

@@ -22,7 +22,11 @@ async fn assert_healthy(runtime: &Runtime) {
     let hello = load(runtime, "hello_action");
     let ctx = context(&TenantId::new("t-good"), "good", &[], &[], &[]);
     let result = runtime
-        .action_run(&hello, &ctx, &action_input(json!({}), Some(json!({"name": "Ada"}))))
+        .action_run(
+            &hello,
+            &ctx,
+            &action_input(json!({}), Some(json!({"name": "Ada"}))),
+        )
         .await
         .expect("the good call succeeds")
         .expect("hello-action succeeds");
@@ -44,9 +48,14 @@ async fn run_hostile_with(
     let mut ctx = (*context(&TenantId::new("t-hostile"), "hostile", &[], &[], &[])).clone();
     ctx.limits = limits;
     let result = runtime
-        .action_run(&plugin, &std::sync::Arc::new(ctx), &action_input(config, None))
+        .action_run(
+            &plugin,
+            &std::sync::Arc::new(ctx),
+            &action_input(config, None),
+        )
         .await?;
-    let result = result.unwrap_or_else(|error| panic!("{name} returned an action error: {error:?}"));
+    let result =
+        result.unwrap_or_else(|error| panic!("{name} returned an action error: {error:?}"));
     Ok(serde_json::from_str(&result.output).expect("JSON output"))
 }
 
@@ -54,9 +63,14 @@ async fn run_hostile_with(
 async fn infinite_loop_is_stopped_at_the_deadline() {
     let runtime = runtime_with(None, None, &[]);
     let started = std::time::Instant::now();
-    let error = run_hostile(&runtime, "hostile_infinite_loop", json!({})).await.unwrap_err();
+    let error = run_hostile(&runtime, "hostile_infinite_loop", json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(error, PluginError::Timeout { limit_ms: 1000 });
-    assert!(started.elapsed() < Duration::from_secs(10), "stopped promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped promptly"
+    );
     assert!(error.to_string().contains("time limit of 1000 ms"));
     assert_healthy(&runtime).await;
 }
@@ -64,15 +78,24 @@ async fn infinite_loop_is_stopped_at_the_deadline() {
 #[tokio::test]
 async fn unbounded_memory_growth_hits_the_memory_limit() {
     let runtime = runtime_with(None, None, &[]);
-    let error = run_hostile(&runtime, "hostile_memory_hog", json!({})).await.unwrap_err();
-    assert_eq!(error, PluginError::MemoryLimit { limit_bytes: 64 << 20 });
+    let error = run_hostile(&runtime, "hostile_memory_hog", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        PluginError::MemoryLimit {
+            limit_bytes: 64 << 20
+        }
+    );
     assert_healthy(&runtime).await;
 }
 
 #[tokio::test]
 async fn deep_recursion_overflows_the_stack() {
     let runtime = runtime_with(None, None, &[]);
-    let error = run_hostile(&runtime, "hostile_deep_recursion", json!({})).await.unwrap_err();
+    let error = run_hostile(&runtime, "hostile_deep_recursion", json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(error, PluginError::StackOverflow);
     assert_healthy(&runtime).await;
 }
@@ -85,14 +108,29 @@ async fn a_100_mb_return_value_is_refused() {
         memory_bytes: 400 << 20,
         timeout: Duration::from_secs(20),
     };
-    let error = run_hostile_with(&runtime, "hostile_big_return", json!({"size_mb": 100}), Some(limits))
-        .await
-        .unwrap_err();
-    assert_eq!(error, PluginError::TransferTooLarge { limit_bytes: 8 << 20 });
+    let error = run_hostile_with(
+        &runtime,
+        "hostile_big_return",
+        json!({"size_mb": 100}),
+        Some(limits),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error,
+        PluginError::TransferTooLarge {
+            limit_bytes: 8 << 20
+        }
+    );
     // Within the limit the same plugin works: the limit is the cause, not the plugin.
-    let small = run_hostile_with(&runtime, "hostile_big_return", json!({"size_mb": 1}), Some(limits))
-        .await
-        .expect("a 1 MB output is accepted");
+    let small = run_hostile_with(
+        &runtime,
+        "hostile_big_return",
+        json!({"size_mb": 1}),
+        Some(limits),
+    )
+    .await
+    .expect("a 1 MB output is accepted");
     assert_eq!(small.as_str().map(str::len), Some((1 << 20) - 2));
     assert_healthy(&runtime).await;
 }
@@ -100,12 +138,21 @@ async fn a_100_mb_return_value_is_refused() {
 #[tokio::test]
 async fn a_panic_is_a_trap_that_quotes_the_message() {
     let runtime = runtime_with(None, None, &[]);
-    let error = run_hostile(&runtime, "hostile_panic", json!({})).await.unwrap_err();
+    let error = run_hostile(&runtime, "hostile_panic", json!({}))
+        .await
+        .unwrap_err();
     let PluginError::Trap { stderr, .. } = &error else {
         panic!("expected a trap, got {error:?}");
     };
-    assert!(stderr.contains("hostile plugin panicked on purpose"), "stderr: {stderr}");
-    assert!(error.to_string().contains("hostile plugin panicked on purpose"));
+    assert!(
+        stderr.contains("hostile plugin panicked on purpose"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("hostile plugin panicked on purpose")
+    );
     assert_healthy(&runtime).await;
 }
 
@@ -121,28 +168,37 @@ async fn probe_http(runtime: &Runtime, capabilities: &[&str], url: &str) -> Valu
 }
 
 fn error_kind(output: &Value) -> &str {
-    output["error"]["kind"].as_str().unwrap_or_else(|| panic!("expected an error, got {output}"))
+    output["error"]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error, got {output}"))
 }
 
 #[tokio::test]
 async fn http_is_refused_outside_the_grants_and_to_internal_addresses() {
-    let big = FakeServer::start(Router::new().route(
-        "/big",
-        get(|| async { vec![b'x'; 6 << 20] }),
-    ))
-    .await;
+    let big =
+        FakeServer::start(Router::new().route("/big", get(|| async { vec![b'x'; 6 << 20] }))).await;
     let ok = FakeServer::start(Router::new().route("/ok", get(|| async { "fine" }))).await;
     let runtime = runtime_with(
         None,
         None,
-        &[("big.fake.test", big.base_url()), ("ok.fake.test", ok.base_url())],
+        &[
+            ("big.fake.test", big.base_url()),
+            ("ok.fake.test", ok.base_url()),
+        ],
     );
     // No http grant at all.
-    assert_eq!(error_kind(&probe_http(&runtime, &[], "http://ok.fake.test/ok").await), "denied");
+    assert_eq!(
+        error_kind(&probe_http(&runtime, &[], "http://ok.fake.test/ok").await),
+        "denied"
+    );
     // A host that is not granted.
     let output = probe_http(&runtime, &["http:ok.fake.test"], "http://evil.example.com/").await;
     assert_eq!(error_kind(&output), "host-not-allowed");
-    assert!(output["error"]["detail"].as_str().is_some_and(|d| d.contains("http:evil.example.com")));
+    assert!(
+        output["error"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("http:evil.example.com"))
+    );
     // Loopback, metadata and a name that resolves to loopback, even when granted ("*").
     for url in [
         "http://127.0.0.1:1/",
@@ -155,7 +211,12 @@ async fn http_is_refused_outside_the_grants_and_to_internal_addresses() {
         assert_eq!(error_kind(&output), "address-denied", "{url}: {output}");
     }
     // An oversized response (6 MB against the 4 MiB cap) from an operator-mapped fake.
-    let output = probe_http(&runtime, &["http:big.fake.test"], "http://big.fake.test/big").await;
+    let output = probe_http(
+        &runtime,
+        &["http:big.fake.test"],
+        "http://big.fake.test/big",
+    )
+    .await;
     assert_eq!(error_kind(&output), "response-too-large");
     // The granted, mapped host works.
     let output = probe_http(&runtime, &["http:ok.fake.test"], "http://ok.fake.test/ok").await;
@@ -163,7 +224,13 @@ async fn http_is_refused_outside_the_grants_and_to_internal_addresses() {
     assert_healthy(&runtime).await;
 }
 
-async fn kv_probe(runtime: &Runtime, tenant: &TenantId, install: &str, capabilities: &[&str], op: Value) -> Value {
+async fn kv_probe(
+    runtime: &Runtime,
+    tenant: &TenantId,
+    install: &str,
+    capabilities: &[&str],
+    op: Value,
+) -> Value {
     let plugin = load(runtime, "hostile_kv_probe");
     let ctx = context(tenant, install, capabilities, &[], &[]);
     let result = runtime
@@ -179,49 +246,139 @@ async fn kv_quota_and_isolation_hold_on_every_backend() {
     for database in testing::all_backends().await.expect("test databases") {
         let storage = database.storage.clone();
         let label = database.label;
-        let tenant_a = storage.create_tenant("A", "starter").await.expect("tenant A").id;
-        let tenant_b = storage.create_tenant("B", "starter").await.expect("tenant B").id;
+        let tenant_a = storage
+            .create_tenant("A", "starter")
+            .await
+            .expect("tenant A")
+            .id;
+        let tenant_b = storage
+            .create_tenant("B", "starter")
+            .await
+            .expect("tenant B")
+            .id;
         let runtime = runtime_with(Some(storage.clone()), None, &[]);
         let kv = &["kv"];
 
         // Without the grant: denied.
-        let output = kv_probe(&runtime, &tenant_a, "one", &[], json!({"op": "get", "key": "k"})).await;
+        let output = kv_probe(
+            &runtime,
+            &tenant_a,
+            "one",
+            &[],
+            json!({"op": "get", "key": "k"}),
+        )
+        .await;
         assert_eq!(error_kind(&output), "denied", "{label}");
 
         // A secret under tenant A, install "one".
-        let output = kv_probe(&runtime, &tenant_a, "one", kv, json!({"op": "set", "key": "secret", "value": "A-data"})).await;
+        let output = kv_probe(
+            &runtime,
+            &tenant_a,
+            "one",
+            kv,
+            json!({"op": "set", "key": "secret", "value": "A-data"}),
+        )
+        .await;
         assert_eq!(output, json!({"ok": null}), "{label}");
         // Another install of the same tenant, and another tenant's install with the same
         // install id, see nothing of it and cannot delete it.
         for (tenant, install) in [(&tenant_a, "two"), (&tenant_b, "one")] {
-            let get = kv_probe(&runtime, tenant, install, kv, json!({"op": "get", "key": "secret"})).await;
-            assert_eq!(get, json!({"ok": null}), "{label}: {tenant}/{install} read another's key");
-            let list = kv_probe(&runtime, tenant, install, kv, json!({"op": "list", "prefix": ""})).await;
+            let get = kv_probe(
+                &runtime,
+                tenant,
+                install,
+                kv,
+                json!({"op": "get", "key": "secret"}),
+            )
+            .await;
+            assert_eq!(
+                get,
+                json!({"ok": null}),
+                "{label}: {tenant}/{install} read another's key"
+            );
+            let list = kv_probe(
+                &runtime,
+                tenant,
+                install,
+                kv,
+                json!({"op": "list", "prefix": ""}),
+            )
+            .await;
             assert_eq!(list, json!({"ok": []}), "{label}");
-            let delete = kv_probe(&runtime, tenant, install, kv, json!({"op": "delete", "key": "secret"})).await;
+            let delete = kv_probe(
+                &runtime,
+                tenant,
+                install,
+                kv,
+                json!({"op": "delete", "key": "secret"}),
+            )
+            .await;
             assert_eq!(delete, json!({"ok": false}), "{label}");
         }
-        let get = kv_probe(&runtime, &tenant_a, "one", kv, json!({"op": "get", "key": "secret"})).await;
-        assert_eq!(get, json!({"ok": "A-data"}), "{label}: the owner still reads its value");
+        let get = kv_probe(
+            &runtime,
+            &tenant_a,
+            "one",
+            kv,
+            json!({"op": "get", "key": "secret"}),
+        )
+        .await;
+        assert_eq!(
+            get,
+            json!({"ok": "A-data"}),
+            "{label}: the owner still reads its value"
+        );
 
         // Beyond the quota: one value too large, then the install's total.
-        let output = kv_probe(&runtime, &tenant_a, "one", kv, json!({"op": "set_size", "key": "huge", "bytes": 70_000})).await;
+        let output = kv_probe(
+            &runtime,
+            &tenant_a,
+            "one",
+            kv,
+            json!({"op": "set_size", "key": "huge", "bytes": 70_000}),
+        )
+        .await;
         assert_eq!(error_kind(&output), "too-large", "{label}");
         let mut refused = None;
         for index in 0..40 {
-            let output = kv_probe(&runtime, &tenant_a, "one", kv, json!({"op": "set_size", "key": format!("fill-{index:02}"), "bytes": 60_000})).await;
+            let output = kv_probe(
+                &runtime,
+                &tenant_a,
+                "one",
+                kv,
+                json!({"op": "set_size", "key": format!("fill-{index:02}"), "bytes": 60_000}),
+            )
+            .await;
             if output.get("error").is_some() {
                 refused = Some((index, output));
                 break;
             }
         }
-        let (index, output) = refused.unwrap_or_else(|| panic!("{label}: the 1 MiB quota was never enforced"));
+        let (index, output) =
+            refused.unwrap_or_else(|| panic!("{label}: the 1 MiB quota was never enforced"));
         assert_eq!(error_kind(&output), "quota-exceeded", "{label}");
-        assert_eq!(index, 17, "{label}: 17 values of 60 kB fit in 1 MiB, the 18th does not");
+        assert_eq!(
+            index, 17,
+            "{label}: 17 values of 60 kB fit in 1 MiB, the 18th does not"
+        );
         // Nothing stored was lost or changed by the refusals.
-        let get = kv_probe(&runtime, &tenant_a, "one", kv, json!({"op": "get", "key": "secret"})).await;
+        let get = kv_probe(
+            &runtime,
+            &tenant_a,
+            "one",
+            kv,
+            json!({"op": "get", "key": "secret"}),
+        )
+        .await;
         assert_eq!(get, json!({"ok": "A-data"}), "{label}");
-        let list = kv_probe(&runtime, &tenant_a, "one", kv, json!({"op": "list", "prefix": "fill-"})).await;
+        let list = kv_probe(
+            &runtime,
+            &tenant_a,
+            "one",
+            kv,
+            json!({"op": "list", "prefix": "fill-"}),
+        )
+        .await;
         assert_eq!(list["ok"].as_array().map(Vec::len), Some(17), "{label}");
         assert_healthy(&runtime).await;
     }
@@ -240,16 +397,27 @@ async fn wrong_world_core_module_and_garbage_are_refused_at_load() {
     );
     // The smallest valid core module: magic + version 1, no sections.
     let core_module = b"\0asm\x01\0\0\0".to_vec();
-    assert_eq!(runtime.load(&core_module).unwrap_err(), PluginError::CoreModule);
+    assert_eq!(
+        runtime.load(&core_module).unwrap_err(),
+        PluginError::CoreModule
+    );
     // Random bytes.
-    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let random: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     assert_eq!(runtime.load(&random).unwrap_err(), PluginError::NotWasm);
     // A component header followed by garbage.
     let mut broken = b"\0asm\x0d\0\x01\0".to_vec();
     broken.extend_from_slice(&random);
-    assert!(matches!(runtime.load(&broken).unwrap_err(), PluginError::Invalid { .. }));
+    assert!(matches!(
+        runtime.load(&broken).unwrap_err(),
+        PluginError::Invalid { .. }
+    ));
     // A truncated real component.
     let hello = plugin_bytes("hello_action");
-    assert!(matches!(runtime.load(&hello[..hello.len() / 2]).unwrap_err(), PluginError::Invalid { .. }));
+    assert!(matches!(
+        runtime.load(&hello[..hello.len() / 2]).unwrap_err(),
+        PluginError::Invalid { .. }
+    ));
     assert_healthy(&runtime).await;
 }

@@ -36,10 +36,19 @@ async fn hostile_round(runtime: &Runtime) {
     let calls = (0..8).map(|index| {
         let (runtime, hog) = (runtime.clone(), hog.clone());
         let ctx = context(&tenant, &format!("hog-{index}"), &[], &[], &[]);
-        async move { runtime.action_run(&hog, &ctx, &action_input(json!({}), None)).await }
+        async move {
+            runtime
+                .action_run(&hog, &ctx, &action_input(json!({}), None))
+                .await
+        }
     });
     for result in futures::future::join_all(calls).await {
-        assert_eq!(result.unwrap_err(), PluginError::MemoryLimit { limit_bytes: 64 << 20 });
+        assert_eq!(
+            result.expect_err("the hog must be stopped"),
+            PluginError::MemoryLimit {
+                limit_bytes: 64 << 20
+            }
+        );
     }
     let mut ctx = (*context(&tenant, "big", &[], &[], &[])).clone();
     ctx.limits = Some(CallLimits {
@@ -50,11 +59,18 @@ async fn hostile_round(runtime: &Runtime) {
     let error = runtime
         .action_run(&big, &ctx, &action_input(json!({"size_mb": 100}), None))
         .await
-        .unwrap_err();
-    assert_eq!(error, PluginError::TransferTooLarge { limit_bytes: 8 << 20 });
+        .expect_err("a 100 MB result must be refused");
+    assert_eq!(
+        error,
+        PluginError::TransferTooLarge {
+            limit_bytes: 8 << 20
+        }
+    );
     let ctx = context(&tenant, "panic", &[], &[], &[]);
     assert!(matches!(
-        runtime.action_run(&panic, &ctx, &action_input(json!({}), None)).await,
+        runtime
+            .action_run(&panic, &ctx, &action_input(json!({}), None))
+            .await,
         Err(PluginError::Trap { .. })
     ));
 }

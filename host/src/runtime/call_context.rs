@@ -144,8 +144,18 @@ mod tests {
         let grants = Grants::parse(["kv", "http:api.example.com", "contacts:write"])
             .expect("valid capabilities");
         assert!(grants.kv && grants.contacts_read && grants.contacts_write);
-        assert!(grants.http.as_ref().is_some_and(|allow| allow.allows("api.example.com")));
-        assert!(grants.http.as_ref().is_some_and(|allow| !allow.allows("evil.example.net")));
+        assert!(
+            grants
+                .http
+                .as_ref()
+                .is_some_and(|allow| allow.allows("api.example.com"))
+        );
+        assert!(
+            grants
+                .http
+                .as_ref()
+                .is_some_and(|allow| !allow.allows("evil.example.net"))
+        );
         assert!(Grants::parse(["kv"]).expect("valid").http.is_none());
         assert_eq!(
             Grants::parse(["filesystem"]).err(),

@@ -87,11 +87,12 @@ impl CompileCache {
                 }
             }
         }
-        let artifact = engine
-            .precompile_component(bytes)
-            .map_err(|error| PluginError::Invalid {
-                reason: format!("{error:#}"),
-            })?;
+        let artifact =
+            engine
+                .precompile_component(bytes)
+                .map_err(|error| PluginError::Invalid {
+                    reason: format!("{error:#}"),
+                })?;
         let component = load_artifact_bytes(engine, &artifact)?;
         if let Err(error) = write_atomically(dir, &path, &artifact) {
             // The plugin still works; only the next start pays for compiling again.
@@ -128,7 +129,9 @@ fn write_atomically(dir: &Path, path: &Path, artifact: &[u8]) -> std::io::Result
     std::fs::create_dir_all(dir)?;
     let temporary = dir.join(format!(
         ".{}.{}.tmp",
-        path.file_name().and_then(|name| name.to_str()).unwrap_or("artifact"),
+        path.file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("artifact"),
         uuid::Uuid::now_v7().simple()
     ));
     std::fs::write(&temporary, artifact)?;

@@ -31,7 +31,10 @@ pub(crate) fn check_header(bytes: &[u8]) -> Result<(), PluginError> {
 /// The world a compiled component implements, from its export names.
 pub(crate) fn detect_world(engine: &Engine, component: &Component) -> Result<World, PluginError> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     let found: Vec<World> = World::ALL
         .into_iter()
         .filter(|world| exports.iter().any(|name| name == world.export_name()))
@@ -88,7 +91,10 @@ mod tests {
     fn headers_are_classified() {
         assert_eq!(check_header(b"hello world"), Err(PluginError::NotWasm));
         assert_eq!(check_header(b""), Err(PluginError::NotWasm));
-        assert_eq!(check_header(&CORE_MODULE_HEADER), Err(PluginError::CoreModule));
+        assert_eq!(
+            check_header(&CORE_MODULE_HEADER),
+            Err(PluginError::CoreModule)
+        );
         assert_eq!(check_header(&COMPONENT_HEADER), Ok(()));
         assert!(matches!(
             check_header(&[0x00, 0x61, 0x73, 0x6d, 0x02, 0x00, 0x00, 0x00]),

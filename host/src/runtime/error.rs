@@ -117,6 +117,9 @@ fn stderr_suffix(stderr: &str) -> String {
 impl PluginError {
     /// Whether the same call may succeed if retried later without changing the plugin.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, PluginError::Busy { .. } | PluginError::Internal { .. })
+        matches!(
+            self,
+            PluginError::Busy { .. } | PluginError::Internal { .. }
+        )
     }
 }

@@ -8,8 +8,8 @@ use crate::outbound_http::{OutboundError, OutboundRequest};
 use crate::storage::KvError as StoreKvError;
 
 use super::bindings::v0_1_0::{
-    action_types, channel_types, config, contacts, http, integration_types, kv, log,
-    social_types, types,
+    action_types, channel_types, config, contacts, http, integration_types, kv, log, social_types,
+    types,
 };
 use super::store_data::PluginState;
 
@@ -39,8 +39,11 @@ impl log::Host for PluginState {
     async fn log(&mut self, level: log::Level, mut message: String) -> wasmtime::Result<()> {
         truncate_on_char_boundary(&mut message, MAX_LOG_LINE);
         let ctx = &self.ctx;
-        let (tenant_id, install_id, plugin) =
-            (ctx.tenant_id.as_str(), ctx.install_id.as_str(), ctx.plugin.as_str());
+        let (tenant_id, install_id, plugin) = (
+            ctx.tenant_id.as_str(),
+            ctx.install_id.as_str(),
+            ctx.plugin.as_str(),
+        );
         match level {
             log::Level::Trace => {
                 tracing::trace!(target: "plugin", tenant_id, install_id, plugin, "{message}")
@@ -81,7 +84,9 @@ impl PluginState {
                 .plugin_kv(&self.ctx.install_id, self.services.kv_quota);
             self.kv = Some(handle);
         }
-        self.kv.as_ref().ok_or_else(|| kv::KvError::Unavailable("kv handle missing".into()))
+        self.kv
+            .as_ref()
+            .ok_or_else(|| kv::KvError::Unavailable("kv handle missing".into()))
     }
 }
 
@@ -108,7 +113,11 @@ impl kv::Host for PluginState {
         Ok(store.get(&key).await.map_err(kv_error))
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), kv::KvError>> {
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), kv::KvError>> {
         let store = match self.plugin_kv() {
             Ok(store) => store,
             Err(error) => return Ok(Err(error)),
@@ -132,7 +141,10 @@ impl kv::Host for PluginState {
             Ok(store) => store,
             Err(error) => return Ok(Err(error)),
         };
-        Ok(store.list_keys(&prefix, MAX_LISTED_KEYS).await.map_err(kv_error))
+        Ok(store
+            .list_keys(&prefix, MAX_LISTED_KEYS)
+            .await
+            .map_err(kv_error))
     }
 }
 
@@ -164,7 +176,9 @@ impl http::Host for PluginState {
             url: req.url,
             headers: req.headers,
             body: req.body,
-            timeout: req.timeout_ms.map(|ms| std::time::Duration::from_millis(u64::from(ms))),
+            timeout: req
+                .timeout_ms
+                .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
         };
         let result = self.services.http.fetch(allow, request).await;
         if let Err(error) = &result {

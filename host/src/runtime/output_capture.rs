@@ -33,7 +33,10 @@ impl CapturedOutput {
     }
 
     fn append(&self, data: &[u8]) {
-        let mut captured = self.inner.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut captured = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let room = self.capacity.saturating_sub(captured.bytes.len());
         let kept = room.min(data.len());
         captured.bytes.extend_from_slice(&data[..kept]);
@@ -42,7 +45,10 @@ impl CapturedOutput {
 
     /// The captured text (lossy UTF-8) and how many bytes were dropped past the cap.
     pub(crate) fn take(&self) -> (String, usize) {
-        let mut captured = self.inner.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut captured = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let text = String::from_utf8_lossy(&captured.bytes).into_owned();
         let dropped = captured.dropped;
         captured.bytes.clear();

@@ -252,27 +252,31 @@ impl PluginKv {
         let tenant_id = self.db.tenant_id().as_str();
         let install_id = self.install_id.as_str();
         let rows = match prefix_upper_bound(prefix) {
-            Some(upper) => sqlx::query(
-                "SELECT key FROM plugin_kv WHERE tenant_id = $1 AND install_id = $2 \
+            Some(upper) => {
+                sqlx::query(
+                    "SELECT key FROM plugin_kv WHERE tenant_id = $1 AND install_id = $2 \
                  AND key >= $3 AND key < $4 ORDER BY key LIMIT $5",
-            )
-            .bind(tenant_id)
-            .bind(install_id)
-            .bind(prefix)
-            .bind(upper)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await,
-            None => sqlx::query(
-                "SELECT key FROM plugin_kv WHERE tenant_id = $1 AND install_id = $2 \
+                )
+                .bind(tenant_id)
+                .bind(install_id)
+                .bind(prefix)
+                .bind(upper)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+            }
+            None => {
+                sqlx::query(
+                    "SELECT key FROM plugin_kv WHERE tenant_id = $1 AND install_id = $2 \
                  AND key >= $3 ORDER BY key LIMIT $4",
-            )
-            .bind(tenant_id)
-            .bind(install_id)
-            .bind(prefix)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await,
+                )
+                .bind(tenant_id)
+                .bind(install_id)
+                .bind(prefix)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+            }
         }
         .context("listing plugin kv keys")?;
         Ok(rows
@@ -295,7 +299,10 @@ impl PluginKv {
         .context("measuring plugin kv usage")?;
         let keys: i64 = row.try_get("keys").context("decoding plugin kv usage")?;
         let bytes: i64 = row.try_get("bytes").context("decoding plugin kv usage")?;
-        Ok((u64::try_from(keys).unwrap_or(0), u64::try_from(bytes).unwrap_or(0)))
+        Ok((
+            u64::try_from(keys).unwrap_or(0),
+            u64::try_from(bytes).unwrap_or(0),
+        ))
     }
 }
 

@@ -39,7 +39,10 @@ pub async fn sqlite() -> Result<TestDatabase, StorageError> {
     Ok(TestDatabase {
         storage,
         label: "sqlite",
-        url: format!("sqlite://{}?mode=rwc", dir.path().join("postdog.db").display()),
+        url: format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("postdog.db").display()
+        ),
         _dir: Some(dir),
     })
 }

@@ -36,7 +36,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn provider_error(status: u16, body: &str, retry_after_ms: Option<u64>) -> ProviderError {
-    let mut error = ProviderError::new(i64::from(status), body.chars().take(500).collect::<String>(), status == 429 || status >= 500);
+    let mut error = ProviderError::new(
+        i64::from(status),
+        body.chars().take(500).collect::<String>(),
+        status == 429 || status >= 500,
+    );
     error.retry_after_ms = retry_after_ms;
     error
 }
@@ -70,23 +74,26 @@ impl Channel for Echo {
         let endpoint = config::require("endpoint").map_err(not_configured)?;
         let token = config::require_secret("api_token").map_err(not_configured)?;
         let MessageContent::Text(text) = &message.content else {
-            return Err(ChannelError::InvalidMessage("echo supports text messages only".into()));
+            return Err(ChannelError::InvalidMessage(
+                "echo supports text messages only".into(),
+            ));
         };
-        let request = http::Request::post(format!("{}/v1/messages", endpoint.trim_end_matches('/')))
-            .bearer(&token)
-            .json(&json!({
-                "to": message.to,
-                "text": text.body,
-                "idempotency_key": message.message_id,
-            }));
+        let request =
+            http::Request::post(format!("{}/v1/messages", endpoint.trim_end_matches('/')))
+                .bearer(&token)
+                .json(&json!({
+                    "to": message.to,
+                    "text": text.body,
+                    "idempotency_key": message.message_id,
+                }));
         let response = http::fetch(&request)
             .map_err(|error| ChannelError::Transport(format!("{}: {error:?}", error.kind())))?;
         let body = response.text();
         match response.status {
             200 | 201 => {
-                let reply: Value = response
-                    .json()
-                    .map_err(|error| ChannelError::Transport(format!("the API answered invalid JSON: {error}")))?;
+                let reply: Value = response.json().map_err(|error| {
+                    ChannelError::Transport(format!("the API answered invalid JSON: {error}"))
+                })?;
                 let id = reply
                     .get("id")
                     .and_then(Value::as_str)
@@ -97,15 +104,25 @@ impl Channel for Echo {
                 })
             }
             400 => Err(ChannelError::InvalidMessage(body)),
-            401 | 403 => Err(ChannelError::AuthFailed(provider_error(response.status, &body, None))),
+            401 | 403 => Err(ChannelError::AuthFailed(provider_error(
+                response.status,
+                &body,
+                None,
+            ))),
             429 => {
                 let retry_after_ms = response
                     .header("retry-after")
                     .and_then(|seconds| seconds.trim().parse::<u64>().ok())
                     .map(|seconds| seconds * 1000);
-                Err(ChannelError::RateLimited(provider_error(429, &body, retry_after_ms)))
+                Err(ChannelError::RateLimited(provider_error(
+                    429,
+                    &body,
+                    retry_after_ms,
+                )))
             }
-            status if status >= 500 => Err(ChannelError::Transport(format!("the API answered {status}: {body}"))),
+            status if status >= 500 => Err(ChannelError::Transport(format!(
+                "the API answered {status}: {body}"
+            ))),
             status => Err(ChannelError::Provider(provider_error(status, &body, None))),
         }
     }
@@ -114,7 +131,9 @@ impl Channel for Echo {
         let expected = config::require_secret("webhook_token").map_err(not_configured)?;
         let token = request.query_param("token").unwrap_or_default();
         if !constant_time_eq(token.as_bytes(), expected.as_bytes()) {
-            return Err(ChannelError::Unauthorized("the verify token does not match".into()));
+            return Err(ChannelError::Unauthorized(
+                "the verify token does not match".into(),
+            ));
         }
         let challenge = request
             .query_param("challenge")
@@ -126,18 +145,21 @@ impl Channel for Echo {
         let expected = config::require_secret("webhook_token").map_err(not_configured)?;
         let token = request.header("x-echo-token").unwrap_or_default();
         if !constant_time_eq(token.as_bytes(), expected.as_bytes()) {
-            return Err(ChannelError::Unauthorized("X-Echo-Token does not match".into()));
+            return Err(ChannelError::Unauthorized(
+                "X-Echo-Token does not match".into(),
+            ));
         }
-        let body: Value = serde_json::from_slice(&request.body)
-            .map_err(|error| ChannelError::MalformedWebhook(format!("the body is not JSON: {error}")))?;
+        let body: Value = serde_json::from_slice(&request.body).map_err(|error| {
+            ChannelError::MalformedWebhook(format!("the body is not JSON: {error}"))
+        })?;
         let mut events = Vec::new();
         let empty = Vec::new();
         let list = |name: &str| -> Result<&Vec<Value>, ChannelError> {
             match body.get(name) {
                 None => Ok(&empty),
-                Some(value) => value
-                    .as_array()
-                    .ok_or_else(|| ChannelError::MalformedWebhook(format!("`{name}` must be an array"))),
+                Some(value) => value.as_array().ok_or_else(|| {
+                    ChannelError::MalformedWebhook(format!("`{name}` must be an array"))
+                }),
             }
         };
         for (index, message) in list("messages")?.iter().enumerate() {
@@ -145,10 +167,17 @@ impl Channel for Echo {
             events.push(InboundEvent::Message(InboundMessage {
                 provider_message_id: text_field(message, &path, "id")?,
                 sender: text_field(message, &path, "from")?,
-                profile_name: message.get("name").and_then(Value::as_str).map(str::to_string),
+                profile_name: message
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 timestamp_ms: field(message, &path, "timestamp")?
                     .as_i64()
-                    .ok_or_else(|| ChannelError::MalformedWebhook(format!("`{path}.timestamp` must be an integer")))?
+                    .ok_or_else(|| {
+                        ChannelError::MalformedWebhook(format!(
+                            "`{path}.timestamp` must be an integer"
+                        ))
+                    })?
                     * 1000,
                 context_message_id: None,
                 content: InboundContent::Text(text_field(message, &path, "text")?),
@@ -161,7 +190,9 @@ impl Channel for Echo {
                 provider_message_id: text_field(status, &path, "id")?,
                 recipient: text_field(status, &path, "recipient")?,
                 status: status_from(&state).ok_or_else(|| {
-                    ChannelError::MalformedWebhook(format!("`{path}.status` `{state}` is not a known status"))
+                    ChannelError::MalformedWebhook(format!(
+                        "`{path}.status` `{state}` is not a known status"
+                    ))
                 })?,
                 timestamp_ms: status.get("timestamp").and_then(Value::as_i64).unwrap_or(0) * 1000,
                 error: None,

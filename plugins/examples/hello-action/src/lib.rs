@@ -44,7 +44,9 @@ impl Action for Hello {
         if count_greetings {
             let key = format!(
                 "greetings:{}",
-                input.contact_str("id").unwrap_or_else(|| "anonymous".into())
+                input
+                    .contact_str("id")
+                    .unwrap_or_else(|| "anonymous".into())
             );
             let count = kv::get_json::<u64>(&key)
                 .map_err(|error| ActionError::Retryable(format!("reading {key}: {error}")))?

@@ -19,7 +19,10 @@ impl Action for Big {
         // Build the JSON text directly: `"xxxx…"`.
         let mut output = String::with_capacity((size_mb as usize) << 20);
         output.push('"');
-        output.extend(std::iter::repeat_n('x', ((size_mb as usize) << 20).saturating_sub(2)));
+        output.extend(std::iter::repeat_n(
+            'x',
+            ((size_mb as usize) << 20).saturating_sub(2),
+        ));
         output.push('"');
         result.output = output;
         Ok(result)

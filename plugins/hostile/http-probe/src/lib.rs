@@ -16,7 +16,9 @@ impl Action for Probe {
             .ok_or_else(|| ActionError::InvalidConfig("set `url`".into()))?;
         let output = match http::fetch(&http::Request::get(url)) {
             Ok(response) => json!({ "status": response.status, "body_len": response.body.len() }),
-            Err(error) => json!({ "error": { "kind": error.kind(), "detail": format!("{error:?}") } }),
+            Err(error) => {
+                json!({ "error": { "kind": error.kind(), "detail": format!("{error:?}") } })
+            }
         };
         Ok(ActionResult::end().with_output(output))
     }

@@ -24,22 +24,31 @@ impl Action for Probe {
 
     fn run(input: ActionInput) -> Result<ActionResult, ActionError> {
         let config = input.config_json();
-        let text = |name: &str| config.get(name).and_then(Value::as_str).unwrap_or("").to_string();
+        let text = |name: &str| {
+            config
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         let result: Result<Value, KvError> = match text("op").as_str() {
             "set" => kv::set(&text("key"), text("value").as_bytes()).map(|()| json!(null)),
             "set_size" => {
                 let bytes = config.get("bytes").and_then(Value::as_u64).unwrap_or(0) as usize;
                 kv::set(&text("key"), &vec![b'v'; bytes]).map(|()| json!(null))
             }
-            "get" => kv::get(&text("key"))
-                .map(|value| json!(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))),
+            "get" => kv::get(&text("key")).map(|value| {
+                json!(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+            }),
             "list" => kv::list_keys(&text("prefix")).map(|keys| json!(keys)),
             "delete" => kv::delete(&text("key")).map(|existed| json!(existed)),
             other => return Err(ActionError::InvalidConfig(format!("unknown op `{other}`"))),
         };
         let output = match result {
             Ok(value) => json!({ "ok": value }),
-            Err(error) => json!({ "error": { "kind": kind(&error), "detail": format!("{error:?}") } }),
+            Err(error) => {
+                json!({ "error": { "kind": kind(&error), "detail": format!("{error:?}") } })
+            }
         };
         Ok(ActionResult::end().with_output(output))
     }
