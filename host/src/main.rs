@@ -24,27 +24,30 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Directory for the embedded database and caches.
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
-        /// PostgreSQL (or SQLite) URL; overrides the embedded database.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Run database migrations and exit.
     Migrate {
-        /// Directory for the embedded database.
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
-        /// PostgreSQL (or SQLite) URL; overrides the embedded database.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Plugin author tools.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+/// Where the data lives.
+#[derive(clap::Args)]
+struct DatabaseArgs {
+    /// Directory for the embedded database and caches.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// PostgreSQL (or SQLite) URL; overrides the embedded database.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -95,27 +98,22 @@ async fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            listen,
-            data_dir,
-            database_url,
-        } => {
+        Command::Serve { listen, database } => {
             server::serve(
                 ServeOptions {
                     listen,
-                    data_dir,
-                    database_url,
+                    data_dir: database.data_dir,
+                    database_url: database.database_url,
                 },
                 server::shutdown_signal(),
             )
             .await
         }
-        Command::Migrate {
-            data_dir,
-            database_url,
-        } => server::migrate(&data_dir, database_url.as_deref())
-            .await
-            .map(|_| eprintln!("migrations are up to date")),
+        Command::Migrate { database } => {
+            server::migrate(&database.data_dir, database.database_url.as_deref())
+                .await
+                .map(|_| eprintln!("migrations are up to date"))
+        }
         Command::Plugin {
             command:
                 PluginCommand::Run {

@@ -20,81 +20,46 @@ pub mod v0_1_0 {
         });
     }
 
-    /// The flow-action world.
-    pub mod flow_action {
-        wasmtime::component::bindgen!({
-            world: "flow-action",
-            path: "../wit",
-            imports: { default: async | trappable },
-            exports: { default: async },
-            with: {
-                "postdog:plugin/types": super::imports::postdog::plugin::types,
-                "postdog:plugin/log": super::imports::postdog::plugin::log,
-                "postdog:plugin/kv": super::imports::postdog::plugin::kv,
-                "postdog:plugin/http": super::imports::postdog::plugin::http,
-                "postdog:plugin/config": super::imports::postdog::plugin::config,
-                "postdog:plugin/contacts": super::imports::postdog::plugin::contacts,
-                "postdog:plugin/action-types": super::imports::postdog::plugin::action_types,
-            },
-        });
+    /// One plugin world: its export side, reusing every import module of `imports`.
+    macro_rules! plugin_world {
+        ($(#[$doc:meta])* $module:ident, $world:literal, $types_key:literal => $types_module:ident) => {
+            $(#[$doc])*
+            pub mod $module {
+                wasmtime::component::bindgen!({
+                    world: $world,
+                    path: "../wit",
+                    imports: { default: async | trappable },
+                    exports: { default: async },
+                    with: {
+                        "postdog:plugin/types": super::imports::postdog::plugin::types,
+                        "postdog:plugin/log": super::imports::postdog::plugin::log,
+                        "postdog:plugin/kv": super::imports::postdog::plugin::kv,
+                        "postdog:plugin/http": super::imports::postdog::plugin::http,
+                        "postdog:plugin/config": super::imports::postdog::plugin::config,
+                        "postdog:plugin/contacts": super::imports::postdog::plugin::contacts,
+                        $types_key: super::imports::postdog::plugin::$types_module,
+                    },
+                });
+            }
+        };
     }
 
-    /// The messaging-channel world.
-    pub mod messaging_channel {
-        wasmtime::component::bindgen!({
-            world: "messaging-channel",
-            path: "../wit",
-            imports: { default: async | trappable },
-            exports: { default: async },
-            with: {
-                "postdog:plugin/types": super::imports::postdog::plugin::types,
-                "postdog:plugin/log": super::imports::postdog::plugin::log,
-                "postdog:plugin/kv": super::imports::postdog::plugin::kv,
-                "postdog:plugin/http": super::imports::postdog::plugin::http,
-                "postdog:plugin/config": super::imports::postdog::plugin::config,
-                "postdog:plugin/contacts": super::imports::postdog::plugin::contacts,
-                "postdog:plugin/channel-types": super::imports::postdog::plugin::channel_types,
-            },
-        });
-    }
-
-    /// The social-channel world.
-    pub mod social_channel {
-        wasmtime::component::bindgen!({
-            world: "social-channel",
-            path: "../wit",
-            imports: { default: async | trappable },
-            exports: { default: async },
-            with: {
-                "postdog:plugin/types": super::imports::postdog::plugin::types,
-                "postdog:plugin/log": super::imports::postdog::plugin::log,
-                "postdog:plugin/kv": super::imports::postdog::plugin::kv,
-                "postdog:plugin/http": super::imports::postdog::plugin::http,
-                "postdog:plugin/config": super::imports::postdog::plugin::config,
-                "postdog:plugin/contacts": super::imports::postdog::plugin::contacts,
-                "postdog:plugin/social-types": super::imports::postdog::plugin::social_types,
-            },
-        });
-    }
-
-    /// The integration world.
-    pub mod integration {
-        wasmtime::component::bindgen!({
-            world: "integration",
-            path: "../wit",
-            imports: { default: async | trappable },
-            exports: { default: async },
-            with: {
-                "postdog:plugin/types": super::imports::postdog::plugin::types,
-                "postdog:plugin/log": super::imports::postdog::plugin::log,
-                "postdog:plugin/kv": super::imports::postdog::plugin::kv,
-                "postdog:plugin/http": super::imports::postdog::plugin::http,
-                "postdog:plugin/config": super::imports::postdog::plugin::config,
-                "postdog:plugin/contacts": super::imports::postdog::plugin::contacts,
-                "postdog:plugin/integration-types": super::imports::postdog::plugin::integration_types,
-            },
-        });
-    }
+    plugin_world!(
+        /// The flow-action world.
+        flow_action, "flow-action", "postdog:plugin/action-types" => action_types
+    );
+    plugin_world!(
+        /// The messaging-channel world.
+        messaging_channel, "messaging-channel", "postdog:plugin/channel-types" => channel_types
+    );
+    plugin_world!(
+        /// The social-channel world.
+        social_channel, "social-channel", "postdog:plugin/social-types" => social_types
+    );
+    plugin_world!(
+        /// The integration world.
+        integration, "integration", "postdog:plugin/integration-types" => integration_types
+    );
 
     pub use imports::postdog::plugin::{
         action_types, channel_types, config, contacts, http, integration_types, kv, log,
