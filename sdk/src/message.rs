@@ -142,3 +142,36 @@ impl HttpResponse {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(query: &str) -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            query: query.into(),
+            headers: vec![("X-Hub-Signature-256".into(), "sha256=ab".into())],
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let req = request("hub.mode=subscribe&hub.challenge=a%20b+c&broken=%zz&empty");
+        assert_eq!(req.query_param("hub.mode").as_deref(), Some("subscribe"));
+        assert_eq!(req.query_param("hub.challenge").as_deref(), Some("a b c"));
+        assert_eq!(req.query_param("broken").as_deref(), Some("%zz"));
+        assert_eq!(req.query_param("empty").as_deref(), Some(""));
+        assert_eq!(req.query_param("missing"), None);
+        assert_eq!(request("x=%C3%A9").query_param("x").as_deref(), Some("é"));
+        assert_eq!(request("x=%").query_param("x").as_deref(), Some("%"));
+    }
+
+    #[test]
+    fn headers_match_case_insensitively() {
+        assert_eq!(request("").header("x-hub-signature-256"), Some("sha256=ab"));
+        assert_eq!(request("").header("x-other"), None);
+    }
+}
