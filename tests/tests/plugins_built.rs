@@ -16,6 +16,10 @@ fn every_plugin_is_a_component() {
         "hostile_kv_probe",
     ] {
         let bytes = plugin_bytes(name);
-        assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0", "{name} is not a component");
+        assert_eq!(
+            &bytes[..8],
+            b"\0asm\x0d\0\x01\0",
+            "{name} is not a component"
+        );
     }
 }
