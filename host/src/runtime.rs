@@ -541,7 +541,7 @@ impl Runtime {
             .postdog_plugin_action()
             .call_run(store, input))?;
         if let Ok(ok) = &result {
-            check_json("output", &ok.output)?;
+            check_action_result(ok)?;
         }
         Ok(result)
     }
@@ -677,6 +677,34 @@ impl Runtime {
             .postdog_plugin_integration_handler()
             .call_sync(store, cursor))
     }
+}
+
+/// Refuses an action result whose JSON fields (output, effect values, template
+/// components, interactive messages) are malformed, before the kernel acts on any of it.
+fn check_action_result(result: &action_types::ActionResult) -> Result<(), PluginError> {
+    check_json("output", &result.output)?;
+    for (index, effect) in result.effects.iter().enumerate() {
+        match effect {
+            types::Effect::SetField(set) => {
+                check_json(&format!("effects[{index}].value"), &set.value)?
+            }
+            types::Effect::SendMessage(send) => match &send.content {
+                types::MessageContent::Template(template) => check_json(
+                    &format!("effects[{index}].content.components"),
+                    &template.components,
+                )?,
+                types::MessageContent::Interactive(json) => {
+                    check_json(&format!("effects[{index}].content"), json)?
+                }
+                types::MessageContent::Text(_) | types::MessageContent::Media(_) => {}
+            },
+            types::Effect::AddTag(_)
+            | types::Effect::RemoveTag(_)
+            | types::Effect::Assign(_)
+            | types::Effect::HttpCall(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Refuses malformed JSON from a plugin where the ABI promises JSON.

@@ -421,3 +421,23 @@ async fn wrong_world_core_module_and_garbage_are_refused_at_load() {
     ));
     assert_healthy(&runtime).await;
 }
+
+#[tokio::test]
+async fn malformed_json_in_a_result_is_refused() {
+    let runtime = runtime_with(None, None, &[]);
+    let error = run_hostile(&runtime, "hostile_bad_output", json!({"where": "output"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, PluginError::InvalidResult { reason } if reason.contains("`output` is not valid JSON")),
+        "{error:?}"
+    );
+    let error = run_hostile(&runtime, "hostile_bad_output", json!({"where": "effect"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, PluginError::InvalidResult { reason } if reason.contains("effects[0].value")),
+        "{error:?}"
+    );
+    assert_healthy(&runtime).await;
+}

@@ -14,6 +14,7 @@ fn every_plugin_is_a_component() {
         "hostile_panic",
         "hostile_http_probe",
         "hostile_kv_probe",
+        "hostile_bad_output",
     ] {
         let bytes = plugin_bytes(name);
         assert_eq!(
