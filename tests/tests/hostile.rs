@@ -441,3 +441,36 @@ async fn malformed_json_in_a_result_is_refused() {
     );
     assert_healthy(&runtime).await;
 }
+
+#[tokio::test]
+async fn wasi_gives_no_files_environment_or_sockets() {
+    // A real listener the plugin will try to reach directly, bypassing the http import.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let runtime = runtime_with(None, None, &[]);
+    let report = run_hostile(&runtime, "hostile_escape", json!({ "tcp": address }))
+        .await
+        .expect("the probe completes");
+    for probe in [
+        "read_file",
+        "list_root",
+        "list_cwd",
+        "write_file",
+        "tcp",
+        "dns",
+    ] {
+        assert!(
+            report[probe].get("error").is_some(),
+            "{probe} must fail inside the sandbox: {report}"
+        );
+    }
+    assert_eq!(report["env"], 0, "no environment variables: {report}");
+    assert_eq!(report["args"], 0, "no arguments: {report}");
+    listener.set_nonblocking(true).expect("nonblocking");
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the listener"
+    );
+    assert!(!std::path::Path::new("/tmp/postdog-escape").exists());
+    assert_healthy(&runtime).await;
+}

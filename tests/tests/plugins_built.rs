@@ -15,6 +15,7 @@ fn every_plugin_is_a_component() {
         "hostile_http_probe",
         "hostile_kv_probe",
         "hostile_bad_output",
+        "hostile_escape",
     ] {
         let bytes = plugin_bytes(name);
         assert_eq!(
