@@ -2,10 +2,18 @@
 //! `router`; handlers stay short and go through the storage layer. Errors are RFC 9457
 //! `application/problem+json` bodies with a stable `type` per error (`problem.rs`).
 
+mod admin;
+mod api_keys;
+pub mod auth;
 mod health;
+pub mod json;
 pub mod problem;
+pub mod rate_limit;
+
+use std::sync::Arc;
 
 use axum::Router;
+use axum::middleware;
 
 use crate::runtime::Runtime;
 use crate::storage::Storage;
@@ -17,12 +25,25 @@ pub struct AppState {
     pub storage: Storage,
     /// The plugin runtime.
     pub runtime: Runtime,
+    /// Per-tenant request limits.
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    /// The operator API's token; `None` turns the operator API off.
+    pub operator_token: Option<String>,
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
+    // Every tenant API route sits behind authentication and rate limiting.
+    let tenant_api = Router::new()
+        .merge(api_keys::router())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .merge(health::router())
+        .merge(tenant_api)
+        .merge(admin::router(state.clone()))
         .fallback(problem::not_found)
         .with_state(state)
 }

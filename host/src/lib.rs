@@ -4,7 +4,9 @@
 pub mod http;
 pub mod ids;
 pub mod outbound_http;
+pub mod plans;
 pub mod plugin_dev;
 pub mod runtime;
 pub mod server;
 pub mod storage;
+pub mod tenants;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use postdog_host::plans::Plan;
 use postdog_host::plugin_dev::{self, RunOptions};
 use postdog_host::runtime::World;
 use postdog_host::server::{self, ServeOptions};
@@ -26,11 +27,19 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         database: DatabaseArgs,
+        /// Token for the operator API (`/admin/v1/…`); the operator API is off without it.
+        #[arg(long, env = "POSTDOG_OPERATOR_TOKEN", hide_env_values = true)]
+        operator_token: Option<String>,
     },
     /// Run database migrations and exit.
     Migrate {
         #[command(flatten)]
         database: DatabaseArgs,
+    },
+    /// Tenant administration.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
     },
     /// Plugin author tools.
     Plugin {
@@ -48,6 +57,24 @@ struct DatabaseArgs {
     /// PostgreSQL (or SQLite) URL; overrides the embedded database.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its id and first admin API key (shown only once) as JSON.
+    Create {
+        /// The tenant's name.
+        #[arg(long)]
+        name: String,
+        /// Its plan: starter, pro or business.
+        #[arg(long, default_value = "starter")]
+        plan: Plan,
+        /// Make it a sub-tenant of this Business tenant.
+        #[arg(long)]
+        parent: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,17 +120,41 @@ fn init_tracing() {
     }
 }
 
+async fn create_tenant(
+    name: &str,
+    plan: Plan,
+    parent: Option<String>,
+    database: &DatabaseArgs,
+) -> anyhow::Result<()> {
+    let storage = server::migrate(&database.data_dir, database.database_url.as_deref()).await?;
+    let parent = parent.map(postdog_host::ids::TenantId::new);
+    let result =
+        postdog_host::tenants::provision_tenant(&storage, name, plan, parent.as_ref()).await;
+    storage.close().await;
+    let (tenant, key) = result?;
+    println!(
+        "{}",
+        serde_json::json!({ "tenant_id": tenant.id, "api_key": key.secret })
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { listen, database } => {
+        Command::Serve {
+            listen,
+            database,
+            operator_token,
+        } => {
             server::serve(
                 ServeOptions {
                     listen,
                     data_dir: database.data_dir,
                     database_url: database.database_url,
+                    operator_token,
                 },
                 server::shutdown_signal(),
             )
@@ -114,6 +165,15 @@ async fn main() -> ExitCode {
                 .await
                 .map(|_| eprintln!("migrations are up to date"))
         }
+        Command::Tenant {
+            command:
+                TenantCommand::Create {
+                    name,
+                    plan,
+                    parent,
+                    database,
+                },
+        } => create_tenant(&name, plan, parent, &database).await,
         Command::Plugin {
             command:
                 PluginCommand::Run {

@@ -22,6 +22,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// A database URL (`postgres://…` or `sqlite://…`); `None` uses SQLite in `data_dir`.
     pub database_url: Option<String>,
+    /// The operator API's token; `None` turns the operator API off.
+    pub operator_token: Option<String>,
 }
 
 /// Opens the configured database (without migrating).
@@ -67,6 +69,8 @@ pub async fn serve(
     let app = router(AppState {
         storage: storage.clone(),
         runtime,
+        rate_limiter: Default::default(),
+        operator_token: options.operator_token.filter(|token| !token.is_empty()),
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

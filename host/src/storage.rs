@@ -15,6 +15,7 @@
 //! plain domain struct; a constructor method on `TenantDb` (tenant-owned) or `Storage`
 //! (global, like tenants themselves); tests that run on both backends (`testing`).
 
+mod api_keys;
 mod plugin_kv;
 mod tenants;
 pub mod testing;
@@ -28,6 +29,7 @@ use sqlx::{AnyPool, Executor};
 
 use crate::ids::TenantId;
 
+pub use api_keys::{ApiKey, NewApiKey, Role};
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
 pub use tenants::Tenant;
 
@@ -95,7 +97,7 @@ pub struct Storage {
 }
 
 /// The current time in Unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))

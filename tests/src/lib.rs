@@ -134,3 +134,127 @@ impl Drop for FakeServer {
         }
     }
 }
+
+/// The `postdog` binary of this build (`cargo test --workspace` builds it), with a clean
+/// environment for the database settings.
+///
+/// # Panics
+/// When the binary was not built.
+pub fn postdog_command() -> std::process::Command {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let binary = dir.join("postdog");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p postdog-host` (cargo test --workspace does)",
+        binary.display()
+    );
+    let mut command = std::process::Command::new(binary);
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("POSTDOG_OPERATOR_TOKEN")
+        .env("POSTDOG_LOG", "info");
+    command
+}
+
+/// A running `postdog serve` process on a free loopback port; stopped (SIGTERM, then
+/// kill) when dropped.
+pub struct PostdogServer {
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    /// The data directory (SQLite lives here unless a database URL was given).
+    pub data_dir: tempfile::TempDir,
+    /// The database URL the server uses, if not the embedded SQLite.
+    pub database_url: Option<String>,
+    child: std::process::Child,
+}
+
+/// The operator token test servers are started with.
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+
+impl PostdogServer {
+    /// Starts a server on `database_url` (or SQLite in a fresh data directory) with the
+    /// operator API enabled, and waits until `/healthz` answers.
+    pub async fn start(database_url: Option<String>) -> Self {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut command = postdog_command();
+        command
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data_dir.path())
+            .env("POSTDOG_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(url) = &database_url {
+            command.env("DATABASE_URL", url);
+        }
+        let child = command.spawn().expect("postdog serve starts");
+        let server = Self {
+            base_url: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            database_url,
+            child,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = reqwest::get(format!("{}/healthz", server.base_url)).await
+                && response.status() == 200
+            {
+                return server;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postdog serve did not become healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs `postdog <args>` against this server's database and returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut command = postdog_command();
+        command
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir.path());
+        if let Some(url) = &self.database_url {
+            command.env("DATABASE_URL", url);
+        }
+        let output = command.output().expect("postdog runs");
+        assert!(
+            output.status.success(),
+            "postdog {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for PostdogServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

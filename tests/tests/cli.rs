@@ -2,7 +2,6 @@
 //! `DATABASE_URL`), `/healthz` over real HTTP, graceful shutdown on SIGTERM, `migrate`,
 //! and `plugin run` with real components.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,24 +9,8 @@ use postdog_host::storage::testing;
 use postdog_tests::plugin_path;
 use serde_json::Value;
 
-/// The `postdog` binary of this build (`cargo test --workspace` builds it).
 fn postdog() -> Command {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let binary: PathBuf = dir.join("postdog");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p postdog-host` (cargo test --workspace does)",
-        binary.display()
-    );
-    let mut command = Command::new(binary);
-    command
-        .env_remove("DATABASE_URL")
-        .env("POSTDOG_LOG", "info");
-    command
+    postdog_tests::postdog_command()
 }
 
 fn free_port() -> u16 {

@@ -1,0 +1,199 @@
+//! `/admin/v1/…`: the operator's API (list, create, change and suspend tenants),
+//! authenticated by the operator token (`POSTDOG_OPERATOR_TOKEN`). Without a configured
+//! token the operator API is off and answers 404.
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::json::ApiJson;
+use super::problem::ApiError;
+use crate::ids::TenantId;
+use crate::plans::Plan;
+use crate::storage::Tenant;
+use crate::tenants::{ProvisionError, provision_tenant};
+
+pub(super) fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/v1/tenants", get(list).post(create))
+        .route("/admin/v1/tenants/{id}", get(show).patch(update))
+        .layer(middleware::from_fn_with_state(state, operator_only))
+}
+
+/// Compares through fixed-size digests, so timing reveals nothing about the token.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+        == 0
+}
+
+async fn operator_only(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.operator_token.as_deref() else {
+        return super::problem::not_found(request.uri().clone())
+            .await
+            .into_response();
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !token_matches(given, expected) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "send the operator token as `Authorization: Bearer <token>`",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+fn tenant_json(tenant: &Tenant) -> Value {
+    json!({
+        "id": tenant.id,
+        "name": tenant.name,
+        "plan": tenant.plan,
+        "status": tenant.status,
+        "parent_id": tenant.parent_id,
+        "default_country": tenant.default_country,
+        "created_at": tenant.created_at,
+        "updated_at": tenant.updated_at,
+    })
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let tenants = state
+        .storage
+        .list_tenants()
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    Ok(Json(
+        json!({ "data": tenants.iter().map(tenant_json).collect::<Vec<_>>() }),
+    ))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        format!("no tenant `{id}`"),
+    )
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = state
+        .storage
+        .get_tenant(&TenantId::new(&id))
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(tenant_json(&tenant)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+    plan: Plan,
+    parent_id: Option<TenantId>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ApiJson(new): ApiJson<NewTenant>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (tenant, key) =
+        provision_tenant(&state.storage, &new.name, new.plan, new.parent_id.as_ref())
+            .await
+            .map_err(|error| match error {
+                ProvisionError::Storage(error) => ApiError::internal(&error),
+                other => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-tenant",
+                    "Invalid tenant",
+                    other.to_string(),
+                ),
+            })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "tenant": tenant_json(&tenant), "tenant_id": tenant.id, "api_key": key.secret }),
+        ),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum Status {
+    Active,
+    Suspended,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantChange {
+    plan: Option<Plan>,
+    status: Option<Status>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(change): ApiJson<TenantChange>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant_id = TenantId::new(&id);
+    let internal = |error: crate::storage::StorageError| ApiError::internal(&error);
+    if state
+        .storage
+        .get_tenant(&tenant_id)
+        .await
+        .map_err(internal)?
+        .is_none()
+    {
+        return Err(not_found(&id));
+    }
+    if let Some(plan) = change.plan {
+        state
+            .storage
+            .set_tenant_plan(&tenant_id, plan.as_str())
+            .await
+            .map_err(internal)?;
+    }
+    if let Some(status) = change.status {
+        let status = match status {
+            Status::Active => "active",
+            Status::Suspended => "suspended",
+        };
+        state
+            .storage
+            .set_tenant_status(&tenant_id, status)
+            .await
+            .map_err(internal)?;
+    }
+    let tenant = state
+        .storage
+        .get_tenant(&tenant_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(tenant_json(&tenant)))
+}

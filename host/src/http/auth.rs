@@ -1,0 +1,161 @@
+//! Authentication, tenant scoping and rate limiting of `/v1/…`: one middleware that turns
+//! `Authorization: Bearer <key>` into a `Caller` (the key and its tenant) for handlers,
+//! refuses unknown or revoked keys (401) and suspended tenants (403), applies the plan's
+//! rate limit (429 with `Retry-After`) and adds `RateLimit-*` headers to every answer.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::plans::Plan;
+use crate::storage::{ApiKey, Role, Tenant, TenantDb};
+
+/// Who is calling: the API key and its tenant. Handlers reach data only through
+/// `Caller::db`, scoped to the caller's tenant.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The key used.
+    pub key: ApiKey,
+    /// Its tenant.
+    pub tenant: Tenant,
+    db: TenantDb,
+}
+
+impl Caller {
+    /// The caller's tenant-scoped database handle.
+    pub fn db(&self) -> &TenantDb {
+        &self.db
+    }
+
+    /// Refuses the call unless the key has one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.key.role) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient-role",
+                "Insufficient role",
+                format!(
+                    "this API key has the `{}` role; this call needs {}",
+                    self.key.role.as_str(),
+                    roles
+                        .iter()
+                        .map(|role| format!("`{}`", role.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            ))
+        }
+    }
+}
+
+fn unauthorized(detail: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Unauthorized",
+        detail,
+    )
+}
+
+/// Key use is recorded at most this often per key, to keep reads free of writes.
+const TOUCH_INTERVAL_MS: i64 = 60_000;
+
+/// The `/v1` middleware.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let caller = match identify(&state, authorization).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let plan = Plan::parse(&caller.tenant.plan).unwrap_or(Plan::Starter);
+    let decision = state
+        .rate_limiter
+        .check(&caller.tenant.id, plan.requests_per_minute());
+    let mut response = if decision.allowed {
+        request.extensions_mut().insert(caller);
+        next.run(request).await
+    } else {
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            format!(
+                "the {} plan allows {} requests per minute; retry in {} s or upgrade the plan",
+                plan.as_str(),
+                decision.limit,
+                decision.retry_after_seconds
+            ),
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(decision.retry_after_seconds),
+        );
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(decision.reset_seconds));
+    response
+}
+
+async fn identify(
+    state: &AppState,
+    authorization: Option<HeaderValue>,
+) -> Result<Caller, ApiError> {
+    let Some(value) = authorization else {
+        return Err(unauthorized(
+            "send your API key as `Authorization: Bearer <key>`",
+        ));
+    };
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|secret| !secret.is_empty())
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <key>`"))?;
+    let key = state
+        .storage
+        .find_api_key(secret)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+        .ok_or_else(|| unauthorized("this API key is unknown or has been revoked"))?;
+    let tenant = state
+        .storage
+        .get_tenant(&key.tenant_id)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+        .ok_or_else(|| unauthorized("this API key's tenant no longer exists"))?;
+    if tenant.status != "active" {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant-suspended",
+            "Tenant suspended",
+            "this tenant is suspended; contact the operator",
+        ));
+    }
+    let now = crate::storage::now_ms();
+    if key
+        .last_used_at
+        .is_none_or(|last| now - last >= TOUCH_INTERVAL_MS)
+        && let Err(error) = state.storage.touch_api_key(&key.id).await
+    {
+        tracing::warn!(%error, "could not record an API key's use");
+    }
+    Ok(Caller {
+        db: state.storage.tenant(&tenant.id),
+        key,
+        tenant,
+    })
+}
