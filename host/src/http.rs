@@ -5,6 +5,7 @@
 mod admin;
 mod api_keys;
 pub mod auth;
+mod contacts;
 mod health;
 pub mod json;
 pub mod problem;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     // Every tenant API route sits behind authentication and rate limiting.
     let tenant_api = Router::new()
         .merge(api_keys::router())
+        .merge(contacts::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -1,6 +1,7 @@
 //! PostDog host kernel: tenants, storage, the sandboxed plugin runtime and the HTTP
 //! server behind the `postdog` binary.
 
+pub mod contacts;
 pub mod http;
 pub mod ids;
 pub mod outbound_http;

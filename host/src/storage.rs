@@ -16,6 +16,7 @@
 //! (global, like tenants themselves); tests that run on both backends (`testing`).
 
 mod api_keys;
+mod contacts;
 mod plugin_kv;
 mod tenants;
 pub mod testing;
@@ -30,6 +31,7 @@ use sqlx::{AnyPool, Executor};
 use crate::ids::TenantId;
 
 pub use api_keys::{ApiKey, NewApiKey, Role};
+pub use contacts::{Contact, ContactData, ContactWriteError};
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
 pub use tenants::Tenant;
 

@@ -13,6 +13,7 @@ pub struct ApiError {
     kind: &'static str,
     title: &'static str,
     detail: String,
+    extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -28,7 +29,14 @@ impl ApiError {
             kind,
             title,
             detail: detail.into(),
+            extensions: serde_json::Map::new(),
         }
+    }
+
+    /// Adds an extension member (RFC 9457 §3.2), e.g. the id of a conflicting record.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extensions.insert(key.to_string(), value.into());
+        self
     }
 
     /// A 500 whose cause is logged, not shown.
@@ -50,12 +58,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("https://postdog.dev/problems/{}", self.kind),
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
+        if let Some(object) = body.as_object_mut() {
+            object.extend(self.extensions);
+        }
         (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],

@@ -1,0 +1,260 @@
+//! `/v1/contacts`: the tenant's contacts. Reading needs any role; writing needs `admin`
+//! or `agent`. Phones are normalized to E.164 with the tenant's default country, emails
+//! lower-cased; a phone or email another contact already has is a 409 naming it; the
+//! plan's contact limit is enforced on create.
+
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::auth::Caller;
+use super::json::ApiJson;
+use super::problem::ApiError;
+use crate::contacts::{normalize_email, normalize_phone, normalize_tag};
+use crate::plans::Plan;
+use crate::storage::{ContactData, ContactWriteError, Role};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/contacts", get(list).post(create))
+        .route("/v1/contacts/{id}", get(show).patch(update).delete(remove))
+}
+
+const WRITERS: [Role; 2] = [Role::Admin, Role::Agent];
+
+fn invalid(detail: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-contact",
+        "Invalid contact",
+        detail,
+    )
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        format!("no contact `{id}`"),
+    )
+}
+
+fn write_error(error: ContactWriteError) -> ApiError {
+    match error {
+        ContactWriteError::Duplicate { field, existing_id } => ApiError::new(
+            StatusCode::CONFLICT,
+            "duplicate-contact",
+            "Duplicate contact",
+            format!("contact {existing_id} already has this {field}; update or merge it instead"),
+        )
+        .with("existing_contact_id", existing_id)
+        .with("field", field),
+        ContactWriteError::Storage(error) => ApiError::internal(&error),
+    }
+}
+
+/// Applies a JSON object of changes to `data`: absent keys keep their value, `null`
+/// clears it, unknown keys and wrong types are refused with the key's name.
+fn apply_changes(
+    data: &mut ContactData,
+    changes: Map<String, Value>,
+    country: &str,
+) -> Result<(), ApiError> {
+    for (key, value) in changes {
+        let text = |value: &Value| -> Result<Option<String>, ApiError> {
+            match value {
+                Value::Null => Ok(None),
+                Value::String(text) if text.trim().is_empty() => Ok(None),
+                Value::String(text) => Ok(Some(text.clone())),
+                _ => Err(invalid(format!("`{key}` must be a string or null"))),
+            }
+        };
+        match key.as_str() {
+            "name" => data.name = text(&value)?.map(|name| name.trim().to_string()),
+            "phone" => {
+                data.phone = text(&value)?
+                    .map(|phone| normalize_phone(&phone, country))
+                    .transpose()
+                    .map_err(|error| invalid(error.to_string()))?;
+            }
+            "email" => {
+                data.email = text(&value)?
+                    .map(|email| normalize_email(&email))
+                    .transpose()
+                    .map_err(|error| invalid(error.to_string()))?;
+            }
+            "tags" => {
+                let Value::Array(tags) = value else {
+                    return Err(invalid("`tags` must be an array of strings"));
+                };
+                data.tags = tags
+                    .iter()
+                    .map(|tag| match tag {
+                        Value::String(tag) => {
+                            normalize_tag(tag).map_err(|error| invalid(error.to_string()))
+                        }
+                        _ => Err(invalid("`tags` must be an array of strings")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "fields" => {
+                let Value::Object(fields) = value else {
+                    return Err(invalid("`fields` must be a JSON object"));
+                };
+                let mut merged = data.fields.as_object().cloned().unwrap_or_default();
+                for (field, value) in fields {
+                    if value.is_null() {
+                        merged.remove(&field);
+                    } else {
+                        merged.insert(field, value);
+                    }
+                }
+                data.fields = Value::Object(merged);
+            }
+            other => {
+                return Err(invalid(format!(
+                    "unknown field `{other}`; a contact has name, phone, email, tags and fields"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create(
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(&WRITERS)?;
+    let mut data = ContactData {
+        fields: json!({}),
+        ..ContactData::default()
+    };
+    apply_changes(&mut data, body, &caller.tenant.default_country)?;
+    if data.name.is_none() && data.phone.is_none() && data.email.is_none() {
+        return Err(invalid(
+            "a contact needs at least a name, a phone or an email",
+        ));
+    }
+    let plan = Plan::parse(&caller.tenant.plan).unwrap_or(Plan::Starter);
+    if let Some(limit) = plan.contact_limit() {
+        let count = caller
+            .db()
+            .count_contacts()
+            .await
+            .map_err(|error| ApiError::internal(&error))?;
+        if count >= limit {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "plan-limit",
+                "Plan limit reached",
+                format!("the {} plan allows {limit} contacts and this tenant has {count}; upgrade the plan or delete contacts", plan.as_str()),
+            )
+            .with("limit", limit)
+            .with("count", count));
+        }
+    }
+    let contact = caller
+        .db()
+        .create_contact(&data)
+        .await
+        .map_err(write_error)?;
+    Ok((StatusCode::CREATED, Json(json!(contact))))
+}
+
+async fn show(
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let contact = caller
+        .db()
+        .get_contact(&id)
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    contact
+        .map(|contact| Json(json!(contact)))
+        .ok_or_else(|| not_found(&id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list(
+    Extension(caller): Extension<Caller>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Invalid query",
+            "`limit` must be 1 to 200",
+        ));
+    }
+    let contacts = caller
+        .db()
+        .list_contacts(page.after.as_deref(), limit)
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    let next = (contacts.len() == limit as usize)
+        .then(|| contacts.last().map(|contact| contact.id.clone()))
+        .flatten();
+    Ok(Json(json!({ "data": contacts, "next_cursor": next })))
+}
+
+async fn update(
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&WRITERS)?;
+    let current = caller
+        .db()
+        .get_contact(&id)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+        .ok_or_else(|| not_found(&id))?;
+    let mut data = ContactData {
+        name: current.name,
+        phone: current.phone,
+        email: current.email,
+        tags: current.tags,
+        fields: current.fields,
+    };
+    apply_changes(&mut data, body, &caller.tenant.default_country)?;
+    let contact = caller
+        .db()
+        .update_contact(&id, &data)
+        .await
+        .map_err(write_error)?;
+    contact
+        .map(|contact| Json(json!(contact)))
+        .ok_or_else(|| not_found(&id))
+}
+
+async fn remove(
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&WRITERS)?;
+    if caller
+        .db()
+        .delete_contact(&id)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(&id))
+    }
+}
