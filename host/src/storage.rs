@@ -16,6 +16,8 @@
 //! (global, like tenants themselves); tests that run on both backends (`testing`).
 
 mod api_keys;
+mod audit;
+mod consent;
 mod contacts;
 mod plugin_kv;
 mod tenants;
@@ -31,6 +33,8 @@ use sqlx::{AnyPool, Executor};
 use crate::ids::TenantId;
 
 pub use api_keys::{ApiKey, NewApiKey, Role};
+pub use audit::AuditEntry;
+pub use consent::{CONSENT_CHANNELS, ConsentEntry};
 pub use contacts::{Contact, ContactData, ContactWriteError};
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
 pub use tenants::Tenant;

@@ -315,3 +315,113 @@ async fn roles_and_the_plan_contact_limit_are_enforced() {
         storage.close().await;
     }
 }
+
+#[tokio::test]
+async fn consent_is_an_append_only_history_and_calls_are_audited() {
+    for server in servers().await {
+        use reqwest::Method;
+        let (_, key) = tenant(&server, "pro").await;
+        let api = Api {
+            server: &server,
+            key,
+        };
+        let (_, contact) = api
+            .call(
+                Method::POST,
+                "/v1/contacts",
+                Some(json!({"name": "Ada", "phone": "+14155550132"})),
+            )
+            .await;
+        assert_eq!(contact["consent"], json!({}));
+        let id = contact["id"].as_str().expect("id").to_string();
+        let consent_url = format!("/v1/contacts/{id}/consent");
+        for (status, source) in [("opted_in", "form"), ("opted_out", "keyword")] {
+            let (code, body) = api
+                .call(Method::POST, &consent_url, Some(json!({"channel": "whatsapp", "status": status, "source": source, "proof": "msg-1"})))
+                .await;
+            assert_eq!(code, StatusCode::CREATED, "{body}");
+        }
+        api.call(
+            Method::POST,
+            &consent_url,
+            Some(json!({"channel": "email", "status": "opted_in"})),
+        )
+        .await;
+        // The current state is the latest entry per channel; the history keeps everything.
+        let (_, shown) = api
+            .call(Method::GET, &format!("/v1/contacts/{id}"), None)
+            .await;
+        assert_eq!(shown["consent"]["whatsapp"]["status"], "opted_out");
+        assert_eq!(shown["consent"]["whatsapp"]["source"], "keyword");
+        assert_eq!(shown["consent"]["email"]["status"], "opted_in");
+        assert_eq!(shown["consent"]["email"]["source"], "api");
+        let (_, history) = api.call(Method::GET, &consent_url, None).await;
+        let statuses: Vec<&str> = history["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .filter_map(|e| e["status"].as_str())
+            .collect();
+        assert_eq!(statuses, ["opted_in", "opted_out", "opted_in"]);
+        for (body, fragment) in [
+            (
+                json!({"channel": "fax", "status": "opted_in"}),
+                "`channel` must be one of",
+            ),
+            (
+                json!({"channel": "email", "status": "maybe"}),
+                "`status` must be",
+            ),
+        ] {
+            let (code, problem) = api.call(Method::POST, &consent_url, Some(body)).await;
+            assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(fragment)),
+                "{problem}"
+            );
+        }
+        let (code, _) = api
+            .call(
+                Method::POST,
+                "/v1/contacts/nope/consent",
+                Some(json!({"channel": "email", "status": "opted_in"})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+
+        // Every state-changing call above is in the audit log, newest first, with its key.
+        let (code, audit) = api.call(Method::GET, "/v1/audit?limit=200", None).await;
+        assert_eq!(code, StatusCode::OK, "{audit}");
+        let entries = audit["data"].as_array().expect("data");
+        let calls: Vec<(String, String, i64)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e["method"].as_str().unwrap_or("").to_string(),
+                    e["path"].as_str().unwrap_or("").to_string(),
+                    e["status"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(calls.len(), 7, "{calls:?}");
+        assert_eq!(
+            calls.last(),
+            Some(&("POST".to_string(), "/v1/contacts".to_string(), 201))
+        );
+        assert_eq!(
+            calls[0],
+            (
+                "POST".to_string(),
+                "/v1/contacts/nope/consent".to_string(),
+                404
+            )
+        );
+        assert!(entries.iter().all(|e| e["api_key_id"].is_string()));
+        assert!(
+            calls.iter().all(|(method, _, _)| method == "POST"),
+            "reads are not audited"
+        );
+    }
+}

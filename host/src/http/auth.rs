@@ -81,8 +81,25 @@ pub async fn authenticate(
         .rate_limiter
         .check(&caller.tenant.id, plan.requests_per_minute());
     let mut response = if decision.allowed {
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let audit = (!method.is_safe()).then(|| (caller.db().clone(), caller.key.id.clone()));
         request.extensions_mut().insert(caller);
-        next.run(request).await
+        let response = next.run(request).await;
+        // Every state-changing call is audited, whatever its outcome, before answering.
+        if let Some((db, key_id)) = audit
+            && let Err(error) = db
+                .record_audit(
+                    Some(&key_id),
+                    method.as_str(),
+                    &path,
+                    response.status().as_u16(),
+                )
+                .await
+        {
+            tracing::error!(%error, "could not write the audit log");
+        }
+        response
     } else {
         let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -16,12 +16,30 @@ use super::json::ApiJson;
 use super::problem::ApiError;
 use crate::contacts::{normalize_email, normalize_phone, normalize_tag};
 use crate::plans::Plan;
-use crate::storage::{ContactData, ContactWriteError, Role};
+use crate::storage::{
+    CONSENT_CHANNELS, ConsentEntry, Contact, ContactData, ContactWriteError, Role, TenantDb,
+};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/contacts", get(list).post(create))
         .route("/v1/contacts/{id}", get(show).patch(update).delete(remove))
+        .route(
+            "/v1/contacts/{id}/consent",
+            get(consent_history).post(record_consent),
+        )
+        .route("/v1/audit", get(audit))
+}
+
+/// A contact as the API shows it: its record plus the current consent per channel.
+async fn contact_view(db: &TenantDb, contact: Contact) -> Result<Value, ApiError> {
+    let consent = db
+        .current_consent(&contact.id)
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    let mut view = json!(contact);
+    view["consent"] = json!(consent);
+    Ok(view)
 }
 
 const WRITERS: [Role; 2] = [Role::Admin, Role::Agent];
@@ -164,7 +182,10 @@ async fn create(
         .create_contact(&data)
         .await
         .map_err(write_error)?;
-    Ok((StatusCode::CREATED, Json(json!(contact))))
+    Ok((
+        StatusCode::CREATED,
+        Json(contact_view(caller.db(), contact).await?),
+    ))
 }
 
 async fn show(
@@ -176,9 +197,8 @@ async fn show(
         .get_contact(&id)
         .await
         .map_err(|error| ApiError::internal(&error))?;
-    contact
-        .map(|contact| Json(json!(contact)))
-        .ok_or_else(|| not_found(&id))
+    let contact = contact.ok_or_else(|| not_found(&id))?;
+    Ok(Json(contact_view(caller.db(), contact).await?))
 }
 
 #[derive(Deserialize)]
@@ -209,7 +229,11 @@ async fn list(
     let next = (contacts.len() == limit as usize)
         .then(|| contacts.last().map(|contact| contact.id.clone()))
         .flatten();
-    Ok(Json(json!({ "data": contacts, "next_cursor": next })))
+    let mut data = Vec::with_capacity(contacts.len());
+    for contact in contacts {
+        data.push(contact_view(caller.db(), contact).await?);
+    }
+    Ok(Json(json!({ "data": data, "next_cursor": next })))
 }
 
 async fn update(
@@ -237,9 +261,8 @@ async fn update(
         .update_contact(&id, &data)
         .await
         .map_err(write_error)?;
-    contact
-        .map(|contact| Json(json!(contact)))
-        .ok_or_else(|| not_found(&id))
+    let contact = contact.ok_or_else(|| not_found(&id))?;
+    Ok(Json(contact_view(caller.db(), contact).await?))
 }
 
 async fn remove(
@@ -257,4 +280,104 @@ async fn remove(
     } else {
         Err(not_found(&id))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentChange {
+    channel: String,
+    status: String,
+    source: Option<String>,
+    proof: Option<String>,
+}
+
+async fn record_consent(
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(change): ApiJson<ConsentChange>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(&WRITERS)?;
+    if !CONSENT_CHANNELS.contains(&change.channel.as_str()) {
+        return Err(invalid(format!(
+            "`channel` must be one of {}",
+            CONSENT_CHANNELS.join(", ")
+        )));
+    }
+    if !matches!(change.status.as_str(), "opted_in" | "opted_out") {
+        return Err(invalid("`status` must be `opted_in` or `opted_out`"));
+    }
+    let entry = ConsentEntry {
+        channel: change.channel,
+        status: change.status,
+        source: change.source.unwrap_or_else(|| "api".into()),
+        proof: change.proof,
+        recorded_at: 0,
+    };
+    if !caller
+        .db()
+        .record_consent(&id, &entry)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+    {
+        return Err(not_found(&id));
+    }
+    let current = caller
+        .db()
+        .current_consent(&id)
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    Ok((StatusCode::CREATED, Json(json!({ "consent": current }))))
+}
+
+async fn consent_history(
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if caller
+        .db()
+        .get_contact(&id)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+        .is_none()
+    {
+        return Err(not_found(&id));
+    }
+    let history = caller
+        .db()
+        .consent_history(&id)
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    Ok(Json(json!({ "data": history })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditPage {
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn audit(
+    Extension(caller): Extension<Caller>,
+    page: Result<Query<AuditPage>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let Query(page) = page.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Invalid query",
+            rejection.body_text(),
+        )
+    })?;
+    let limit = page.limit.unwrap_or(50).clamp(1, 200);
+    let entries = caller
+        .db()
+        .list_audit(page.before.as_deref(), limit)
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    let next = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|entry| entry.id.clone()))
+        .flatten();
+    Ok(Json(json!({ "data": entries, "next_cursor": next })))
 }
