@@ -72,7 +72,8 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
-    let caller = match identify(&state, authorization).await {
+    let act_as = request.headers().get(ACT_AS_HEADER).cloned();
+    let caller = match identify(&state, authorization, act_as).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
@@ -126,9 +127,13 @@ pub async fn authenticate(
     response
 }
 
+/// A reseller's key acts on one of its sub-tenants by naming it in this header.
+pub const ACT_AS_HEADER: &str = "postdog-act-as";
+
 async fn identify(
     state: &AppState,
     authorization: Option<HeaderValue>,
+    act_as: Option<HeaderValue>,
 ) -> Result<Caller, ApiError> {
     let Some(value) = authorization else {
         return Err(unauthorized(
@@ -170,9 +175,55 @@ async fn identify(
     {
         tracing::warn!(%error, "could not record an API key's use");
     }
+    let tenant = match act_as {
+        None => tenant,
+        Some(value) => act_on_sub_tenant(state, &tenant, &value).await?,
+    };
     Ok(Caller {
         db: state.storage.tenant(&tenant.id),
         key,
         tenant,
     })
+}
+
+/// The sub-tenant a reseller names in `PostDog-Act-As`, if it is really one of its own.
+async fn act_on_sub_tenant(
+    state: &AppState,
+    reseller: &Tenant,
+    value: &HeaderValue,
+) -> Result<Tenant, ApiError> {
+    let refuse = |detail: &str| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not-your-sub-tenant",
+            "Not your sub-tenant",
+            detail,
+        )
+    };
+    if reseller.plan != Plan::Business.as_str() {
+        return Err(refuse("only business tenants have sub-tenants to act on"));
+    }
+    let id = value
+        .to_str()
+        .map_err(|_| refuse("the PostDog-Act-As header must be a tenant id"))?;
+    let target = state
+        .storage
+        .get_tenant(&crate::ids::TenantId::new(id.trim()))
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    match target {
+        Some(target) if target.parent_id.as_ref() == Some(&reseller.id) => {
+            if target.status != "active" {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "tenant-suspended",
+                    "Tenant suspended",
+                    "this sub-tenant is suspended",
+                ));
+            }
+            Ok(target)
+        }
+        // Unknown and foreign tenants look the same, so ids cannot be probed.
+        _ => Err(refuse("no sub-tenant with this id belongs to your tenant")),
+    }
 }

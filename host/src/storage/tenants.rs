@@ -165,3 +165,22 @@ impl Storage {
         Ok(result.rows_affected() > 0)
     }
 }
+
+impl Storage {
+    /// The sub-tenants of a reseller, oldest first.
+    pub async fn list_sub_tenants(&self, parent: &TenantId) -> Result<Vec<Tenant>, StorageError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            tenant_columns!(),
+            " FROM tenants WHERE parent_id = $1 ORDER BY id"
+        ))
+        .bind(parent.as_str())
+        .fetch_all(self.pool())
+        .await
+        .context("listing sub-tenants")?;
+        rows.iter()
+            .map(tenant_from_row)
+            .collect::<Result<_, _>>()
+            .context("decoding sub-tenants")
+    }
+}
