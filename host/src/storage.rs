@@ -35,7 +35,7 @@ use crate::ids::TenantId;
 pub use api_keys::{ApiKey, NewApiKey, Role};
 pub use audit::AuditEntry;
 pub use consent::{CONSENT_CHANNELS, ConsentEntry};
-pub use contacts::{Contact, ContactData, ContactWriteError};
+pub use contacts::{Contact, ContactData, ContactFilter, ContactWriteError};
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
 pub use tenants::Tenant;
 

@@ -425,3 +425,66 @@ async fn consent_is_an_append_only_history_and_calls_are_audited() {
         );
     }
 }
+
+#[tokio::test]
+async fn contacts_are_searchable_by_tag_text_and_dates() {
+    for server in servers().await {
+        use reqwest::Method;
+        let (_, key) = tenant(&server, "pro").await;
+        let api = Api {
+            server: &server,
+            key,
+        };
+        for (name, email, tags) in [
+            ("Ada Lovelace", "ada@example.com", json!(["vip"])),
+            ("Alan Turing", "alan@example.org", json!(["vip", "lead"])),
+            ("Grace 100%_Hopper", "grace@example.net", json!(["lead"])),
+        ] {
+            let (status, _) = api
+                .call(
+                    Method::POST,
+                    "/v1/contacts",
+                    Some(json!({"name": name, "email": email, "tags": tags})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        let names = |page: &Value| -> Vec<String> {
+            page["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        let (_, vip) = api.call(Method::GET, "/v1/contacts?tag=vip", None).await;
+        assert_eq!(names(&vip), ["Ada Lovelace", "Alan Turing"]);
+        let (_, text) = api.call(Method::GET, "/v1/contacts?q=LOVE", None).await;
+        assert_eq!(names(&text), ["Ada Lovelace"]);
+        let (_, by_email) = api
+            .call(Method::GET, "/v1/contacts?q=example.org", None)
+            .await;
+        assert_eq!(names(&by_email), ["Alan Turing"]);
+        // `%` and `_` are literal, not wildcards.
+        let (_, literal) = api.call(Method::GET, "/v1/contacts?q=100%25_", None).await;
+        assert_eq!(names(&literal), ["Grace 100%_Hopper"]);
+        let (_, none) = api.call(Method::GET, "/v1/contacts?q=%25", None).await;
+        assert_eq!(names(&none), ["Grace 100%_Hopper"]);
+        let (_, both) = api
+            .call(Method::GET, "/v1/contacts?tag=lead&q=alan", None)
+            .await;
+        assert_eq!(names(&both), ["Alan Turing"]);
+        let (_, future) = api
+            .call(
+                Method::GET,
+                "/v1/contacts?created_after=4102444800000",
+                None,
+            )
+            .await;
+        assert_eq!(names(&future), Vec::<String>::new());
+        let (status, problem) = api
+            .call(Method::GET, "/v1/contacts?created_after=yesterday", None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    }
+}

@@ -17,7 +17,8 @@ use super::problem::ApiError;
 use crate::contacts::{normalize_email, normalize_phone, normalize_tag};
 use crate::plans::Plan;
 use crate::storage::{
-    CONSENT_CHANNELS, ConsentEntry, Contact, ContactData, ContactWriteError, Role, TenantDb,
+    CONSENT_CHANNELS, ConsentEntry, Contact, ContactData, ContactFilter, ContactWriteError, Role,
+    TenantDb,
 };
 
 pub(super) fn router() -> Router<AppState> {
@@ -206,6 +207,11 @@ async fn show(
 struct Page {
     after: Option<String>,
     limit: Option<u32>,
+    tag: Option<String>,
+    q: Option<String>,
+    created_after: Option<i64>,
+    created_before: Option<i64>,
+    updated_after: Option<i64>,
 }
 
 async fn list(
@@ -223,7 +229,17 @@ async fn list(
     }
     let contacts = caller
         .db()
-        .list_contacts(page.after.as_deref(), limit)
+        .list_contacts(
+            &ContactFilter {
+                tag: page.tag.clone(),
+                text: page.q.clone().filter(|q| !q.trim().is_empty()),
+                created_after: page.created_after,
+                created_before: page.created_before,
+                updated_after: page.updated_after,
+            },
+            page.after.as_deref(),
+            limit,
+        )
         .await
         .map_err(|error| ApiError::internal(&error))?;
     let next = (contacts.len() == limit as usize)

@@ -44,6 +44,21 @@ pub struct ContactData {
     pub fields: serde_json::Value,
 }
 
+/// Which contacts to list; every set condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactFilter {
+    /// Has this tag.
+    pub tag: Option<String>,
+    /// Name (case-insensitive), phone or email contains this text.
+    pub text: Option<String>,
+    /// Created after this time (Unix milliseconds).
+    pub created_after: Option<i64>,
+    /// Created before this time (Unix milliseconds).
+    pub created_before: Option<i64>,
+    /// Changed after this time (Unix milliseconds).
+    pub updated_after: Option<i64>,
+}
+
 /// Why a contact write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ContactWriteError {
@@ -268,22 +283,74 @@ impl TenantDb {
         }
     }
 
-    /// Up to `limit` contacts with ids after `after` (a cursor), in id order.
+    /// Up to `limit` contacts matching `filter` with ids after `after` (a cursor), in id
+    /// order.
     pub async fn list_contacts(
         &self,
+        filter: &ContactFilter,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Contact>, StorageError> {
-        let rows = sqlx::query(
+        // Built from fixed fragments only; every value is a bound parameter (`$N` works on
+        // both backends, unlike sqlx's Any QueryBuilder, which writes `?`).
+        enum Bind {
+            Text(String),
+            Number(i64),
+        }
+        let mut binds = vec![
+            Bind::Text(self.tenant_id().as_str().to_string()),
+            Bind::Text(after.unwrap_or("").to_string()),
+        ];
+        let mut sql = String::from(
             "SELECT id, name, phone, email, fields, created_at, updated_at FROM contacts \
-             WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(self.tenant_id().as_str())
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(self.storage().pool())
-        .await
-        .context("listing contacts")?;
+             WHERE tenant_id = $1 AND id > $2",
+        );
+        let next = |bind: Bind, binds: &mut Vec<Bind>| {
+            binds.push(bind);
+            binds.len()
+        };
+        if let Some(tag) = &filter.tag {
+            let n = next(Bind::Text(tag.clone()), &mut binds);
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM contact_tags t WHERE t.tenant_id = contacts.tenant_id \
+                 AND t.contact_id = contacts.id AND t.tag = ${n})"
+            ));
+        }
+        if let Some(text) = &filter.text {
+            let escaped = text
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            let n = next(Bind::Text(format!("%{escaped}%")), &mut binds);
+            sql.push_str(&format!(
+                " AND (LOWER(COALESCE(name, '')) LIKE ${n} ESCAPE '\\' OR COALESCE(phone, '') LIKE ${n} ESCAPE '\\' \
+                 OR COALESCE(email, '') LIKE ${n} ESCAPE '\\')"
+            ));
+        }
+        for (value, condition) in [
+            (filter.created_after, "created_at >"),
+            (filter.created_before, "created_at <"),
+            (filter.updated_after, "updated_at >"),
+        ] {
+            if let Some(value) = value {
+                let n = next(Bind::Number(value), &mut binds);
+                sql.push_str(&format!(" AND {condition} ${n}"));
+            }
+        }
+        let n = next(Bind::Number(i64::from(limit)), &mut binds);
+        sql.push_str(&format!(" ORDER BY id LIMIT ${n}"));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text),
+                Bind::Number(number) => query.bind(number),
+            };
+        }
+        let rows = query
+            .fetch_all(self.storage().pool())
+            .await
+            .context("listing contacts")?;
         let mut contacts = Vec::with_capacity(rows.len());
         for row in &rows {
             contacts.push(self.contact_from_row(row).await?);
