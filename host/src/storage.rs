@@ -19,6 +19,7 @@ mod api_keys;
 mod audit;
 mod consent;
 mod contacts;
+mod custom_fields;
 mod plugin_kv;
 mod tenants;
 pub mod testing;
@@ -36,6 +37,7 @@ pub use api_keys::{ApiKey, NewApiKey, Role};
 pub use audit::AuditEntry;
 pub use consent::{CONSENT_CHANNELS, ConsentEntry};
 pub use contacts::{Contact, ContactData, ContactFilter, ContactWriteError};
+pub use custom_fields::{CustomField, FieldKind};
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
 pub use tenants::Tenant;
 

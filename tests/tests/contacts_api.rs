@@ -65,6 +65,22 @@ async fn contacts_crud_with_normalization_and_uniqueness() {
             server: &server,
             key,
         };
+        for (key, definition) in [
+            (
+                "plan",
+                json!({"label": "Plan", "kind": "select", "options": ["gold", "silver"]}),
+            ),
+            ("city", json!({"label": "City", "kind": "text"})),
+        ] {
+            let (status, body) = api
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/custom-fields/{key}"),
+                    Some(definition),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
         use reqwest::Method;
 
         let (status, ada) = api
@@ -486,5 +502,106 @@ async fn contacts_are_searchable_by_tag_text_and_dates() {
             .call(Method::GET, "/v1/contacts?created_after=yesterday", None)
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    }
+}
+
+#[tokio::test]
+async fn custom_fields_are_typed_and_validated() {
+    for server in servers().await {
+        use reqwest::Method;
+        let (_, key) = tenant(&server, "pro").await;
+        let api = Api {
+            server: &server,
+            key,
+        };
+        for (key, definition) in [
+            ("birthday", json!({"label": "Birthday", "kind": "date"})),
+            ("score", json!({"label": "Score", "kind": "number"})),
+            (
+                "newsletter",
+                json!({"label": "Newsletter", "kind": "boolean"}),
+            ),
+            (
+                "tier",
+                json!({"label": "Tier", "kind": "select", "options": ["a", "b"]}),
+            ),
+        ] {
+            let (status, body) = api
+                .call(
+                    Method::PUT,
+                    &format!("/v1/custom-fields/{key}"),
+                    Some(definition),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        for (key, definition, fragment) in [
+            (
+                "Bad-Key",
+                json!({"label": "x", "kind": "text"}),
+                "a-z, 0-9 and _",
+            ),
+            ("color", json!({"label": "x", "kind": "select"}), "options"),
+            ("color", json!({"label": "x", "kind": "colour"}), "kind"),
+        ] {
+            let (status, problem) = api
+                .call(
+                    Method::PUT,
+                    &format!("/v1/custom-fields/{key}"),
+                    Some(definition),
+                )
+                .await;
+            assert!(status.is_client_error(), "{key}: {problem}");
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(fragment)),
+                "{key}: {problem}"
+            );
+        }
+        let (_, listed) = api.call(Method::GET, "/v1/custom-fields", None).await;
+        assert_eq!(listed["data"].as_array().map(Vec::len), Some(4));
+
+        let fields =
+            json!({"birthday": "1990-02-28", "score": 7.5, "newsletter": true, "tier": "a"});
+        let (status, contact) = api
+            .call(
+                Method::POST,
+                "/v1/contacts",
+                Some(json!({"name": "Ada", "fields": fields})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{contact}");
+        assert_eq!(contact["fields"], fields);
+        let id = contact["id"].as_str().expect("id");
+        for (bad, fragment) in [
+            (json!({"birthday": "1990-02-30"}), "YYYY-MM-DD"),
+            (json!({"score": "high"}), "takes a number"),
+            (json!({"newsletter": "yes"}), "true or false"),
+            (json!({"tier": "z"}), "one of: a, b"),
+            (json!({"shoe_size": 42}), "not defined"),
+        ] {
+            let (status, problem) = api
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/contacts/{id}"),
+                    Some(json!({"fields": bad})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(fragment)),
+                "{problem}"
+            );
+        }
+        let (_, unchanged) = api
+            .call(Method::GET, &format!("/v1/contacts/{id}"), None)
+            .await;
+        assert_eq!(
+            unchanged["fields"], fields,
+            "refused changes leave the contact as it was"
+        );
     }
 }

@@ -17,8 +17,8 @@ use super::problem::ApiError;
 use crate::contacts::{normalize_email, normalize_phone, normalize_tag};
 use crate::plans::Plan;
 use crate::storage::{
-    CONSENT_CHANNELS, ConsentEntry, Contact, ContactData, ContactFilter, ContactWriteError, Role,
-    TenantDb,
+    CONSENT_CHANNELS, ConsentEntry, Contact, ContactData, ContactFilter, ContactWriteError,
+    CustomField, FieldKind, Role, TenantDb,
 };
 
 pub(super) fn router() -> Router<AppState> {
@@ -30,6 +30,11 @@ pub(super) fn router() -> Router<AppState> {
             get(consent_history).post(record_consent),
         )
         .route("/v1/audit", get(audit))
+        .route("/v1/custom-fields", get(list_fields))
+        .route(
+            "/v1/custom-fields/{key}",
+            axum::routing::put(put_field).delete(delete_field),
+        )
 }
 
 /// A contact as the API shows it: its record plus the current consent per channel.
@@ -83,6 +88,7 @@ fn apply_changes(
     data: &mut ContactData,
     changes: Map<String, Value>,
     country: &str,
+    definitions: &[CustomField],
 ) -> Result<(), ApiError> {
     for (key, value) in changes {
         let text = |value: &Value| -> Result<Option<String>, ApiError> {
@@ -127,6 +133,17 @@ fn apply_changes(
                 };
                 let mut merged = data.fields.as_object().cloned().unwrap_or_default();
                 for (field, value) in fields {
+                    let Some(definition) = definitions
+                        .iter()
+                        .find(|definition| definition.key == field)
+                    else {
+                        return Err(invalid(format!(
+                            "field `{field}` is not defined for this tenant; define it with PUT /v1/custom-fields/{field}"
+                        )));
+                    };
+                    if !value.is_null() {
+                        definition.check(&value).map_err(invalid)?;
+                    }
                     if value.is_null() {
                         merged.remove(&field);
                     } else {
@@ -154,7 +171,17 @@ async fn create(
         fields: json!({}),
         ..ContactData::default()
     };
-    apply_changes(&mut data, body, &caller.tenant.default_country)?;
+    let definitions = caller
+        .db()
+        .custom_fields()
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    apply_changes(
+        &mut data,
+        body,
+        &caller.tenant.default_country,
+        &definitions,
+    )?;
     if data.name.is_none() && data.phone.is_none() && data.email.is_none() {
         return Err(invalid(
             "a contact needs at least a name, a phone or an email",
@@ -271,7 +298,17 @@ async fn update(
         tags: current.tags,
         fields: current.fields,
     };
-    apply_changes(&mut data, body, &caller.tenant.default_country)?;
+    let definitions = caller
+        .db()
+        .custom_fields()
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    apply_changes(
+        &mut data,
+        body,
+        &caller.tenant.default_country,
+        &definitions,
+    )?;
     let contact = caller
         .db()
         .update_contact(&id, &data)
@@ -396,4 +433,79 @@ async fn audit(
         .then(|| entries.last().map(|entry| entry.id.clone()))
         .flatten();
     Ok(Json(json!({ "data": entries, "next_cursor": next })))
+}
+
+async fn list_fields(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
+    let fields = caller
+        .db()
+        .custom_fields()
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    Ok(Json(json!({ "data": fields })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldDefinition {
+    label: String,
+    kind: FieldKind,
+    #[serde(default)]
+    options: Vec<String>,
+}
+
+async fn put_field(
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+    ApiJson(definition): ApiJson<FieldDefinition>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    if key.is_empty()
+        || key.len() > 64
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(invalid(
+            "a field key is 1 to 64 characters of a-z, 0-9 and _",
+        ));
+    }
+    if (definition.kind == FieldKind::Select) == definition.options.is_empty() {
+        return Err(invalid(
+            "`options` lists the allowed values of a select field, and only of one",
+        ));
+    }
+    let field = CustomField {
+        key,
+        label: definition.label,
+        kind: definition.kind,
+        options: definition.options,
+    };
+    caller
+        .db()
+        .put_custom_field(&field)
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    Ok(Json(json!(field)))
+}
+
+async fn delete_field(
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&[Role::Admin])?;
+    if caller
+        .db()
+        .delete_custom_field(&key)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no custom field `{key}`"),
+        ))
+    }
 }
