@@ -152,6 +152,29 @@ pub fn postdog_command() -> std::process::Command {
         "{} is missing: run `cargo build -p postdog-host` (cargo test --workspace does)",
         binary.display()
     );
+    // `cargo test -p postdog-tests` builds the host library but not its binary; refuse to
+    // test a binary older than the library this test was built with.
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|meta| meta.modified()).ok();
+    let newest_library = std::fs::read_dir(dir.join("deps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("libpostdog_host-") && name.ends_with(".rlib"))
+        })
+        .filter_map(|path| modified(&path))
+        .max();
+    if let (Some(library), Some(built)) = (newest_library, modified(&binary)) {
+        assert!(
+            built >= library,
+            "{} is older than the host library: run `cargo build -p postdog-host` first \
+             (`cargo test --workspace` does)",
+            binary.display()
+        );
+    }
     let mut command = std::process::Command::new(binary);
     command
         .env_remove("DATABASE_URL")

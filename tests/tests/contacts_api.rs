@@ -605,3 +605,90 @@ async fn custom_fields_are_typed_and_validated() {
         );
     }
 }
+
+#[tokio::test]
+async fn merging_two_contacts_keeps_everything_once() {
+    for server in servers().await {
+        use reqwest::Method;
+        let (_, key) = tenant(&server, "pro").await;
+        let api = Api {
+            server: &server,
+            key,
+        };
+        api.call(
+            Method::PUT,
+            "/v1/custom-fields/city",
+            Some(json!({"label": "City", "kind": "text"})),
+        )
+        .await;
+        api.call(
+            Method::PUT,
+            "/v1/custom-fields/plan",
+            Some(json!({"label": "Plan", "kind": "text"})),
+        )
+        .await;
+        let (_, phone_only) = api.call(Method::POST, "/v1/contacts", Some(json!({"name": "Ada", "phone": "+14155550132", "tags": ["a"], "fields": {"city": "London"}}))).await;
+        let (_, email_only) = api.call(Method::POST, "/v1/contacts", Some(json!({"name": "A. Lovelace", "email": "ada@example.com", "tags": ["b", "a"], "fields": {"city": "Paris", "plan": "gold"}}))).await;
+        let target = phone_only["id"].as_str().expect("id");
+        let source = email_only["id"].as_str().expect("id");
+        api.call(
+            Method::POST,
+            &format!("/v1/contacts/{source}/consent"),
+            Some(json!({"channel": "email", "status": "opted_in"})),
+        )
+        .await;
+
+        let (status, merged) = api
+            .call(
+                Method::POST,
+                &format!("/v1/contacts/{target}/merge"),
+                Some(json!({"from": source})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{merged}");
+        assert_eq!(merged["name"], "Ada", "the target's values win");
+        assert_eq!(merged["phone"], "+14155550132");
+        assert_eq!(
+            merged["email"], "ada@example.com",
+            "missing values come from the source"
+        );
+        assert_eq!(merged["tags"], json!(["a", "b"]));
+        assert_eq!(merged["fields"], json!({"city": "London", "plan": "gold"}));
+        assert_eq!(
+            merged["consent"]["email"]["status"], "opted_in",
+            "consent history moves along"
+        );
+        let (status, _) = api
+            .call(Method::GET, &format!("/v1/contacts/{source}"), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // The email is now the merged contact's: creating it again is a conflict naming it.
+        let (status, problem) = api
+            .call(
+                Method::POST,
+                "/v1/contacts",
+                Some(json!({"email": "ada@example.com"})),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["existing_contact_id"].as_str()),
+            (StatusCode::CONFLICT, Some(target))
+        );
+        let (status, _) = api
+            .call(
+                Method::POST,
+                &format!("/v1/contacts/{target}/merge"),
+                Some(json!({"from": target})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, _) = api
+            .call(
+                Method::POST,
+                &format!("/v1/contacts/{target}/merge"),
+                Some(json!({"from": "nope"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}

@@ -29,6 +29,7 @@ pub(super) fn router() -> Router<AppState> {
             "/v1/contacts/{id}/consent",
             get(consent_history).post(record_consent),
         )
+        .route("/v1/contacts/{id}/merge", axum::routing::post(merge))
         .route("/v1/audit", get(audit))
         .route("/v1/custom-fields", get(list_fields))
         .route(
@@ -508,4 +509,29 @@ async fn delete_field(
             format!("no custom field `{key}`"),
         ))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeRequest {
+    /// The contact merged into this one and then deleted.
+    from: String,
+}
+
+async fn merge(
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<MergeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&WRITERS)?;
+    if request.from == id {
+        return Err(invalid("a contact cannot be merged into itself"));
+    }
+    let merged = caller
+        .db()
+        .merge_contacts(&id, &request.from)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+        .ok_or_else(|| not_found(&format!("{id}` or `{}", request.from)))?;
+    Ok(Json(contact_view(caller.db(), merged).await?))
 }

@@ -383,6 +383,73 @@ impl TenantDb {
         Ok(deleted > 0)
     }
 
+    /// Merges `source` into `target` in one transaction: the target keeps its values and
+    /// takes the source's name, phone and email where it has none, the union of tags,
+    /// the source's custom field values it lacks, and the source's consent history; the
+    /// source is deleted. `None` if either is not this tenant's contact.
+    pub async fn merge_contacts(
+        &self,
+        target_id: &str,
+        source_id: &str,
+    ) -> Result<Option<Contact>, StorageError> {
+        let (Some(target), Some(source)) = (
+            self.get_contact(target_id).await?,
+            self.get_contact(source_id).await?,
+        ) else {
+            return Ok(None);
+        };
+        let mut fields = source.fields.as_object().cloned().unwrap_or_default();
+        fields.extend(target.fields.as_object().cloned().unwrap_or_default());
+        let mut tags = target.tags.clone();
+        tags.extend(source.tags.iter().cloned());
+        let merged = ContactData {
+            name: target.name.or(source.name),
+            phone: target.phone.or(source.phone),
+            email: target.email.or(source.email),
+            tags,
+            fields: serde_json::Value::Object(fields),
+        };
+        let tenant = self.tenant_id().as_str();
+        let result: Result<(), sqlx::Error> = async {
+            let mut tx = self.storage().pool().begin().await?;
+            sqlx::query("UPDATE contact_consent SET contact_id = $1 WHERE tenant_id = $2 AND contact_id = $3")
+                .bind(target_id)
+                .bind(tenant)
+                .bind(source_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2")
+                .bind(tenant)
+                .bind(source_id)
+                .execute(&mut *tx)
+                .await?;
+            // Delete the source first: its phone and email move to the target.
+            sqlx::query("DELETE FROM contacts WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant)
+                .bind(source_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE contacts SET name = $1, phone = $2, email = $3, fields = $4, updated_at = $5 \
+                 WHERE tenant_id = $6 AND id = $7",
+            )
+            .bind(merged.name.as_deref())
+            .bind(merged.phone.as_deref())
+            .bind(merged.email.as_deref())
+            .bind(merged.fields.to_string())
+            .bind(now_ms())
+            .bind(tenant)
+            .bind(target_id)
+            .execute(&mut *tx)
+            .await?;
+            Self::write_tags(&mut tx, tenant, target_id, &merged.tags).await?;
+            tx.commit().await
+        }
+        .await;
+        result.context("merging contacts")?;
+        self.get_contact(target_id).await
+    }
+
     /// How many contacts this tenant has.
     pub async fn count_contacts(&self) -> Result<u64, StorageError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM contacts WHERE tenant_id = $1")
