@@ -154,7 +154,11 @@ pub fn postdog_command() -> std::process::Command {
     );
     // `cargo test -p postdog-tests` builds the host library but not its binary; refuse to
     // test a binary older than the library this test was built with.
-    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|meta| meta.modified()).ok();
+    let modified = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok()
+    };
     let newest_library = std::fs::read_dir(dir.join("deps"))
         .into_iter()
         .flatten()
@@ -280,4 +284,17 @@ impl Drop for PostdogServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `postdog serve` on SQLite and, when PostgreSQL is configured for tests, another on a
+/// fresh PostgreSQL database: API tests run their body against each.
+pub async fn servers_on_every_backend() -> Vec<PostdogServer> {
+    let mut servers = vec![PostdogServer::start(None).await];
+    if let Some(database) = postdog_host::storage::testing::postgres()
+        .await
+        .expect("a PostgreSQL test database")
+    {
+        servers.push(PostdogServer::start(Some(database.url.clone())).await);
+    }
+    servers
 }

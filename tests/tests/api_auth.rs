@@ -1,17 +1,12 @@
 //! Tenants, API keys, roles and per-plan rate limits through the real HTTP API of a
 //! running `postdog serve`, on SQLite and on PostgreSQL.
 
-use postdog_host::storage::testing;
 use postdog_tests::{OPERATOR_TOKEN, PostdogServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 async fn servers() -> Vec<PostdogServer> {
-    let mut servers = vec![PostdogServer::start(None).await];
-    if let Some(database) = testing::postgres().await.expect("postgres") {
-        servers.push(PostdogServer::start(Some(database.url.clone())).await);
-    }
-    servers
+    postdog_tests::servers_on_every_backend().await
 }
 
 fn client() -> reqwest::Client {

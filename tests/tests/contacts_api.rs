@@ -2,17 +2,12 @@
 //! PostgreSQL: normalization, uniqueness with 409s that name the existing contact,
 //! roles, plan limits, pagination and tenant isolation.
 
-use postdog_host::storage::testing;
 use postdog_tests::{OPERATOR_TOKEN, PostdogServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 async fn servers() -> Vec<PostdogServer> {
-    let mut servers = vec![PostdogServer::start(None).await];
-    if let Some(database) = testing::postgres().await.expect("postgres") {
-        servers.push(PostdogServer::start(Some(database.url.clone())).await);
-    }
-    servers
+    postdog_tests::servers_on_every_backend().await
 }
 
 async fn tenant(server: &PostdogServer, plan: &str) -> (String, String) {

@@ -1,7 +1,6 @@
 //! Resellers: a Business tenant creates sub-tenants and acts on them explicitly; a
 //! sub-tenant sees only itself, never its parent or siblings.
 
-use postdog_host::storage::testing;
 use postdog_tests::{OPERATOR_TOKEN, PostdogServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -30,11 +29,7 @@ async fn call(
 
 #[tokio::test]
 async fn resellers_manage_and_act_on_their_sub_tenants_only() {
-    let mut servers = vec![PostdogServer::start(None).await];
-    if let Some(database) = testing::postgres().await.expect("postgres") {
-        servers.push(PostdogServer::start(Some(database.url.clone())).await);
-    }
-    for server in servers {
+    for server in postdog_tests::servers_on_every_backend().await {
         let admin = |plan: &str, name: &str| {
             let server = &server;
             let body = json!({"name": name, "plan": plan});

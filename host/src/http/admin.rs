@@ -63,6 +63,19 @@ async fn operator_only(State(state): State<AppState>, request: Request, next: Ne
     next.run(request).await
 }
 
+/// The API's answer to a failed tenant provisioning.
+pub(super) fn provision_problem(error: ProvisionError) -> ApiError {
+    match error {
+        ProvisionError::Storage(error) => ApiError::internal(&error),
+        other => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-tenant",
+            "Invalid tenant",
+            other.to_string(),
+        ),
+    }
+}
+
 fn tenant_json(tenant: &Tenant) -> Value {
     json!({
         "id": tenant.id,
@@ -124,15 +137,7 @@ async fn create(
     let (tenant, key) =
         provision_tenant(&state.storage, &new.name, new.plan, new.parent_id.as_ref())
             .await
-            .map_err(|error| match error {
-                ProvisionError::Storage(error) => ApiError::internal(&error),
-                other => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid-tenant",
-                    "Invalid tenant",
-                    other.to_string(),
-                ),
-            })?;
+            .map_err(provision_problem)?;
     Ok((
         StatusCode::CREATED,
         Json(

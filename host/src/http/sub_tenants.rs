@@ -14,7 +14,7 @@ use super::json::ApiJson;
 use super::problem::ApiError;
 use crate::plans::Plan;
 use crate::storage::Role;
-use crate::tenants::{ProvisionError, provision_tenant};
+use crate::tenants::provision_tenant;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/v1/sub-tenants", get(list).post(create))
@@ -49,15 +49,7 @@ async fn create(
     let (tenant, key) =
         provision_tenant(&state.storage, &new.name, new.plan, Some(&caller.tenant.id))
             .await
-            .map_err(|error| match error {
-                ProvisionError::Storage(error) => ApiError::internal(&error),
-                other => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid-tenant",
-                    "Invalid tenant",
-                    other.to_string(),
-                ),
-            })?;
+            .map_err(super::admin::provision_problem)?;
     Ok((
         StatusCode::CREATED,
         Json(
