@@ -10,6 +10,7 @@ mod health;
 pub mod json;
 pub mod problem;
 pub mod rate_limit;
+mod segments;
 mod sub_tenants;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
     let tenant_api = Router::new()
         .merge(api_keys::router())
         .merge(contacts::router())
+        .merge(segments::router())
         .merge(sub_tenants::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -8,6 +8,7 @@ pub mod outbound_http;
 pub mod plans;
 pub mod plugin_dev;
 pub mod runtime;
+pub mod segments;
 pub mod server;
 pub mod storage;
 pub mod tenants;

@@ -20,7 +20,10 @@ mod audit;
 mod consent;
 mod contacts;
 mod custom_fields;
+mod filter_sql;
+mod notes;
 mod plugin_kv;
+mod segments;
 mod tenants;
 pub mod testing;
 
@@ -36,9 +39,11 @@ use crate::ids::TenantId;
 pub use api_keys::{ApiKey, NewApiKey, Role};
 pub use audit::AuditEntry;
 pub use consent::{CONSENT_CHANNELS, ConsentEntry};
-pub use contacts::{Contact, ContactData, ContactFilter, ContactWriteError};
+pub use contacts::{Contact, ContactData, ContactWriteError};
 pub use custom_fields::{CustomField, FieldKind};
+pub use notes::Note;
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
+pub use segments::{Segment, SegmentWriteError};
 pub use tenants::Tenant;
 
 /// Which database a `Storage` talks to.

@@ -153,28 +153,29 @@ pub fn postdog_command() -> std::process::Command {
         binary.display()
     );
     // `cargo test -p postdog-tests` builds the host library but not its binary; refuse to
-    // test a binary older than the library this test was built with.
-    let modified = |path: &std::path::Path| {
-        std::fs::metadata(path)
-            .and_then(|meta| meta.modified())
-            .ok()
-    };
-    let newest_library = std::fs::read_dir(dir.join("deps"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("libpostdog_host-") && name.ends_with(".rlib"))
-        })
-        .filter_map(|path| modified(&path))
+    // test a binary older than the host's sources or migrations.
+    fn newest(path: &std::path::Path) -> Option<std::time::SystemTime> {
+        let meta = std::fs::metadata(path).ok()?;
+        if !meta.is_dir() {
+            return meta.modified().ok();
+        }
+        std::fs::read_dir(path)
+            .ok()?
+            .flatten()
+            .filter_map(|entry| newest(&entry.path()))
+            .max()
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root");
+    let sources = ["host/src", "host/Cargo.toml", "migrations", "wit"]
+        .iter()
+        .filter_map(|part| newest(&root.join(part)))
         .max();
-    if let (Some(library), Some(built)) = (newest_library, modified(&binary)) {
+    if let (Some(sources), Some(built)) = (sources, newest(&binary)) {
         assert!(
-            built >= library,
-            "{} is older than the host library: run `cargo build -p postdog-host` first \
+            built >= sources,
+            "{} is older than the host's sources: run `cargo build -p postdog-host` first \
              (`cargo test --workspace` does)",
             binary.display()
         );
@@ -249,6 +250,22 @@ impl PostdogServer {
         }
     }
 
+    /// A direct connection to the server's database, for arranging state no API
+    /// writes yet (the caller closes it).
+    ///
+    /// # Panics
+    /// When the database cannot be opened.
+    pub async fn storage(&self) -> postdog_host::storage::Storage {
+        match &self.database_url {
+            Some(url) => postdog_host::storage::Storage::connect(url)
+                .await
+                .expect("connect"),
+            None => postdog_host::storage::Storage::open_data_dir(self.data_dir.path())
+                .await
+                .expect("open"),
+        }
+    }
+
     /// Runs `postdog <args>` against this server's database and returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let mut command = postdog_command();
@@ -297,4 +314,129 @@ pub async fn servers_on_every_backend() -> Vec<PostdogServer> {
         servers.push(PostdogServer::start(Some(database.url.clone())).await);
     }
     servers
+}
+
+/// A tenant API client for one key of a running server.
+#[derive(Clone)]
+pub struct Api {
+    /// The server's base URL.
+    pub base_url: String,
+    /// The bearer key.
+    pub key: String,
+    /// A sub-tenant to act on (`PostDog-Act-As`).
+    pub act_as: Option<String>,
+    client: reqwest::Client,
+}
+
+impl Api {
+    /// A client using `key` against `server`.
+    pub fn new(server: &PostdogServer, key: &str) -> Self {
+        Self {
+            base_url: server.base_url.clone(),
+            key: key.to_string(),
+            act_as: None,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Creates a tenant through the operator API and returns a client with its first key
+    /// and the tenant's id.
+    ///
+    /// # Panics
+    /// When the operator API refuses.
+    pub async fn tenant(server: &PostdogServer, plan: &str) -> (Self, String) {
+        let body: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/admin/v1/tenants", server.base_url))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&serde_json::json!({ "name": format!("{plan} tenant"), "plan": plan }))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON");
+        let key = body["api_key"].as_str().expect("api_key");
+        let id = body["tenant_id"].as_str().expect("tenant_id").to_string();
+        (Self::new(server, key), id)
+    }
+
+    /// Sends a request (JSON body if given); the status and the JSON body (`Null` if the
+    /// body is not JSON).
+    ///
+    /// # Panics
+    /// When the request cannot be sent.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let response = self.send(method, path, body).await;
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Sends a request and returns the raw response.
+    ///
+    /// # Panics
+    /// When the request cannot be sent.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(&self.key);
+        if let Some(id) = &self.act_as {
+            request = request.header("PostDog-Act-As", id);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// `GET`.
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// `POST` with a JSON body.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// `PATCH` with a JSON body.
+    pub async fn patch(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    /// `PUT` with a JSON body.
+    pub async fn put(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// `DELETE`.
+    pub async fn delete(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
 }

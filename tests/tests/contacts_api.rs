@@ -2,7 +2,7 @@
 //! PostgreSQL: normalization, uniqueness with 409s that name the existing contact,
 //! roles, plan limits, pagination and tenant isolation.
 
-use postdog_tests::{OPERATOR_TOKEN, PostdogServer};
+use postdog_tests::{Api, PostdogServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -10,56 +10,15 @@ async fn servers() -> Vec<PostdogServer> {
     postdog_tests::servers_on_every_backend().await
 }
 
-async fn tenant(server: &PostdogServer, plan: &str) -> (String, String) {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{}/admin/v1/tenants", server.base_url))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&json!({ "name": "T", "plan": plan }))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON");
-    (
-        body["tenant_id"].as_str().expect("id").into(),
-        body["api_key"].as_str().expect("key").into(),
-    )
-}
-
-struct Api<'a> {
-    server: &'a PostdogServer,
-    key: String,
-}
-
-impl Api<'_> {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.server.base_url))
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status();
-        let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
+async fn tenant(server: &PostdogServer, plan: &str) -> (String, Api) {
+    let (api, id) = Api::tenant(server, plan).await;
+    (id, api)
 }
 
 #[tokio::test]
 async fn contacts_crud_with_normalization_and_uniqueness() {
     for server in servers().await {
-        let (_, key) = tenant(&server, "pro").await;
-        let api = Api {
-            server: &server,
-            key,
-        };
+        let (_, api) = tenant(&server, "pro").await;
         for (key, definition) in [
             (
                 "plan",
@@ -210,16 +169,8 @@ async fn contacts_crud_with_normalization_and_uniqueness() {
 async fn contacts_are_isolated_between_tenants() {
     for server in servers().await {
         use reqwest::Method;
-        let (_, key_a) = tenant(&server, "pro").await;
-        let (_, key_b) = tenant(&server, "pro").await;
-        let a = Api {
-            server: &server,
-            key: key_a,
-        };
-        let b = Api {
-            server: &server,
-            key: key_b,
-        };
+        let (_, a) = tenant(&server, "pro").await;
+        let (_, b) = tenant(&server, "pro").await;
         let (_, contact) = a
             .call(
                 Method::POST,
@@ -267,11 +218,7 @@ async fn contacts_are_isolated_between_tenants() {
 async fn roles_and_the_plan_contact_limit_are_enforced() {
     for server in servers().await {
         use reqwest::Method;
-        let (tenant_id, key) = tenant(&server, "starter").await;
-        let admin = Api {
-            server: &server,
-            key: key.clone(),
-        };
+        let (tenant_id, admin) = tenant(&server, "starter").await;
         let (_, reader) = admin
             .call(
                 Method::POST,
@@ -279,10 +226,7 @@ async fn roles_and_the_plan_contact_limit_are_enforced() {
                 Some(json!({"name": "r", "role": "read-only"})),
             )
             .await;
-        let reader = Api {
-            server: &server,
-            key: reader["secret"].as_str().expect("secret").into(),
-        };
+        let reader = Api::new(&server, reader["secret"].as_str().expect("secret"));
         let (status, problem) = reader
             .call(Method::POST, "/v1/contacts", Some(json!({"name": "X"})))
             .await;
@@ -292,14 +236,7 @@ async fn roles_and_the_plan_contact_limit_are_enforced() {
 
         // Fill the starter plan's 1,000 contacts straight in the database (the API path
         // is covered above), then the API refuses the 1,001st with the numbers.
-        let storage = match &server.database_url {
-            Some(url) => postdog_host::storage::Storage::connect(url)
-                .await
-                .expect("connect"),
-            None => postdog_host::storage::Storage::open_data_dir(server.data_dir.path())
-                .await
-                .expect("open"),
-        };
+        let storage = server.storage().await;
         let db = storage.tenant(&postdog_host::ids::TenantId::new(&tenant_id));
         for index in 0..1000 {
             db.create_contact(&postdog_host::storage::ContactData {
@@ -331,11 +268,7 @@ async fn roles_and_the_plan_contact_limit_are_enforced() {
 async fn consent_is_an_append_only_history_and_calls_are_audited() {
     for server in servers().await {
         use reqwest::Method;
-        let (_, key) = tenant(&server, "pro").await;
-        let api = Api {
-            server: &server,
-            key,
-        };
+        let (_, api) = tenant(&server, "pro").await;
         let (_, contact) = api
             .call(
                 Method::POST,
@@ -441,11 +374,7 @@ async fn consent_is_an_append_only_history_and_calls_are_audited() {
 async fn contacts_are_searchable_by_tag_text_and_dates() {
     for server in servers().await {
         use reqwest::Method;
-        let (_, key) = tenant(&server, "pro").await;
-        let api = Api {
-            server: &server,
-            key,
-        };
+        let (_, api) = tenant(&server, "pro").await;
         for (name, email, tags) in [
             ("Ada Lovelace", "ada@example.com", json!(["vip"])),
             ("Alan Turing", "alan@example.org", json!(["vip", "lead"])),
@@ -504,11 +433,7 @@ async fn contacts_are_searchable_by_tag_text_and_dates() {
 async fn custom_fields_are_typed_and_validated() {
     for server in servers().await {
         use reqwest::Method;
-        let (_, key) = tenant(&server, "pro").await;
-        let api = Api {
-            server: &server,
-            key,
-        };
+        let (_, api) = tenant(&server, "pro").await;
         for (key, definition) in [
             ("birthday", json!({"label": "Birthday", "kind": "date"})),
             ("score", json!({"label": "Score", "kind": "number"})),
@@ -605,11 +530,7 @@ async fn custom_fields_are_typed_and_validated() {
 async fn merging_two_contacts_keeps_everything_once() {
     for server in servers().await {
         use reqwest::Method;
-        let (_, key) = tenant(&server, "pro").await;
-        let api = Api {
-            server: &server,
-            key,
-        };
+        let (_, api) = tenant(&server, "pro").await;
         api.call(
             Method::PUT,
             "/v1/custom-fields/city",

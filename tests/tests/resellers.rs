@@ -13,18 +13,9 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, format!("{}{path}", server.base_url))
-        .bearer_auth(key);
-    if let Some(id) = act_as {
-        request = request.header("PostDog-Act-As", id);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let mut api = postdog_tests::Api::new(server, key);
+    api.act_as = act_as.map(str::to_string);
+    api.call(method, path, body).await
 }
 
 #[tokio::test]

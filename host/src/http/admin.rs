@@ -90,11 +90,7 @@ fn tenant_json(tenant: &Tenant) -> Value {
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let tenants = state
-        .storage
-        .list_tenants()
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+    let tenants = state.storage.list_tenants().await?;
     Ok(Json(
         json!({ "data": tenants.iter().map(tenant_json).collect::<Vec<_>>() }),
     ))
@@ -116,8 +112,7 @@ async fn show(
     let tenant = state
         .storage
         .get_tenant(&TenantId::new(&id))
-        .await
-        .map_err(|error| ApiError::internal(&error))?
+        .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(Json(tenant_json(&tenant)))
 }
@@ -166,39 +161,26 @@ async fn update(
     ApiJson(change): ApiJson<TenantChange>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant_id = TenantId::new(&id);
-    let internal = |error: crate::storage::StorageError| ApiError::internal(&error);
-    if state
-        .storage
-        .get_tenant(&tenant_id)
-        .await
-        .map_err(internal)?
-        .is_none()
-    {
+    if state.storage.get_tenant(&tenant_id).await?.is_none() {
         return Err(not_found(&id));
     }
     if let Some(plan) = change.plan {
         state
             .storage
             .set_tenant_plan(&tenant_id, plan.as_str())
-            .await
-            .map_err(internal)?;
+            .await?;
     }
     if let Some(status) = change.status {
         let status = match status {
             Status::Active => "active",
             Status::Suspended => "suspended",
         };
-        state
-            .storage
-            .set_tenant_status(&tenant_id, status)
-            .await
-            .map_err(internal)?;
+        state.storage.set_tenant_status(&tenant_id, status).await?;
     }
     let tenant = state
         .storage
         .get_tenant(&tenant_id)
-        .await
-        .map_err(internal)?
+        .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(Json(tenant_json(&tenant)))
 }

@@ -29,11 +29,7 @@ struct NewKey {
 
 async fn list(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let keys = caller
-        .db()
-        .list_api_keys()
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+    let keys = caller.db().list_api_keys().await?;
     Ok(Json(json!({ "data": keys })))
 }
 
@@ -51,11 +47,7 @@ async fn create(
             "`name` must be 1 to 100 characters",
         ));
     }
-    let created = caller
-        .db()
-        .create_api_key(name, new.role)
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+    let created = caller.db().create_api_key(name, new.role).await?;
     let mut body =
         serde_json::to_value(&created.key).map_err(|error| ApiError::internal(&error))?;
     body["secret"] = json!(created.secret);
@@ -67,12 +59,7 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(&[Role::Admin])?;
-    if caller
-        .db()
-        .revoke_api_key(&id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?
-    {
+    if caller.db().revoke_api_key(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(

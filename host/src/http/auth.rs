@@ -150,14 +150,12 @@ async fn identify(
     let key = state
         .storage
         .find_api_key(secret)
-        .await
-        .map_err(|error| ApiError::internal(&error))?
+        .await?
         .ok_or_else(|| unauthorized("this API key is unknown or has been revoked"))?;
     let tenant = state
         .storage
         .get_tenant(&key.tenant_id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?
+        .await?
         .ok_or_else(|| unauthorized("this API key's tenant no longer exists"))?;
     if tenant.status != "active" {
         return Err(ApiError::new(
@@ -209,8 +207,7 @@ async fn act_on_sub_tenant(
     let target = state
         .storage
         .get_tenant(&crate::ids::TenantId::new(id.trim()))
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+        .await?;
     match target {
         Some(target) if target.parent_id.as_ref() == Some(&reseller.id) => {
             if target.status != "active" {

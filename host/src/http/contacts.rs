@@ -16,9 +16,9 @@ use super::json::ApiJson;
 use super::problem::ApiError;
 use crate::contacts::{normalize_email, normalize_phone, normalize_tag};
 use crate::plans::Plan;
+use crate::segments::{self, Expr, ExprError};
 use crate::storage::{
-    CONSENT_CHANNELS, ConsentEntry, Contact, ContactData, ContactFilter, ContactWriteError,
-    CustomField, FieldKind, Role, TenantDb,
+    CONSENT_CHANNELS, ConsentEntry, ContactData, ContactWriteError, CustomField, FieldKind, Role,
 };
 
 pub(super) fn router() -> Router<AppState> {
@@ -30,23 +30,18 @@ pub(super) fn router() -> Router<AppState> {
             get(consent_history).post(record_consent),
         )
         .route("/v1/contacts/{id}/merge", axum::routing::post(merge))
+        .route("/v1/contacts/search", axum::routing::post(search))
+        .route("/v1/contacts/{id}/notes", get(list_notes).post(add_note))
+        .route(
+            "/v1/contacts/{id}/notes/{note_id}",
+            axum::routing::delete(delete_note),
+        )
         .route("/v1/audit", get(audit))
         .route("/v1/custom-fields", get(list_fields))
         .route(
             "/v1/custom-fields/{key}",
             axum::routing::put(put_field).delete(delete_field),
         )
-}
-
-/// A contact as the API shows it: its record plus the current consent per channel.
-async fn contact_view(db: &TenantDb, contact: Contact) -> Result<Value, ApiError> {
-    let consent = db
-        .current_consent(&contact.id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
-    let mut view = json!(contact);
-    view["consent"] = json!(consent);
-    Ok(view)
 }
 
 const WRITERS: [Role; 2] = [Role::Admin, Role::Agent];
@@ -79,7 +74,7 @@ fn write_error(error: ContactWriteError) -> ApiError {
         )
         .with("existing_contact_id", existing_id)
         .with("field", field),
-        ContactWriteError::Storage(error) => ApiError::internal(&error),
+        ContactWriteError::Storage(error) => error.into(),
     }
 }
 
@@ -163,6 +158,16 @@ fn apply_changes(
     Ok(())
 }
 
+/// Applies a request body of changes with the tenant's country and field definitions.
+async fn apply_body(
+    caller: &Caller,
+    data: &mut ContactData,
+    body: Map<String, Value>,
+) -> Result<(), ApiError> {
+    let definitions = caller.db().custom_fields().await?;
+    apply_changes(data, body, &caller.tenant.default_country, &definitions)
+}
+
 async fn create(
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<Map<String, Value>>,
@@ -172,17 +177,7 @@ async fn create(
         fields: json!({}),
         ..ContactData::default()
     };
-    let definitions = caller
-        .db()
-        .custom_fields()
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
-    apply_changes(
-        &mut data,
-        body,
-        &caller.tenant.default_country,
-        &definitions,
-    )?;
+    apply_body(&caller, &mut data, body).await?;
     if data.name.is_none() && data.phone.is_none() && data.email.is_none() {
         return Err(invalid(
             "a contact needs at least a name, a phone or an email",
@@ -190,11 +185,7 @@ async fn create(
     }
     let plan = Plan::parse(&caller.tenant.plan).unwrap_or(Plan::Starter);
     if let Some(limit) = plan.contact_limit() {
-        let count = caller
-            .db()
-            .count_contacts()
-            .await
-            .map_err(|error| ApiError::internal(&error))?;
+        let count = caller.db().count_contacts().await?;
         if count >= limit {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -211,73 +202,186 @@ async fn create(
         .create_contact(&data)
         .await
         .map_err(write_error)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(contact_view(caller.db(), contact).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(json!(contact))))
 }
 
 async fn show(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let contact = caller
-        .db()
-        .get_contact(&id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+    let contact = caller.db().get_contact(&id).await?;
     let contact = contact.ok_or_else(|| not_found(&id))?;
-    Ok(Json(contact_view(caller.db(), contact).await?))
+    Ok(Json(json!(contact)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Page {
-    after: Option<String>,
-    limit: Option<u32>,
-    tag: Option<String>,
-    q: Option<String>,
-    created_after: Option<i64>,
-    created_before: Option<i64>,
-    updated_after: Option<i64>,
+fn invalid_query(detail: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-query",
+        "Invalid query",
+        detail,
+    )
+}
+
+/// A 422 for a filter expression, with a JSON Pointer to the bad part.
+pub(super) fn invalid_filter(error: ExprError) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-filter",
+        "Invalid filter expression",
+        format!("{} (at `{}`)", error.message, error.pointer),
+    )
+    .with("pointer", error.pointer)
+}
+
+/// The page size asked for (default 50, 1 to 200).
+pub(super) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(invalid_query("`limit` must be 1 to 200"));
+    }
+    Ok(limit)
+}
+
+/// One page of contacts matching `filter`, with the cursor of the next page.
+pub(super) async fn contact_page(
+    caller: &Caller,
+    filter: &Expr,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Json<Value>, ApiError> {
+    let contacts = caller.db().list_contacts(filter, after, limit).await?;
+    let next = (contacts.len() == limit as usize)
+        .then(|| contacts.last().map(|contact| contact.id.clone()))
+        .flatten();
+    Ok(Json(json!({ "data": contacts, "next_cursor": next })))
+}
+
+/// The filter a contact listing's query string describes: every parameter must hold.
+/// `tag` (repeatable), `q`, `created_after`/`created_before`/`updated_after`/
+/// `updated_before`/`last_contacted_after`/`last_contacted_before` (Unix ms),
+/// `consent.<channel>=opted_in|opted_out|unknown`, `fields.<key>=<value>` (equality)
+/// and `segment=<id>`.
+pub(super) async fn query_filter(
+    caller: &Caller,
+    params: &[(String, String)],
+) -> Result<(Expr, Option<String>, Option<u32>), ApiError> {
+    let definitions = caller.db().custom_fields().await?;
+    let mut parts = Vec::new();
+    let (mut after, mut limit) = (None, None);
+    for (key, value) in params {
+        let condition = match key.as_str() {
+            "after" => {
+                after = Some(value.clone());
+                continue;
+            }
+            "limit" => {
+                limit = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid_query("`limit` must be 1 to 200"))?,
+                );
+                continue;
+            }
+            "segment" => {
+                let segment = caller
+                    .db()
+                    .get_segment(value)
+                    .await?
+                    .ok_or_else(|| invalid_query(format!("no segment `{value}`")))?;
+                parts.push(
+                    segments::parse(&segment.expression, &definitions).map_err(invalid_filter)?,
+                );
+                continue;
+            }
+            "q" if value.trim().is_empty() => continue,
+            "q" => json!({"attribute": "text", "op": "contains", "value": value}),
+            "tag" => json!({"attribute": "tag", "op": "has", "value": value}),
+            time if time.ends_with("_after") || time.ends_with("_before") => {
+                let (attribute, op) = time
+                    .strip_suffix("_after")
+                    .map(|attribute| (attribute, "after"))
+                    .or_else(|| {
+                        time.strip_suffix("_before")
+                            .map(|attribute| (attribute, "before"))
+                    })
+                    .unwrap_or((time, "after"));
+                let at: i64 = value.parse().map_err(|_| {
+                    invalid_query(format!("`{key}` must be a time in Unix milliseconds"))
+                })?;
+                json!({"attribute": format!("{attribute}_at"), "op": op, "value": at})
+            }
+            consent if consent.starts_with("consent.") => {
+                json!({"attribute": consent, "op": "eq", "value": value})
+            }
+            field if field.starts_with("fields.") => {
+                let kind = definitions
+                    .iter()
+                    .find(|definition| {
+                        Some(definition.key.as_str()) == field.strip_prefix("fields.")
+                    })
+                    .map(|definition| definition.kind);
+                let typed = match kind {
+                    Some(FieldKind::Number) => value
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(|number| serde_json::Number::from_f64(number).map(Value::Number))
+                        .unwrap_or_else(|| json!(value)),
+                    Some(FieldKind::Boolean) => match value.as_str() {
+                        "true" => json!(true),
+                        "false" => json!(false),
+                        _ => json!(value),
+                    },
+                    _ => json!(value),
+                };
+                json!({"attribute": field, "op": "eq", "value": typed})
+            }
+            other => {
+                return Err(invalid_query(format!(
+                    "unknown parameter `{other}`; filter with tag, q, created_after, created_before, updated_after, updated_before, last_contacted_after, last_contacted_before, consent.<channel>, fields.<key> or segment"
+                )));
+            }
+        };
+        let condition = segments::parse(&condition, &definitions)
+            .map_err(|error| invalid_query(format!("`{key}`: {}", error.message)))?;
+        parts.push(condition);
+    }
+    Ok((Expr::And(parts), after, limit))
 }
 
 async fn list(
     Extension(caller): Extension<Caller>,
-    Query(page): Query<Page>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = page.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-query",
-            "Invalid query",
-            "`limit` must be 1 to 200",
-        ));
-    }
-    let contacts = caller
-        .db()
-        .list_contacts(
-            &ContactFilter {
-                tag: page.tag.clone(),
-                text: page.q.clone().filter(|q| !q.trim().is_empty()),
-                created_after: page.created_after,
-                created_before: page.created_before,
-                updated_after: page.updated_after,
-            },
-            page.after.as_deref(),
-            limit,
-        )
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
-    let next = (contacts.len() == limit as usize)
-        .then(|| contacts.last().map(|contact| contact.id.clone()))
-        .flatten();
-    let mut data = Vec::with_capacity(contacts.len());
-    for contact in contacts {
-        data.push(contact_view(caller.db(), contact).await?);
-    }
-    Ok(Json(json!({ "data": data, "next_cursor": next })))
+    let (filter, after, limit) = query_filter(&caller, &params).await?;
+    contact_page(&caller, &filter, after.as_deref(), page_limit(limit)?).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Search {
+    filter: Value,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Contacts matching a filter expression (the same language as segments), paginated.
+async fn search(
+    Extension(caller): Extension<Caller>,
+    ApiJson(search): ApiJson<Search>,
+) -> Result<Json<Value>, ApiError> {
+    let definitions = caller.db().custom_fields().await?;
+    let filter = segments::parse(&search.filter, &definitions).map_err(|error| {
+        invalid_filter(ExprError {
+            pointer: format!("/filter{}", error.pointer),
+            message: error.message,
+        })
+    })?;
+    let limit = page_limit(search.limit)?;
+    let count = caller.db().count_matching(&filter).await?;
+    let Json(mut page) = contact_page(&caller, &filter, search.after.as_deref(), limit).await?;
+    page["total"] = json!(count);
+    Ok(Json(page))
 }
 
 async fn update(
@@ -289,8 +393,7 @@ async fn update(
     let current = caller
         .db()
         .get_contact(&id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?
+        .await?
         .ok_or_else(|| not_found(&id))?;
     let mut data = ContactData {
         name: current.name,
@@ -299,24 +402,14 @@ async fn update(
         tags: current.tags,
         fields: current.fields,
     };
-    let definitions = caller
-        .db()
-        .custom_fields()
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
-    apply_changes(
-        &mut data,
-        body,
-        &caller.tenant.default_country,
-        &definitions,
-    )?;
+    apply_body(&caller, &mut data, body).await?;
     let contact = caller
         .db()
         .update_contact(&id, &data)
         .await
         .map_err(write_error)?;
     let contact = contact.ok_or_else(|| not_found(&id))?;
-    Ok(Json(contact_view(caller.db(), contact).await?))
+    Ok(Json(json!(contact)))
 }
 
 async fn remove(
@@ -324,12 +417,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(&WRITERS)?;
-    if caller
-        .db()
-        .delete_contact(&id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?
-    {
+    if caller.db().delete_contact(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(&id))
@@ -367,19 +455,10 @@ async fn record_consent(
         proof: change.proof,
         recorded_at: 0,
     };
-    if !caller
-        .db()
-        .record_consent(&id, &entry)
-        .await
-        .map_err(|error| ApiError::internal(&error))?
-    {
+    if !caller.db().record_consent(&id, &entry).await? {
         return Err(not_found(&id));
     }
-    let current = caller
-        .db()
-        .current_consent(&id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+    let current = caller.db().current_consent(&id).await?;
     Ok((StatusCode::CREATED, Json(json!({ "consent": current }))))
 }
 
@@ -387,20 +466,10 @@ async fn consent_history(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if caller
-        .db()
-        .get_contact(&id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?
-        .is_none()
-    {
+    if caller.db().get_contact(&id).await?.is_none() {
         return Err(not_found(&id));
     }
-    let history = caller
-        .db()
-        .consent_history(&id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+    let history = caller.db().consent_history(&id).await?;
     Ok(Json(json!({ "data": history })))
 }
 
@@ -428,8 +497,7 @@ async fn audit(
     let entries = caller
         .db()
         .list_audit(page.before.as_deref(), limit)
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+        .await?;
     let next = (entries.len() == limit as usize)
         .then(|| entries.last().map(|entry| entry.id.clone()))
         .flatten();
@@ -437,11 +505,7 @@ async fn audit(
 }
 
 async fn list_fields(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
-    let fields = caller
-        .db()
-        .custom_fields()
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+    let fields = caller.db().custom_fields().await?;
     Ok(Json(json!({ "data": fields })))
 }
 
@@ -481,11 +545,7 @@ async fn put_field(
         kind: definition.kind,
         options: definition.options,
     };
-    caller
-        .db()
-        .put_custom_field(&field)
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+    caller.db().put_custom_field(&field).await?;
     Ok(Json(json!(field)))
 }
 
@@ -494,12 +554,7 @@ async fn delete_field(
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(&[Role::Admin])?;
-    if caller
-        .db()
-        .delete_custom_field(&key)
-        .await
-        .map_err(|error| ApiError::internal(&error))?
-    {
+    if caller.db().delete_custom_field(&key).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(
@@ -530,8 +585,66 @@ async fn merge(
     let merged = caller
         .db()
         .merge_contacts(&id, &request.from)
-        .await
-        .map_err(|error| ApiError::internal(&error))?
+        .await?
         .ok_or_else(|| not_found(&format!("{id}` or `{}", request.from)))?;
-    Ok(Json(contact_view(caller.db(), merged).await?))
+    Ok(Json(json!(merged)))
+}
+
+async fn list_notes(
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if caller.db().get_contact(&id).await?.is_none() {
+        return Err(not_found(&id));
+    }
+    Ok(Json(json!({ "data": caller.db().notes(&id).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNote {
+    body: String,
+}
+
+/// Longest note accepted, in characters.
+const MAX_NOTE_CHARS: usize = 10_000;
+
+async fn add_note(
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(note): ApiJson<NewNote>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(&WRITERS)?;
+    let body = note.body.trim();
+    if body.is_empty() || body.chars().count() > MAX_NOTE_CHARS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-note",
+            "Invalid note",
+            format!("`body` must be 1 to {MAX_NOTE_CHARS} characters"),
+        ));
+    }
+    let note = caller
+        .db()
+        .add_note(&id, body, Some(&caller.key.id))
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok((StatusCode::CREATED, Json(json!(note))))
+}
+
+async fn delete_note(
+    Extension(caller): Extension<Caller>,
+    Path((id, note_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&WRITERS)?;
+    if caller.db().delete_note(&id, &note_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("contact `{id}` has no note `{note_id}`"),
+        ))
+    }
 }

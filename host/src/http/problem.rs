@@ -85,3 +85,10 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
         format!("no route for `{}`; see docs/ for the API", uri.path()),
     )
 }
+
+impl From<crate::storage::StorageError> for ApiError {
+    /// A storage failure is the server's fault: logged, answered with a generic 500.
+    fn from(error: crate::storage::StorageError) -> Self {
+        Self::internal(&error)
+    }
+}

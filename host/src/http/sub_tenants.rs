@@ -63,11 +63,7 @@ async fn list(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
     require_reseller(&caller)?;
-    let tenants = state
-        .storage
-        .list_sub_tenants(&caller.tenant.id)
-        .await
-        .map_err(|error| ApiError::internal(&error))?;
+    let tenants = state.storage.list_sub_tenants(&caller.tenant.id).await?;
     let data: Vec<Value> = tenants
         .iter()
         .map(|tenant| json!({ "id": tenant.id, "name": tenant.name, "plan": tenant.plan, "status": tenant.status, "created_at": tenant.created_at }))

@@ -3,10 +3,14 @@
 //! phone and email per tenant, also under concurrent writers (unique indexes), and
 //! reports the existing contact on a conflict.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{QueryContext, StorageError, TenantDb, now_ms};
+use super::filter_sql::{Bind, Sql};
+use super::{ConsentEntry, QueryContext, StorageError, TenantDb, now_ms};
+use crate::segments::Expr;
 
 /// A contact.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -27,7 +31,15 @@ pub struct Contact {
     pub created_at: i64,
     /// Last change, Unix milliseconds.
     pub updated_at: i64,
+    /// When the tenant last messaged the contact, Unix milliseconds.
+    pub last_contacted_at: Option<i64>,
+    /// The current consent per channel (the latest entry of each channel's history).
+    pub consent: BTreeMap<String, ConsentEntry>,
 }
+
+/// The columns `contact_rows` reads, for queries to select.
+pub(crate) const CONTACT_COLUMNS: &str =
+    "id, name, phone, email, fields, created_at, updated_at, last_contacted_at";
 
 /// The writable part of a contact, already normalized.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,21 +54,6 @@ pub struct ContactData {
     pub tags: Vec<String>,
     /// Custom field values (a JSON object).
     pub fields: serde_json::Value,
-}
-
-/// Which contacts to list; every set condition must hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContactFilter {
-    /// Has this tag.
-    pub tag: Option<String>,
-    /// Name (case-insensitive), phone or email contains this text.
-    pub text: Option<String>,
-    /// Created after this time (Unix milliseconds).
-    pub created_after: Option<i64>,
-    /// Created before this time (Unix milliseconds).
-    pub created_before: Option<i64>,
-    /// Changed after this time (Unix milliseconds).
-    pub updated_after: Option<i64>,
 }
 
 /// Why a contact write failed.
@@ -233,129 +230,170 @@ impl TenantDb {
         }
     }
 
-    async fn tags_of(&self, id: &str) -> Result<Vec<String>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT tag FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2 ORDER BY tag",
-        )
-        .bind(self.tenant_id().as_str())
-        .bind(id)
-        .fetch_all(self.storage().pool())
-        .await
-        .context("reading contact tags")?;
-        rows.iter()
-            .map(|row| row.try_get("tag"))
-            .collect::<Result<_, _>>()
-            .context("decoding contact tags")
-    }
-
-    async fn contact_from_row(&self, row: &sqlx::any::AnyRow) -> Result<Contact, StorageError> {
+    /// Decodes contact rows and loads their tags and current consent in two queries.
+    async fn contact_rows(&self, rows: &[sqlx::any::AnyRow]) -> Result<Vec<Contact>, StorageError> {
         let decode = |error| StorageError::Query {
             context: "decoding a contact",
             source: error,
         };
-        let id: String = row.try_get("id").map_err(decode)?;
-        let fields: String = row.try_get("fields").map_err(decode)?;
-        Ok(Contact {
-            tags: self.tags_of(&id).await?,
-            name: row.try_get("name").map_err(decode)?,
-            phone: row.try_get("phone").map_err(decode)?,
-            email: row.try_get("email").map_err(decode)?,
-            fields: serde_json::from_str(&fields).unwrap_or_else(|_| serde_json::json!({})),
-            created_at: row.try_get("created_at").map_err(decode)?,
-            updated_at: row.try_get("updated_at").map_err(decode)?,
-            id,
-        })
+        let mut contacts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let fields: String = row.try_get("fields").map_err(decode)?;
+            contacts.push(Contact {
+                id: row.try_get("id").map_err(decode)?,
+                name: row.try_get("name").map_err(decode)?,
+                phone: row.try_get("phone").map_err(decode)?,
+                email: row.try_get("email").map_err(decode)?,
+                tags: Vec::new(),
+                fields: serde_json::from_str(&fields).unwrap_or_else(|_| serde_json::json!({})),
+                created_at: row.try_get("created_at").map_err(decode)?,
+                updated_at: row.try_get("updated_at").map_err(decode)?,
+                last_contacted_at: row.try_get("last_contacted_at").map_err(decode)?,
+                consent: BTreeMap::new(),
+            });
+        }
+        if contacts.is_empty() {
+            return Ok(contacts);
+        }
+        let index: HashMap<String, usize> = contacts
+            .iter()
+            .enumerate()
+            .map(|(position, contact)| (contact.id.clone(), position))
+            .collect();
+        let ids: Vec<&str> = contacts.iter().map(|contact| contact.id.as_str()).collect();
+
+        let mut tags = Sql::new("SELECT contact_id, tag FROM contact_tags WHERE tenant_id = ");
+        self.in_ids(&mut tags, &ids);
+        tags.push(" ORDER BY contact_id, tag");
+        let mut consent = Sql::new(
+            "SELECT contact_id, channel, status, source, proof, recorded_at FROM contact_consent WHERE tenant_id = ",
+        );
+        self.in_ids(&mut consent, &ids);
+        consent.push(" ORDER BY id");
+        drop(ids);
+        for row in tags
+            .into_query()
+            .fetch_all(self.storage().pool())
+            .await
+            .context("reading contact tags")?
+        {
+            let id: String = row.try_get("contact_id").map_err(decode)?;
+            if let Some(&position) = index.get(&id) {
+                contacts[position]
+                    .tags
+                    .push(row.try_get("tag").map_err(decode)?);
+            }
+        }
+
+        for row in consent
+            .into_query()
+            .fetch_all(self.storage().pool())
+            .await
+            .context("reading consent")?
+        {
+            let id: String = row.try_get("contact_id").map_err(decode)?;
+            let entry = ConsentEntry {
+                channel: row.try_get("channel").map_err(decode)?,
+                status: row.try_get("status").map_err(decode)?,
+                source: row.try_get("source").map_err(decode)?,
+                proof: row.try_get("proof").map_err(decode)?,
+                recorded_at: row.try_get("recorded_at").map_err(decode)?,
+            };
+            if let Some(&position) = index.get(&id) {
+                contacts[position]
+                    .consent
+                    .insert(entry.channel.clone(), entry);
+            }
+        }
+        Ok(contacts)
+    }
+
+    /// Appends `<tenant> AND contact_id IN (<ids>)` to a query.
+    fn in_ids(&self, sql: &mut Sql, ids: &[&str]) {
+        let tenant = sql.bind(Bind::Text(self.tenant_id().as_str().to_string()));
+        sql.push(&tenant);
+        sql.push(" AND contact_id IN (");
+        for (position, id) in ids.iter().enumerate() {
+            if position > 0 {
+                sql.push(", ");
+            }
+            let placeholder = sql.bind(Bind::Text((*id).to_string()));
+            sql.push(&placeholder);
+        }
+        sql.push(")");
     }
 
     /// One of this tenant's contacts.
     pub async fn get_contact(&self, id: &str) -> Result<Option<Contact>, StorageError> {
-        let row = sqlx::query(
-            "SELECT id, name, phone, email, fields, created_at, updated_at FROM contacts WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(self.tenant_id().as_str())
-        .bind(id)
-        .fetch_optional(self.storage().pool())
-        .await
-        .context("reading a contact")?;
-        match row {
-            Some(row) => Ok(Some(self.contact_from_row(&row).await?)),
-            None => Ok(None),
-        }
+        let mut sql = Sql::new(&format!(
+            "SELECT {CONTACT_COLUMNS} FROM contacts WHERE tenant_id = "
+        ));
+        let tenant = sql.bind(Bind::Text(self.tenant_id().as_str().to_string()));
+        sql.push(&tenant);
+        let id = sql.bind(Bind::Text(id.to_string()));
+        sql.push(&format!(" AND id = {id}"));
+        let rows = sql
+            .into_query()
+            .fetch_all(self.storage().pool())
+            .await
+            .context("reading a contact")?;
+        Ok(self.contact_rows(&rows).await?.pop())
+    }
+
+    /// The start of a query over this tenant's contacts matching `filter`.
+    fn matching(&self, select: &str, filter: &Expr) -> Sql {
+        let mut sql = Sql::new(&format!("SELECT {select} FROM contacts WHERE tenant_id = "));
+        let tenant = sql.bind(Bind::Text(self.tenant_id().as_str().to_string()));
+        sql.push(&tenant);
+        sql.and_expr(self.storage().backend(), filter, now_ms());
+        sql
     }
 
     /// Up to `limit` contacts matching `filter` with ids after `after` (a cursor), in id
     /// order.
     pub async fn list_contacts(
         &self,
-        filter: &ContactFilter,
+        filter: &Expr,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Contact>, StorageError> {
-        // Built from fixed fragments only; every value is a bound parameter (`$N` works on
-        // both backends, unlike sqlx's Any QueryBuilder, which writes `?`).
-        enum Bind {
-            Text(String),
-            Number(i64),
-        }
-        let mut binds = vec![
-            Bind::Text(self.tenant_id().as_str().to_string()),
-            Bind::Text(after.unwrap_or("").to_string()),
-        ];
-        let mut sql = String::from(
-            "SELECT id, name, phone, email, fields, created_at, updated_at FROM contacts \
-             WHERE tenant_id = $1 AND id > $2",
-        );
-        let next = |bind: Bind, binds: &mut Vec<Bind>| {
-            binds.push(bind);
-            binds.len()
-        };
-        if let Some(tag) = &filter.tag {
-            let n = next(Bind::Text(tag.clone()), &mut binds);
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM contact_tags t WHERE t.tenant_id = contacts.tenant_id \
-                 AND t.contact_id = contacts.id AND t.tag = ${n})"
-            ));
-        }
-        if let Some(text) = &filter.text {
-            let escaped = text
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            let n = next(Bind::Text(format!("%{escaped}%")), &mut binds);
-            sql.push_str(&format!(
-                " AND (LOWER(COALESCE(name, '')) LIKE ${n} ESCAPE '\\' OR COALESCE(phone, '') LIKE ${n} ESCAPE '\\' \
-                 OR COALESCE(email, '') LIKE ${n} ESCAPE '\\')"
-            ));
-        }
-        for (value, condition) in [
-            (filter.created_after, "created_at >"),
-            (filter.created_before, "created_at <"),
-            (filter.updated_after, "updated_at >"),
-        ] {
-            if let Some(value) = value {
-                let n = next(Bind::Number(value), &mut binds);
-                sql.push_str(&format!(" AND {condition} ${n}"));
-            }
-        }
-        let n = next(Bind::Number(i64::from(limit)), &mut binds);
-        sql.push_str(&format!(" ORDER BY id LIMIT ${n}"));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for bind in binds {
-            query = match bind {
-                Bind::Text(text) => query.bind(text),
-                Bind::Number(number) => query.bind(number),
-            };
-        }
-        let rows = query
+        let mut sql = self.matching(CONTACT_COLUMNS, filter);
+        let after = sql.bind(Bind::Text(after.unwrap_or("").to_string()));
+        let limit = sql.bind(Bind::Int(i64::from(limit)));
+        sql.push(&format!(" AND id > {after} ORDER BY id LIMIT {limit}"));
+        let rows = sql
+            .into_query()
             .fetch_all(self.storage().pool())
             .await
             .context("listing contacts")?;
-        let mut contacts = Vec::with_capacity(rows.len());
-        for row in &rows {
-            contacts.push(self.contact_from_row(row).await?);
-        }
-        Ok(contacts)
+        self.contact_rows(&rows).await
+    }
+
+    /// How many of this tenant's contacts match `filter`.
+    pub async fn count_matching(&self, filter: &Expr) -> Result<u64, StorageError> {
+        let row = self
+            .matching("COUNT(*) AS n", filter)
+            .into_query()
+            .fetch_one(self.storage().pool())
+            .await
+            .context("counting contacts")?;
+        let count: i64 = row.try_get("n").context("counting contacts")?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Records that the tenant messaged a contact at `at` (Unix milliseconds).
+    pub async fn mark_contacted(&self, id: &str, at: i64) -> Result<bool, StorageError> {
+        let updated = sqlx::query(
+            "UPDATE contacts SET last_contacted_at = $1 WHERE tenant_id = $2 AND id = $3",
+        )
+        .bind(at)
+        .bind(self.tenant_id().as_str())
+        .bind(id)
+        .execute(self.storage().pool())
+        .await
+        .context("recording a contact's last message")?
+        .rows_affected();
+        Ok(updated > 0)
     }
 
     /// Deletes one of this tenant's contacts; whether it existed.
@@ -385,7 +423,8 @@ impl TenantDb {
 
     /// Merges `source` into `target` in one transaction: the target keeps its values and
     /// takes the source's name, phone and email where it has none, the union of tags,
-    /// the source's custom field values it lacks, and the source's consent history; the
+    /// the source's custom field values it lacks, and the source's consent history and
+    /// notes; the
     /// source is deleted. `None` if either is not this tenant's contact.
     pub async fn merge_contacts(
         &self,
@@ -402,6 +441,7 @@ impl TenantDb {
         fields.extend(target.fields.as_object().cloned().unwrap_or_default());
         let mut tags = target.tags.clone();
         tags.extend(source.tags.iter().cloned());
+        let last_contacted_at = target.last_contacted_at.max(source.last_contacted_at);
         let merged = ContactData {
             name: target.name.or(source.name),
             phone: target.phone.or(source.phone),
@@ -412,12 +452,17 @@ impl TenantDb {
         let tenant = self.tenant_id().as_str();
         let result: Result<(), sqlx::Error> = async {
             let mut tx = self.storage().pool().begin().await?;
-            sqlx::query("UPDATE contact_consent SET contact_id = $1 WHERE tenant_id = $2 AND contact_id = $3")
-                .bind(target_id)
-                .bind(tenant)
-                .bind(source_id)
-                .execute(&mut *tx)
-                .await?;
+            for moved in [
+                "UPDATE contact_consent SET contact_id = $1 WHERE tenant_id = $2 AND contact_id = $3",
+                "UPDATE contact_notes SET contact_id = $1 WHERE tenant_id = $2 AND contact_id = $3",
+            ] {
+                sqlx::query(moved)
+                    .bind(target_id)
+                    .bind(tenant)
+                    .bind(source_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query("DELETE FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2")
                 .bind(tenant)
                 .bind(source_id)
@@ -430,8 +475,8 @@ impl TenantDb {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "UPDATE contacts SET name = $1, phone = $2, email = $3, fields = $4, updated_at = $5 \
-                 WHERE tenant_id = $6 AND id = $7",
+                "UPDATE contacts SET name = $1, phone = $2, email = $3, fields = $4, updated_at = $5, \
+                 last_contacted_at = $8 WHERE tenant_id = $6 AND id = $7",
             )
             .bind(merged.name.as_deref())
             .bind(merged.phone.as_deref())
@@ -440,6 +485,7 @@ impl TenantDb {
             .bind(now_ms())
             .bind(tenant)
             .bind(target_id)
+            .bind(last_contacted_at)
             .execute(&mut *tx)
             .await?;
             Self::write_tags(&mut tx, tenant, target_id, &merged.tags).await?;
