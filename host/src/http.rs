@@ -7,11 +7,13 @@ mod api_keys;
 pub mod auth;
 mod contacts;
 mod health;
+mod imports;
 pub mod json;
 pub mod problem;
 pub mod rate_limit;
 mod segments;
 mod sub_tenants;
+mod tenant;
 
 use std::sync::Arc;
 
@@ -32,6 +34,8 @@ pub struct AppState {
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// The operator API's token; `None` turns the operator API off.
     pub operator_token: Option<String>,
+    /// Background contact imports.
+    pub importer: crate::imports::Importer,
 }
 
 /// The whole API.
@@ -40,8 +44,10 @@ pub fn router(state: AppState) -> Router {
     let tenant_api = Router::new()
         .merge(api_keys::router())
         .merge(contacts::router())
+        .merge(imports::router())
         .merge(segments::router())
         .merge(sub_tenants::router())
+        .merge(tenant::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -4,6 +4,7 @@
 pub mod contacts;
 pub mod http;
 pub mod ids;
+pub mod imports;
 pub mod outbound_http;
 pub mod plans;
 pub mod plugin_dev;

@@ -61,6 +61,13 @@ pub async fn serve(
         },
         Some(storage.clone()),
     )?;
+    let interrupted = storage.fail_interrupted_imports().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "imports left unfinished by a previous run were marked failed"
+        );
+    }
     let listener = TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("while binding {}", options.listen))?;
@@ -71,6 +78,7 @@ pub async fn serve(
         runtime,
         rate_limiter: Default::default(),
         operator_token: options.operator_token.filter(|token| !token.is_empty()),
+        importer: crate::imports::Importer::new(&options.data_dir, 2),
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -21,6 +21,7 @@ mod consent;
 mod contacts;
 mod custom_fields;
 mod filter_sql;
+mod imports;
 mod notes;
 mod plugin_kv;
 mod segments;
@@ -41,10 +42,11 @@ pub use audit::AuditEntry;
 pub use consent::{CONSENT_CHANNELS, ConsentEntry};
 pub use contacts::{Contact, ContactData, ContactWriteError};
 pub use custom_fields::{CustomField, FieldKind};
+pub use imports::{DuplicateStrategy, ImportCounts, ImportJob, ImportRow, RowOutcome};
 pub use notes::Note;
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
 pub use segments::{Segment, SegmentWriteError};
-pub use tenants::Tenant;
+pub use tenants::{Branding, Tenant, TenantWriteError, month_of};
 
 /// Which database a `Storage` talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

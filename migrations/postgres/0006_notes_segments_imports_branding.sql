@@ -51,6 +51,8 @@ ALTER TABLE tenants ADD COLUMN brand_name TEXT;
 ALTER TABLE tenants ADD COLUMN logo_url TEXT;
 ALTER TABLE tenants ADD COLUMN primary_color TEXT;
 ALTER TABLE tenants ADD COLUMN custom_domain TEXT;
+-- An operator-set request rate (per minute) replacing the plan's, for custom deals.
+ALTER TABLE tenants ADD COLUMN requests_per_minute INTEGER;
 CREATE UNIQUE INDEX tenants_custom_domain ON tenants (custom_domain);
 
 -- Messages sent per tenant and calendar month (UTC, 'YYYY-MM'), against the plan's

@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::json::ApiJson;
 use super::problem::ApiError;
+use super::tenant::{ProfileChange, apply_profile_change, save_profile, tenant_json};
 use crate::ids::TenantId;
 use crate::plans::Plan;
-use crate::storage::Tenant;
 use crate::tenants::{ProvisionError, provision_tenant};
 
 pub(super) fn router(state: AppState) -> Router<AppState> {
@@ -74,19 +74,6 @@ pub(super) fn provision_problem(error: ProvisionError) -> ApiError {
             other.to_string(),
         ),
     }
-}
-
-fn tenant_json(tenant: &Tenant) -> Value {
-    json!({
-        "id": tenant.id,
-        "name": tenant.name,
-        "plan": tenant.plan,
-        "status": tenant.status,
-        "parent_id": tenant.parent_id,
-        "default_country": tenant.default_country,
-        "created_at": tenant.created_at,
-        "updated_at": tenant.updated_at,
-    })
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -153,6 +140,19 @@ enum Status {
 struct TenantChange {
     plan: Option<Plan>,
     status: Option<Status>,
+    /// A custom rate replacing the plan's; `null` returns to the plan's.
+    #[serde(default, deserialize_with = "super::tenant::present")]
+    requests_per_minute: Option<Option<u32>>,
+    name: Option<String>,
+    default_country: Option<String>,
+    #[serde(default, deserialize_with = "super::tenant::present")]
+    brand_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "super::tenant::present")]
+    logo_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "super::tenant::present")]
+    primary_color: Option<Option<String>>,
+    #[serde(default, deserialize_with = "super::tenant::present")]
+    custom_domain: Option<Option<String>>,
 }
 
 async fn update(
@@ -161,9 +161,33 @@ async fn update(
     ApiJson(change): ApiJson<TenantChange>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant_id = TenantId::new(&id);
-    if state.storage.get_tenant(&tenant_id).await?.is_none() {
+    let Some(mut tenant) = state.storage.get_tenant(&tenant_id).await? else {
         return Err(not_found(&id));
+    };
+    if let Some(plan) = change.plan {
+        tenant.plan = plan.as_str().to_string();
     }
+    if let Some(rate) = change.requests_per_minute {
+        if rate == Some(0) || rate.is_some_and(|rate| rate > 1_000_000) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-tenant",
+                "Invalid tenant settings",
+                "`requests_per_minute` must be 1 to 1000000, or null for the plan's rate",
+            ));
+        }
+        tenant.requests_per_minute = rate;
+    }
+    let profile = ProfileChange {
+        name: change.name,
+        default_country: change.default_country,
+        brand_name: change.brand_name,
+        logo_url: change.logo_url,
+        primary_color: change.primary_color,
+        custom_domain: change.custom_domain,
+    };
+    apply_profile_change(&mut tenant, profile)?;
+    save_profile(&state.storage, &tenant).await?;
     if let Some(plan) = change.plan {
         state
             .storage

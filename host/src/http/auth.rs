@@ -78,9 +78,13 @@ pub async fn authenticate(
         Err(error) => return error.into_response(),
     };
     let plan = Plan::parse(&caller.tenant.plan).unwrap_or(Plan::Starter);
-    let decision = state
-        .rate_limiter
-        .check(&caller.tenant.id, plan.requests_per_minute());
+    let decision = state.rate_limiter.check(
+        &caller.tenant.id,
+        caller
+            .tenant
+            .requests_per_minute
+            .unwrap_or(plan.requests_per_minute()),
+    );
     let mut response = if decision.allowed {
         let method = request.method().clone();
         let path = request.uri().path().to_string();

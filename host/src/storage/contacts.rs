@@ -120,7 +120,7 @@ impl TenantDb {
         })
     }
 
-    async fn write_tags(
+    pub(super) async fn write_tags(
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         tenant: &str,
         id: &str,
@@ -231,7 +231,10 @@ impl TenantDb {
     }
 
     /// Decodes contact rows and loads their tags and current consent in two queries.
-    async fn contact_rows(&self, rows: &[sqlx::any::AnyRow]) -> Result<Vec<Contact>, StorageError> {
+    pub(super) async fn contact_rows(
+        &self,
+        rows: &[sqlx::any::AnyRow],
+    ) -> Result<Vec<Contact>, StorageError> {
         let decode = |error| StorageError::Query {
             context: "decoding a contact",
             source: error,

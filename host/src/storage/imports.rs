@@ -1,0 +1,597 @@
+//! Contact imports: the job rows that report progress, and the batched write that applies
+//! a chunk of parsed rows. A batch costs one lookup query and one transaction whatever
+//! its size: existing contacts matching the batch's phones and emails are loaded at
+//! once, duplicates (in the file and against the database) are resolved in memory with
+//! the chosen strategy, and new contacts are inserted with multi-row statements. If the
+//! transaction fails (a concurrent writer took a phone or email meanwhile), the batch is
+//! replayed row by row so one row never sinks the others.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::contacts::CONTACT_COLUMNS;
+use super::filter_sql::{Bind, Sql};
+use super::{Contact, ContactData, QueryContext, StorageError, TenantDb, now_ms};
+
+/// What to do with a row whose phone or email an existing contact already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicateStrategy {
+    /// Leave the existing contact alone.
+    Skip,
+    /// Overwrite the existing contact's values with the row's non-empty ones; add tags.
+    Update,
+    /// Fill only the existing contact's empty values; add tags.
+    Merge,
+}
+
+impl DuplicateStrategy {
+    /// The strategy's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DuplicateStrategy::Skip => "skip",
+            DuplicateStrategy::Update => "update",
+            DuplicateStrategy::Merge => "merge",
+        }
+    }
+
+    /// Parses a strategy name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Skip, Self::Update, Self::Merge]
+            .into_iter()
+            .find(|strategy| strategy.as_str() == name)
+    }
+}
+
+/// An import job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImportJob {
+    /// The job's id.
+    pub id: String,
+    /// `queued`, `running`, `completed` or `failed`.
+    pub status: String,
+    /// The duplicate strategy.
+    pub duplicates: String,
+    /// Column → target mapping used (JSON object).
+    pub mapping: serde_json::Value,
+    /// Data rows read so far.
+    pub rows_read: u64,
+    /// Contacts created.
+    pub created: u64,
+    /// Existing contacts changed.
+    pub updated: u64,
+    /// Rows that matched an existing contact and changed nothing.
+    pub skipped: u64,
+    /// Rows rejected (listed in the error CSV).
+    pub failed: u64,
+    /// Why the job failed as a whole, if it did.
+    pub error: Option<String>,
+    /// When it was submitted, Unix milliseconds.
+    pub created_at: i64,
+    /// When it ended, Unix milliseconds.
+    pub finished_at: Option<i64>,
+}
+
+/// Progress counters of a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportCounts {
+    /// Data rows read.
+    pub rows_read: u64,
+    /// Contacts created.
+    pub created: u64,
+    /// Contacts changed.
+    pub updated: u64,
+    /// Rows that changed nothing.
+    pub skipped: u64,
+    /// Rows rejected.
+    pub failed: u64,
+}
+
+/// One parsed row of an import: its values (already normalized and checked), which of
+/// them the file gave, and its position for error reports.
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    /// The values (fields holds only the file's custom field values; `None` and
+    /// missing keys are what the row left empty).
+    pub data: ContactData,
+}
+
+/// What happened to one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// A new contact.
+    Created,
+    /// An existing contact changed.
+    Updated,
+    /// Matched an existing contact; nothing to change.
+    Skipped,
+    /// Rejected, with the reason.
+    Failed(String),
+}
+
+/// A contact being written by a batch: an existing one (with its id) or a new one.
+struct Pending {
+    id: String,
+    contact: ContactData,
+    existing: bool,
+    changed: bool,
+}
+
+fn job_from_row(row: &sqlx::any::AnyRow) -> Result<ImportJob, sqlx::Error> {
+    let count = |name: &str| -> Result<u64, sqlx::Error> {
+        Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
+    };
+    let mapping: String = row.try_get("mapping")?;
+    Ok(ImportJob {
+        id: row.try_get("id")?,
+        status: row.try_get("status")?,
+        duplicates: row.try_get("duplicates")?,
+        mapping: serde_json::from_str(&mapping).unwrap_or(serde_json::Value::Null),
+        rows_read: count("rows_read")?,
+        created: count("created")?,
+        updated: count("updated")?,
+        skipped: count("skipped")?,
+        failed: count("failed")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+const JOB_COLUMNS: &str = "id, status, duplicates, mapping, rows_read, created, updated, skipped, failed, error, created_at, finished_at";
+
+impl TenantDb {
+    /// Records a new queued import job.
+    pub async fn create_import(
+        &self,
+        id: &str,
+        duplicates: DuplicateStrategy,
+        mapping: &serde_json::Value,
+    ) -> Result<ImportJob, StorageError> {
+        sqlx::query(
+            "INSERT INTO contact_imports (id, tenant_id, status, duplicates, mapping, created_at) \
+             VALUES ($1, $2, 'queued', $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(self.tenant_id().as_str())
+        .bind(duplicates.as_str())
+        .bind(mapping.to_string())
+        .bind(now_ms())
+        .execute(self.storage().pool())
+        .await
+        .context("creating an import")?;
+        self.get_import(id)
+            .await?
+            .ok_or_else(|| StorageError::Query {
+                context: "reading a created import",
+                source: sqlx::Error::RowNotFound,
+            })
+    }
+
+    /// One of this tenant's imports.
+    pub async fn get_import(&self, id: &str) -> Result<Option<ImportJob>, StorageError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM contact_imports WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(self.tenant_id().as_str())
+        .bind(id)
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading an import")?;
+        row.as_ref()
+            .map(job_from_row)
+            .transpose()
+            .context("decoding an import")
+    }
+
+    /// This tenant's imports, newest first.
+    pub async fn list_imports(&self, limit: u32) -> Result<Vec<ImportJob>, StorageError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM contact_imports WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(self.tenant_id().as_str())
+        .bind(i64::from(limit))
+        .fetch_all(self.storage().pool())
+        .await
+        .context("listing imports")?;
+        rows.iter()
+            .map(job_from_row)
+            .collect::<Result<_, _>>()
+            .context("decoding imports")
+    }
+
+    /// Saves a job's status and counters; `error` and the finish time when it ends.
+    pub async fn update_import(
+        &self,
+        id: &str,
+        status: &str,
+        counts: ImportCounts,
+        error: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let finished = matches!(status, "completed" | "failed").then(now_ms);
+        let number = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE contact_imports SET status = $1, rows_read = $2, created = $3, updated = $4, \
+             skipped = $5, failed = $6, error = $7, finished_at = $8 WHERE tenant_id = $9 AND id = $10",
+        )
+        .bind(status)
+        .bind(number(counts.rows_read))
+        .bind(number(counts.created))
+        .bind(number(counts.updated))
+        .bind(number(counts.skipped))
+        .bind(number(counts.failed))
+        .bind(error)
+        .bind(finished)
+        .bind(self.tenant_id().as_str())
+        .bind(id)
+        .execute(self.storage().pool())
+        .await
+        .context("updating an import")?;
+        Ok(())
+    }
+
+    /// Applies a batch of rows with `strategy`; one outcome per row, in order. At most
+    /// `room` contacts are created (the plan's remaining allowance; `None` is unlimited).
+    pub async fn import_batch(
+        &self,
+        rows: &[ImportRow],
+        strategy: DuplicateStrategy,
+        room: Option<u64>,
+    ) -> Result<Vec<RowOutcome>, StorageError> {
+        let (outcomes, pending) = self.plan_batch(rows, strategy, room).await?;
+        match self.write_batch(&pending).await {
+            Ok(()) => Ok(outcomes),
+            Err(error) if rows.len() > 1 => {
+                tracing::debug!(%error, "import batch conflicted; replaying it row by row");
+                let mut outcomes = Vec::with_capacity(rows.len());
+                let mut room = room;
+                for row in rows {
+                    let (mut single, pending) = self
+                        .plan_batch(std::slice::from_ref(row), strategy, room)
+                        .await?;
+                    let outcome = match self.write_batch(&pending).await {
+                        Ok(()) => single.pop().unwrap_or(RowOutcome::Skipped),
+                        Err(error) => RowOutcome::Failed(format!(
+                            "could not be written: {}",
+                            write_reason(&error)
+                        )),
+                    };
+                    if outcome == RowOutcome::Created {
+                        room = room.map(|room| room.saturating_sub(1));
+                    }
+                    outcomes.push(outcome);
+                }
+                Ok(outcomes)
+            }
+            Err(error) => Ok(vec![RowOutcome::Failed(format!(
+                "could not be written: {}",
+                write_reason(&error)
+            ))]),
+        }
+    }
+
+    /// Resolves each row against existing contacts and earlier rows, in memory.
+    async fn plan_batch(
+        &self,
+        rows: &[ImportRow],
+        strategy: DuplicateStrategy,
+        mut room: Option<u64>,
+    ) -> Result<(Vec<RowOutcome>, Vec<Pending>), StorageError> {
+        let existing = self.contacts_matching(rows).await?;
+        let mut pending: Vec<Pending> = existing
+            .into_iter()
+            .map(|contact| Pending {
+                id: contact.id.clone(),
+                contact: ContactData {
+                    name: contact.name,
+                    phone: contact.phone,
+                    email: contact.email,
+                    tags: contact.tags,
+                    fields: contact.fields,
+                },
+                existing: true,
+                changed: false,
+            })
+            .collect();
+        let mut by_phone: HashMap<String, usize> = HashMap::new();
+        let mut by_email: HashMap<String, usize> = HashMap::new();
+        for (index, entry) in pending.iter().enumerate() {
+            if let Some(phone) = &entry.contact.phone {
+                by_phone.insert(phone.clone(), index);
+            }
+            if let Some(email) = &entry.contact.email {
+                by_email.insert(email.clone(), index);
+            }
+        }
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let data = &row.data;
+            let phone_match = data
+                .phone
+                .as_ref()
+                .and_then(|phone| by_phone.get(phone))
+                .copied();
+            let email_match = data
+                .email
+                .as_ref()
+                .and_then(|email| by_email.get(email))
+                .copied();
+            let target = match (phone_match, email_match) {
+                (Some(a), Some(b)) if a != b => {
+                    outcomes.push(RowOutcome::Failed(format!(
+                        "its phone belongs to contact {} and its email to contact {}; merge those contacts first",
+                        pending[a].id, pending[b].id
+                    )));
+                    continue;
+                }
+                (Some(index), _) | (None, Some(index)) => Some(index),
+                (None, None) => None,
+            };
+            let Some(index) = target else {
+                if room == Some(0) {
+                    outcomes.push(RowOutcome::Failed(
+                        "the plan's contact limit is reached; upgrade the plan to import more"
+                            .into(),
+                    ));
+                    continue;
+                }
+                room = room.map(|room| room - 1);
+                let index = pending.len();
+                pending.push(Pending {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    contact: ContactData {
+                        tags: data
+                            .tags
+                            .iter()
+                            .cloned()
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect(),
+                        ..data.clone()
+                    },
+                    existing: false,
+                    changed: true,
+                });
+                if let Some(phone) = &data.phone {
+                    by_phone.insert(phone.clone(), index);
+                }
+                if let Some(email) = &data.email {
+                    by_email.insert(email.clone(), index);
+                }
+                outcomes.push(RowOutcome::Created);
+                continue;
+            };
+            if strategy == DuplicateStrategy::Skip {
+                outcomes.push(RowOutcome::Skipped);
+                continue;
+            }
+            let before = pending[index].contact.clone();
+            let mut after = before.clone();
+            let overwrite = strategy == DuplicateStrategy::Update;
+            let take = |current: &mut Option<String>, new: &Option<String>| {
+                if new.is_some() && (overwrite || current.is_none()) {
+                    current.clone_from(new);
+                }
+            };
+            take(&mut after.name, &data.name);
+            take(&mut after.phone, &data.phone);
+            take(&mut after.email, &data.email);
+            let mut tags: BTreeSet<String> = after.tags.iter().cloned().collect();
+            tags.extend(data.tags.iter().cloned());
+            after.tags = tags.into_iter().collect();
+            let mut fields = after.fields.as_object().cloned().unwrap_or_default();
+            for (key, value) in data.fields.as_object().into_iter().flatten() {
+                if overwrite || !fields.contains_key(key) {
+                    fields.insert(key.clone(), value.clone());
+                }
+            }
+            after.fields = serde_json::Value::Object(fields);
+            // A changed phone or email must not collide with another contact.
+            let collides = |value: &Option<String>, map: &HashMap<String, usize>| {
+                value
+                    .as_ref()
+                    .and_then(|value| map.get(value))
+                    .is_some_and(|&other| other != index)
+            };
+            if collides(&after.phone, &by_phone) || collides(&after.email, &by_email) {
+                outcomes.push(RowOutcome::Failed(
+                    "updating the matched contact would give it another contact's phone or email"
+                        .into(),
+                ));
+                continue;
+            }
+            if after == before {
+                outcomes.push(RowOutcome::Skipped);
+                continue;
+            }
+            for (old, new, map) in [
+                (&before.phone, &after.phone, &mut by_phone),
+                (&before.email, &after.email, &mut by_email),
+            ] {
+                if old != new {
+                    if let Some(old) = old {
+                        map.remove(old);
+                    }
+                    if let Some(new) = new {
+                        map.insert(new.clone(), index);
+                    }
+                }
+            }
+            pending[index].contact = after;
+            pending[index].changed = true;
+            // Also when the contact was created by an earlier row of this file.
+            outcomes.push(RowOutcome::Updated);
+        }
+        pending.retain(|entry| entry.changed);
+        Ok((outcomes, pending))
+    }
+
+    /// Existing contacts sharing a phone or email with any row.
+    async fn contacts_matching(&self, rows: &[ImportRow]) -> Result<Vec<Contact>, StorageError> {
+        let phones: BTreeSet<&str> = rows
+            .iter()
+            .filter_map(|row| row.data.phone.as_deref())
+            .collect();
+        let emails: BTreeSet<&str> = rows
+            .iter()
+            .filter_map(|row| row.data.email.as_deref())
+            .collect();
+        if phones.is_empty() && emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(&format!(
+            "SELECT {CONTACT_COLUMNS} FROM contacts WHERE tenant_id = "
+        ));
+        let tenant = sql.bind(Bind::Text(self.tenant_id().as_str().to_string()));
+        sql.push(&tenant);
+        sql.push(" AND (");
+        for (position, (column, values)) in [("phone", &phones), ("email", &emails)]
+            .into_iter()
+            .filter(|(_, values)| !values.is_empty())
+            .enumerate()
+        {
+            if position > 0 {
+                sql.push(" OR ");
+            }
+            sql.push(column);
+            sql.push(" IN (");
+            for (index, value) in values.iter().enumerate() {
+                if index > 0 {
+                    sql.push(", ");
+                }
+                let placeholder = sql.bind(Bind::Text((*value).to_string()));
+                sql.push(&placeholder);
+            }
+            sql.push(")");
+        }
+        sql.push(")");
+        let found = sql
+            .into_query()
+            .fetch_all(self.storage().pool())
+            .await
+            .context("finding contacts an import matches")?;
+        self.contact_rows(&found).await
+    }
+
+    /// Writes a batch's new and changed contacts in one transaction.
+    async fn write_batch(&self, pending: &[Pending]) -> Result<(), sqlx::Error> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let tenant = self.tenant_id().as_str();
+        let now = now_ms();
+        let mut tx = self.storage().pool().begin().await?;
+        let created: Vec<&Pending> = pending.iter().filter(|entry| !entry.existing).collect();
+        // Changed contacts first: one may have given up a phone a new one takes.
+        for entry in pending.iter().filter(|entry| entry.existing) {
+            let data = &entry.contact;
+            sqlx::query(
+                "UPDATE contacts SET name = $1, phone = $2, email = $3, fields = $4, updated_at = $5 \
+                 WHERE tenant_id = $6 AND id = $7",
+            )
+            .bind(data.name.as_deref())
+            .bind(data.phone.as_deref())
+            .bind(data.email.as_deref())
+            .bind(data.fields.to_string())
+            .bind(now)
+            .bind(tenant)
+            .bind(&entry.id)
+            .execute(&mut *tx)
+            .await?;
+            Self::write_tags(&mut tx, tenant, &entry.id, &data.tags).await?;
+        }
+        // 7 parameters per contact; 100 rows a statement stays far below every limit.
+        for chunk in created.chunks(100) {
+            let mut sql = Sql::new(
+                "INSERT INTO contacts (id, tenant_id, name, phone, email, fields, created_at, updated_at) VALUES ",
+            );
+            for (index, entry) in chunk.iter().enumerate() {
+                let data = &entry.contact;
+                let values = [
+                    Bind::Text(entry.id.clone()),
+                    Bind::Text(tenant.to_string()),
+                    text_or_null(&data.name),
+                    text_or_null(&data.phone),
+                    text_or_null(&data.email),
+                    Bind::Text(data.fields.to_string()),
+                    Bind::Int(now),
+                ];
+                let placeholders: Vec<String> =
+                    values.into_iter().map(|value| sql.bind(value)).collect();
+                if index > 0 {
+                    sql.push(", ");
+                }
+                sql.push(&format!(
+                    "({}, {}, {}, {}, {}, {}, {}, {})",
+                    placeholders[0],
+                    placeholders[1],
+                    placeholders[2],
+                    placeholders[3],
+                    placeholders[4],
+                    placeholders[5],
+                    placeholders[6],
+                    placeholders[6]
+                ));
+            }
+            sql.into_query().execute(&mut *tx).await?;
+        }
+        let tags: Vec<(&str, &str)> = created
+            .iter()
+            .flat_map(|entry| {
+                entry
+                    .contact
+                    .tags
+                    .iter()
+                    .map(|tag| (entry.id.as_str(), tag.as_str()))
+            })
+            .collect();
+        for chunk in tags.chunks(300) {
+            let mut sql = Sql::new("INSERT INTO contact_tags (tenant_id, contact_id, tag) VALUES ");
+            let tenant_placeholder = sql.bind(Bind::Text(tenant.to_string()));
+            for (index, (id, tag)) in chunk.iter().enumerate() {
+                let id = sql.bind(Bind::Text((*id).to_string()));
+                let tag = sql.bind(Bind::Text((*tag).to_string()));
+                if index > 0 {
+                    sql.push(", ");
+                }
+                sql.push(&format!("({tenant_placeholder}, {id}, {tag})"));
+            }
+            sql.into_query().execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+}
+
+fn text_or_null(value: &Option<String>) -> Bind {
+    match value {
+        Some(text) => Bind::Text(text.clone()),
+        None => Bind::Null,
+    }
+}
+
+fn write_reason(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            "another contact got the same phone or email meanwhile".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+impl super::Storage {
+    /// Marks imports left queued or running by a previous process as failed; how many.
+    pub async fn fail_interrupted_imports(&self) -> Result<u64, StorageError> {
+        let result = sqlx::query(
+            "UPDATE contact_imports SET status = 'failed', finished_at = $1, \
+             error = 'interrupted by a server restart; import the file again (rows already imported are matched, not duplicated)' \
+             WHERE status IN ('queued', 'running')",
+        )
+        .bind(now_ms())
+        .execute(self.pool())
+        .await
+        .context("failing interrupted imports")?;
+        Ok(result.rows_affected())
+    }
+}
