@@ -9,6 +9,7 @@ mod contacts;
 mod health;
 mod imports;
 pub mod json;
+mod openapi;
 pub mod problem;
 pub mod rate_limit;
 mod segments;
@@ -56,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(tenant_api)
         .merge(admin::router(state.clone()))
+        .merge(openapi::router())
+        .layer(middleware::from_fn(openapi::check_documented))
         .fallback(problem::not_found)
         .with_state(state)
 }

@@ -914,8 +914,12 @@ mod tests {
             [Target::Name, Target::Phone, Target::Field(city.clone())]
         );
         let explicit = json!({"Mobile": "ignore", "City": "fields.nope"});
-        let error =
-            read_layout(file.path(), explicit.as_object(), std::slice::from_ref(&city)).expect_err("bad");
+        let error = read_layout(
+            file.path(),
+            explicit.as_object(),
+            std::slice::from_ref(&city),
+        )
+        .expect_err("bad");
         assert!(error.contains("nope"), "{error}");
         let explicit = json!({"Phone": "phone"});
         let error = read_layout(file.path(), explicit.as_object(), &[]).expect_err("bad");

@@ -184,7 +184,8 @@ pub fn postdog_command() -> std::process::Command {
     command
         .env_remove("DATABASE_URL")
         .env_remove("POSTDOG_OPERATOR_TOKEN")
-        .env("POSTDOG_LOG", "info");
+        .env("POSTDOG_LOG", "info")
+        .env("POSTDOG_STRICT_OPENAPI", "1");
     command
 }
 
