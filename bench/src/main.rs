@@ -2,9 +2,12 @@
 //! ratio to that baseline measured in the same run, so noise on a shared machine cancels
 //! out. Nothing here asserts on time.
 //!
-//! `cargo run --release -p postdog-bench -- plugin-call`
+//! `cargo run --release -p postdog-bench -- plugin-call | csv-import | api-read`
 
+mod api_read;
+mod csv_import;
 mod plugin_call;
+mod server;
 
 use clap::{Parser, Subcommand};
 
@@ -20,10 +23,16 @@ enum Scenario {
     /// Full PostDog plugin invocations vs bare wasmtime, 1 thread and all cores, plus cold
     /// load with and without the compile cache.
     PluginCall(plugin_call::Options),
+    /// Imports a generated CSV through the API vs plain sqlx inserts of the same rows.
+    CsvImport(csv_import::Options),
+    /// GET /v1/contacts/{id} with auth and rate limiting vs a bare axum handler.
+    ApiRead(api_read::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::PluginCall(options) => plugin_call::run(options),
+        Scenario::CsvImport(options) => csv_import::run(options),
+        Scenario::ApiRead(options) => api_read::run(options),
     }
 }
