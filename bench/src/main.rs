@@ -3,11 +3,15 @@
 //! out. Nothing here asserts on time.
 //!
 //! `cargo run --release -p postdog-bench -- plugin-call | csv-import | api-read`
+//!
+//! `csv-import` and `api-read` build and start the real `postdog` binary as a child
+//! process (`server_process`), so its memory is measured on its own.
 
 mod api_read;
 mod csv_import;
+mod http_load;
 mod plugin_call;
-mod server;
+mod server_process;
 
 use clap::{Parser, Subcommand};
 

@@ -210,6 +210,7 @@ enum PluginPre {
 pub struct LoadedPlugin {
     world: World,
     digest: String,
+    imports: Arc<[String]>,
     cache: CacheOutcome,
     pre: PluginPre,
 }
@@ -233,6 +234,12 @@ impl LoadedPlugin {
     /// The sha256 of the component's bytes, in hex.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The interfaces the component imports (WASI and `postdog:plugin/…` names with
+    /// versions), for checking them against the capabilities a manifest requests.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
     }
 
     /// Whether loading was served from the compile cache.
@@ -298,7 +305,7 @@ impl Runtime {
         let engine = &self.inner.engine;
         let (component, cache) = self.inner.cache.load_or_compile(engine, bytes, &digest)?;
         let world = component_check::detect_world(engine, &component)?;
-        component_check::check_imports(engine, &component)?;
+        let imports = component_check::check_imports(engine, &component)?;
         let instance_pre = self
             .inner
             .linker
@@ -327,6 +334,7 @@ impl Runtime {
         Ok(LoadedPlugin {
             world,
             digest,
+            imports: imports.into(),
             cache,
             pre,
         })

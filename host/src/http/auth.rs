@@ -3,6 +3,8 @@
 //! refuses unknown or revoked keys (401) and suspended tenants (403), applies the plan's
 //! rate limit (429 with `Retry-After`) and adds `RateLimit-*` headers to every answer.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -18,9 +20,9 @@ use crate::storage::{ApiKey, Role, Tenant, TenantDb};
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// The key used.
-    pub key: ApiKey,
-    /// Its tenant.
-    pub tenant: Tenant,
+    pub key: Arc<ApiKey>,
+    /// Its tenant (the sub-tenant acted on, with `PostDog-Act-As`).
+    pub tenant: Arc<Tenant>,
     db: TenantDb,
 }
 
@@ -153,12 +155,12 @@ async fn identify(
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <key>`"))?;
     let key = state
         .storage
-        .find_api_key(secret)
+        .authenticate_key(secret)
         .await?
         .ok_or_else(|| unauthorized("this API key is unknown or has been revoked"))?;
     let tenant = state
         .storage
-        .get_tenant(&key.tenant_id)
+        .authenticate_tenant(&key.tenant_id)
         .await?
         .ok_or_else(|| unauthorized("this API key's tenant no longer exists"))?;
     if tenant.status != "active" {
@@ -173,7 +175,7 @@ async fn identify(
     if key
         .last_used_at
         .is_none_or(|last| now - last >= TOUCH_INTERVAL_MS)
-        && let Err(error) = state.storage.touch_api_key(&key.id).await
+        && let Err(error) = state.storage.record_key_use(secret, &key.id).await
     {
         tracing::warn!(%error, "could not record an API key's use");
     }
@@ -193,7 +195,7 @@ async fn act_on_sub_tenant(
     state: &AppState,
     reseller: &Tenant,
     value: &HeaderValue,
-) -> Result<Tenant, ApiError> {
+) -> Result<Arc<Tenant>, ApiError> {
     let refuse = |detail: &str| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -210,7 +212,7 @@ async fn act_on_sub_tenant(
         .map_err(|_| refuse("the PostDog-Act-As header must be a tenant id"))?;
     let target = state
         .storage
-        .get_tenant(&crate::ids::TenantId::new(id.trim()))
+        .authenticate_tenant(&crate::ids::TenantId::new(id.trim()))
         .await?;
     match target {
         Some(target) if target.parent_id.as_ref() == Some(&reseller.id) => {

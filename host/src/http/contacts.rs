@@ -208,10 +208,9 @@ async fn create(
 async fn show(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::storage::Contact>, ApiError> {
     let contact = caller.db().get_contact(&id).await?;
-    let contact = contact.ok_or_else(|| not_found(&id))?;
-    Ok(Json(json!(contact)))
+    Ok(Json(contact.ok_or_else(|| not_found(&id))?))
 }
 
 fn invalid_query(detail: impl Into<String>) -> ApiError {

@@ -49,11 +49,20 @@ impl RateLimiter {
             .buckets
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let bucket = buckets.entry(tenant.clone()).or_insert(Bucket {
-            capacity,
-            tokens: capacity,
-            updated: now,
-        });
+        if !buckets.contains_key(tenant) {
+            buckets.insert(
+                tenant.clone(),
+                Bucket {
+                    capacity,
+                    tokens: capacity,
+                    updated: now,
+                },
+            );
+        }
+        // Looked up before inserting so the common case does not clone the id.
+        let bucket = buckets
+            .get_mut(tenant)
+            .expect("the bucket was inserted above");
         // A plan change takes effect at once: an upgrade adds the difference, a downgrade
         // removes it.
         if bucket.capacity != capacity {

@@ -227,7 +227,7 @@ async fn update(
     ApiJson(change): ApiJson<ProfileChange>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let mut tenant = caller.tenant.clone();
+    let mut tenant = Tenant::clone(&caller.tenant);
     apply_profile_change(&mut tenant, change)?;
     save_profile(&state.storage, &tenant).await?;
     let tenant = state

@@ -61,16 +61,24 @@ pub(crate) fn detect_world(engine: &Engine, component: &Component) -> Result<Wor
     }
 }
 
-/// Refuses imports outside WASI 0.2 and `postdog:plugin@0.1.0`, naming them.
-pub(crate) fn check_imports(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+/// The component's imports (interface names), after refusing any outside WASI 0.2 and
+/// `postdog:plugin@0.1.0`, which are named in the error.
+pub(crate) fn check_imports(
+    engine: &Engine,
+    component: &Component,
+) -> Result<Vec<String>, PluginError> {
     let ty = component.component_type();
-    let unknown: Vec<String> = ty
+    let imports: Vec<String> = ty
         .imports(engine)
         .map(|(name, _)| name.to_string())
+        .collect();
+    let unknown: Vec<&str> = imports
+        .iter()
+        .map(String::as_str)
         .filter(|name| !is_provided_import(name))
         .collect();
     if unknown.is_empty() {
-        Ok(())
+        Ok(imports)
     } else {
         Err(PluginError::UnsupportedImports {
             imports: unknown.join(", "),

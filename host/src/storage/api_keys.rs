@@ -165,6 +165,7 @@ impl TenantDb {
         .execute(self.storage().pool())
         .await
         .context("revoking an API key")?;
+        self.storage().auth_cache().invalidate();
         Ok(result.rows_affected() > 0)
     }
 }
@@ -187,10 +188,10 @@ impl Storage {
             .context("decoding an API key")
     }
 
-    /// Records that a key was used now.
-    pub async fn touch_api_key(&self, key_id: &str) -> Result<(), StorageError> {
+    /// Records that a key was used at `at` (Unix milliseconds).
+    pub async fn touch_api_key(&self, key_id: &str, at: i64) -> Result<(), StorageError> {
         sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
-            .bind(now_ms())
+            .bind(at)
             .bind(key_id)
             .execute(self.pool())
             .await

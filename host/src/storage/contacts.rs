@@ -328,6 +328,14 @@ impl TenantDb {
 
     /// One of this tenant's contacts.
     pub async fn get_contact(&self, id: &str) -> Result<Option<Contact>, StorageError> {
+        if let Some(reads) = self.storage().sqlite_reads() {
+            match reads.read(|connection| read_contact(connection, self.tenant_id().as_str(), id)) {
+                Ok(contact) => return Ok(contact),
+                Err(error) => {
+                    tracing::debug!(%error, "direct SQLite read failed; reading through sqlx");
+                }
+            }
+        }
         let mut sql = Sql::new(&format!(
             "SELECT {CONTACT_COLUMNS} FROM contacts WHERE tenant_id = "
         ));
@@ -509,4 +517,74 @@ impl TenantDb {
         let count: i64 = row.try_get("n").context("counting contacts")?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
+}
+
+/// A contact with its tags and current consent, read synchronously from SQLite (see
+/// `sqlite_reads`); the same result as `TenantDb::get_contact`'s sqlx path.
+fn read_contact(
+    connection: &rusqlite::Connection,
+    tenant: &str,
+    id: &str,
+) -> rusqlite::Result<Option<Contact>> {
+    // One read transaction for the three statements: one snapshot (a consistent
+    // contact) and one WAL lock acquisition instead of three.
+    let transaction = connection.unchecked_transaction()?;
+    let contact = read_contact_in(&transaction, tenant, id)?;
+    transaction.commit()?;
+    Ok(contact)
+}
+
+fn read_contact_in(
+    connection: &rusqlite::Connection,
+    tenant: &str,
+    id: &str,
+) -> rusqlite::Result<Option<Contact>> {
+    use rusqlite::OptionalExtension;
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {CONTACT_COLUMNS} FROM contacts WHERE tenant_id = ?1 AND id = ?2"
+    ))?;
+    let Some(mut contact) = statement
+        .query_row((tenant, id), |row| {
+            let fields: String = row.get("fields")?;
+            Ok(Contact {
+                id: row.get("id")?,
+                name: row.get("name")?,
+                phone: row.get("phone")?,
+                email: row.get("email")?,
+                tags: Vec::new(),
+                fields: serde_json::from_str(&fields).unwrap_or_else(|_| serde_json::json!({})),
+                created_at: row.get("created_at")?,
+                updated_at: row.get("updated_at")?,
+                last_contacted_at: row.get("last_contacted_at")?,
+                consent: BTreeMap::new(),
+            })
+        })
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut tags = connection.prepare_cached(
+        "SELECT tag FROM contact_tags WHERE tenant_id = ?1 AND contact_id = ?2 ORDER BY tag",
+    )?;
+    contact.tags = tags
+        .query_map((tenant, id), |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut consent = connection.prepare_cached(
+        "SELECT channel, status, source, proof, recorded_at FROM contact_consent \
+         WHERE tenant_id = ?1 AND contact_id = ?2 ORDER BY id",
+    )?;
+    let entries = consent.query_map((tenant, id), |row| {
+        Ok(ConsentEntry {
+            channel: row.get(0)?,
+            status: row.get(1)?,
+            source: row.get(2)?,
+            proof: row.get(3)?,
+            recorded_at: row.get(4)?,
+        })
+    })?;
+    for entry in entries {
+        let entry = entry?;
+        contact.consent.insert(entry.channel.clone(), entry);
+    }
+    Ok(Some(contact))
 }

@@ -18,7 +18,6 @@ pub(crate) enum Bind {
     Text(String),
     Int(i64),
     Float(f64),
-    Null,
 }
 
 /// SQL text plus its parameters, numbered in order.
@@ -53,7 +52,6 @@ impl Sql {
                 Bind::Text(text) => query.bind(text),
                 Bind::Int(number) => query.bind(number),
                 Bind::Float(number) => query.bind(number),
-                Bind::Null => query.bind(Option::<String>::None),
             };
         }
         query

@@ -13,7 +13,7 @@ use sqlx::Row;
 
 use super::contacts::CONTACT_COLUMNS;
 use super::filter_sql::{Bind, Sql};
-use super::{Contact, ContactData, QueryContext, StorageError, TenantDb, now_ms};
+use super::{Backend, Contact, ContactData, QueryContext, StorageError, TenantDb, now_ms};
 
 /// What to do with a row whose phone or email an existing contact already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -441,32 +441,28 @@ impl TenantDb {
         if phones.is_empty() && emails.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = Sql::new(&format!(
-            "SELECT {CONTACT_COLUMNS} FROM contacts WHERE tenant_id = "
-        ));
+        // One SELECT per unique index, joined by UNION: with `phone IN (…) OR email IN (…)`
+        // SQLite scans every contact of the tenant for each batch (quadratic imports).
+        // Each list is one bound JSON array: thousands of `$N` parameters cost sqlx's
+        // SQLite driver a quadratic parameter-name lookup.
+        let backend = self.storage().backend();
+        let mut sql = Sql::new("");
         let tenant = sql.bind(Bind::Text(self.tenant_id().as_str().to_string()));
-        sql.push(&tenant);
-        sql.push(" AND (");
         for (position, (column, values)) in [("phone", &phones), ("email", &emails)]
             .into_iter()
             .filter(|(_, values)| !values.is_empty())
             .enumerate()
         {
             if position > 0 {
-                sql.push(" OR ");
+                sql.push(" UNION ");
             }
-            sql.push(column);
-            sql.push(" IN (");
-            for (index, value) in values.iter().enumerate() {
-                if index > 0 {
-                    sql.push(", ");
-                }
-                let placeholder = sql.bind(Bind::Text((*value).to_string()));
-                sql.push(&placeholder);
-            }
-            sql.push(")");
+            let list = sql.bind(Bind::Text(serde_json::json!(values).to_string()));
+            sql.push(&format!(
+                "SELECT {CONTACT_COLUMNS} FROM contacts WHERE tenant_id = {tenant} AND {column} IN \
+                 (SELECT value FROM {})",
+                json_text_rows(backend, &list)
+            ));
         }
-        sql.push(")");
         let found = sql
             .into_query()
             .fetch_all(self.storage().pool())
@@ -502,72 +498,76 @@ impl TenantDb {
             .await?;
             Self::write_tags(&mut tx, tenant, &entry.id, &data.tags).await?;
         }
-        // 7 parameters per contact; 100 rows a statement stays far below every limit.
-        for chunk in created.chunks(100) {
-            let mut sql = Sql::new(
-                "INSERT INTO contacts (id, tenant_id, name, phone, email, fields, created_at, updated_at) VALUES ",
-            );
-            for (index, entry) in chunk.iter().enumerate() {
-                let data = &entry.contact;
-                let values = [
-                    Bind::Text(entry.id.clone()),
-                    Bind::Text(tenant.to_string()),
-                    text_or_null(&data.name),
-                    text_or_null(&data.phone),
-                    text_or_null(&data.email),
-                    Bind::Text(data.fields.to_string()),
-                    Bind::Int(now),
-                ];
-                let placeholders: Vec<String> =
-                    values.into_iter().map(|value| sql.bind(value)).collect();
-                if index > 0 {
-                    sql.push(", ");
-                }
-                sql.push(&format!(
-                    "({}, {}, {}, {}, {}, {}, {}, {})",
-                    placeholders[0],
-                    placeholders[1],
-                    placeholders[2],
-                    placeholders[3],
-                    placeholders[4],
-                    placeholders[5],
-                    placeholders[6],
-                    placeholders[6]
-                ));
+        // All new contacts in one statement whose rows are one bound JSON array (see
+        // `contacts_matching` on parameter counts).
+        if !created.is_empty() {
+            let backend = self.storage().backend();
+            let rows: Vec<serde_json::Value> = created
+                .iter()
+                .map(|entry| {
+                    let data = &entry.contact;
+                    serde_json::json!([
+                        entry.id,
+                        data.name,
+                        data.phone,
+                        data.email,
+                        data.fields.to_string()
+                    ])
+                })
+                .collect();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO contacts (id, tenant_id, name, phone, email, fields, created_at, updated_at) \
+                 SELECT value ->> 0, $1, value ->> 1, value ->> 2, value ->> 3, value ->> 4, $2, $2 FROM {}",
+                json_array_rows(backend, "$3")
+            )))
+            .bind(tenant)
+            .bind(now)
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await?;
+            let tags: Vec<[&str; 2]> = created
+                .iter()
+                .flat_map(|entry| {
+                    entry
+                        .contact
+                        .tags
+                        .iter()
+                        .map(|tag| [entry.id.as_str(), tag.as_str()])
+                })
+                .collect();
+            if !tags.is_empty() {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO contact_tags (tenant_id, contact_id, tag) \
+                     SELECT $1, value ->> 0, value ->> 1 FROM {}",
+                    json_array_rows(backend, "$2")
+                )))
+                .bind(tenant)
+                .bind(serde_json::json!(tags).to_string())
+                .execute(&mut *tx)
+                .await?;
             }
-            sql.into_query().execute(&mut *tx).await?;
-        }
-        let tags: Vec<(&str, &str)> = created
-            .iter()
-            .flat_map(|entry| {
-                entry
-                    .contact
-                    .tags
-                    .iter()
-                    .map(|tag| (entry.id.as_str(), tag.as_str()))
-            })
-            .collect();
-        for chunk in tags.chunks(300) {
-            let mut sql = Sql::new("INSERT INTO contact_tags (tenant_id, contact_id, tag) VALUES ");
-            let tenant_placeholder = sql.bind(Bind::Text(tenant.to_string()));
-            for (index, (id, tag)) in chunk.iter().enumerate() {
-                let id = sql.bind(Bind::Text((*id).to_string()));
-                let tag = sql.bind(Bind::Text((*tag).to_string()));
-                if index > 0 {
-                    sql.push(", ");
-                }
-                sql.push(&format!("({tenant_placeholder}, {id}, {tag})"));
-            }
-            sql.into_query().execute(&mut *tx).await?;
         }
         tx.commit().await
     }
 }
 
-fn text_or_null(value: &Option<String>) -> Bind {
-    match value {
-        Some(text) => Bind::Text(text.clone()),
-        None => Bind::Null,
+/// A row source over the strings of the JSON array bound as `placeholder`, each as a
+/// text column `value`.
+fn json_text_rows(backend: Backend, placeholder: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("json_each({placeholder})"),
+        Backend::Postgres => {
+            format!("jsonb_array_elements_text({placeholder}::jsonb) AS rows(value)")
+        }
+    }
+}
+
+/// A row source over the elements of the JSON array bound as `placeholder`, each as a
+/// column `value` (JSON) that `value ->> N` reads on both backends.
+fn json_array_rows(backend: Backend, placeholder: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("json_each({placeholder})"),
+        Backend::Postgres => format!("jsonb_array_elements({placeholder}::jsonb) AS rows(value)"),
     }
 }
 

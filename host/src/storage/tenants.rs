@@ -188,6 +188,7 @@ impl Storage {
             .execute(self.pool())
             .await
             .context("changing a tenant's status")?;
+        self.auth_cache().invalidate();
         Ok(result.rows_affected() > 0)
     }
 }
@@ -202,6 +203,7 @@ impl Storage {
             .execute(self.pool())
             .await
             .context("changing a tenant's plan")?;
+        self.auth_cache().invalidate();
         Ok(result.rows_affected() > 0)
     }
 }
@@ -244,6 +246,7 @@ impl Storage {
         .bind(tenant.id.as_str())
         .execute(self.pool())
         .await;
+        self.auth_cache().invalidate();
         match result {
             Ok(result) => Ok(result.rows_affected() > 0),
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
