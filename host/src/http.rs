@@ -8,6 +8,7 @@ pub mod auth;
 mod contacts;
 mod health;
 mod imports;
+mod marketplace;
 pub mod json;
 mod openapi;
 pub mod problem;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub operator_token: Option<String>,
     /// Background contact imports.
     pub importer: crate::imports::Importer,
+    /// Plugin installs and the registry behind them.
+    pub marketplace: crate::marketplace::Marketplace,
 }
 
 /// The whole API.
@@ -46,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api_keys::router())
         .merge(contacts::router())
         .merge(imports::router())
+        .merge(marketplace::router())
         .merge(segments::router())
         .merge(sub_tenants::router())
         .merge(tenant::router())

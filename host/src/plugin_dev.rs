@@ -156,7 +156,10 @@ fn outcome<T: serde::Serialize, E: serde::Serialize>(
     })
 }
 
-async fn call(
+/// Calls `function` (default: the world's main one) of a loaded plugin with JSON
+/// `input`. Runtime failures come back as a `PluginError` inside the `anyhow::Error`;
+/// other errors mean the input did not fit the function.
+pub(crate) async fn call(
     runtime: &Runtime,
     plugin: &LoadedPlugin,
     ctx: &Arc<CallContext>,

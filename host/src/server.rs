@@ -68,6 +68,22 @@ pub async fn serve(
             "imports left unfinished by a previous run were marked failed"
         );
     }
+    let registry_location = std::env::var("POSTDOG_REGISTRY")
+        .ok()
+        .filter(|location| !location.trim().is_empty())
+        .unwrap_or_else(|| options.data_dir.join("registry").display().to_string());
+    let registry = postdog_registry::Registry::open(&registry_location)
+        .with_context(|| format!("while opening the plugin registry at {registry_location}"))?;
+    let secrets = crate::secrets::SecretKeys::from_env(&options.data_dir)
+        .context("while loading the secrets key")?;
+    let marketplace =
+        crate::marketplace::Marketplace::new(storage.clone(), runtime.clone(), registry, secrets);
+    let (stop_watch, watch_stopped) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(
+        marketplace
+            .clone()
+            .watch(std::time::Duration::from_secs(1), watch_stopped),
+    );
     let listener = TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("while binding {}", options.listen))?;
@@ -79,11 +95,16 @@ pub async fn serve(
         rate_limiter: Default::default(),
         operator_token: options.operator_token.filter(|token| !token.is_empty()),
         importer: crate::imports::Importer::new(&options.data_dir, 2),
+        marketplace,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("while serving HTTP")?;
+    let _ = stop_watch.send(true);
+    if let Err(error) = watcher.await {
+        tracing::error!(%error, "the registry watcher failed");
+    }
     tracing::info!("shut down cleanly");
     storage.close().await;
     Ok(())

@@ -309,6 +309,64 @@ fn operations() -> Vec<Operation> {
             .query("limit", "integer", "1 to 200, default 50.")
             .ok(200, "Entries", Some("AuditPage"))
             .error(400, "invalid-query"),
+        // Marketplace and installs.
+        op("get", "/v1/marketplace", "Marketplace", "Browse plugins in the registry", Tenant(ANY_ROLE))
+            .query("q", "string", "Words that must all appear in the name or description.")
+            .query("category", "string", "messaging, social, ecommerce, crm, marketing, utility, ai, analytics or developer.")
+            .query("world", "string", "flow-action, messaging-channel, social-channel or integration.")
+            .ok(200, "Plugins", Some("PluginSummaryList"))
+            .error(400, "invalid-query")
+            .error(502, "registry-unavailable"),
+        op("get", "/v1/marketplace/{publisher}/{name}", "Marketplace", "A plugin's versions, capabilities and config schema", Tenant(ANY_ROLE))
+            .ok(200, "Versions, newest first", Some("PluginVersionList"))
+            .error(404, "not-found")
+            .error(502, "registry-unavailable"),
+        op("get", "/v1/installs", "Marketplace", "This tenant's installed plugins", Tenant(ANY_ROLE))
+            .ok(200, "Installs", Some("InstallList")),
+        op("post", "/v1/installs", "Marketplace", "Install a plugin", Tenant(ADMIN))
+            .describe("Installs the newest version matching `version` (a semver requirement such as `^1.2`). Every capability the version requests must be in `grants`.")
+            .body("NewInstall")
+            .ok(201, "Installed", Some("Install"))
+            .error(404, "not-found")
+            .error(422, "invalid-body,capabilities-not-granted,invalid-config")
+            .error(502, "registry-unavailable,plugin-failed"),
+        op("get", "/v1/installs/{id}", "Marketplace", "An install with its health", Tenant(ANY_ROLE))
+            .ok(200, "The install", Some("Install"))
+            .error(404, "not-found"),
+        op("patch", "/v1/installs/{id}", "Marketplace", "Change config, grants, requirement, pin or enabled", Tenant(ADMIN))
+            .body("InstallChange")
+            .ok(200, "The install", Some("Install"))
+            .error(404, "not-found")
+            .error(422, "invalid-body,capabilities-not-granted,invalid-config"),
+        op("delete", "/v1/installs/{id}", "Marketplace", "Uninstall (config, secrets and data are deleted)", Tenant(ADMIN))
+            .ok(204, "Uninstalled", None)
+            .error(404, "not-found"),
+        op("put", "/v1/installs/{id}/secrets/{name}", "Marketplace", "Set or rotate a secret", Tenant(ADMIN))
+            .describe("Sealed with AES-256-GCM; never returned by any call.")
+            .body("SecretValue")
+            .ok(204, "Stored", None)
+            .error(404, "not-found")
+            .error(422, "invalid-body,invalid-config"),
+        op("delete", "/v1/installs/{id}/secrets/{name}", "Marketplace", "Remove a secret", Tenant(ADMIN))
+            .ok(204, "Removed", None)
+            .error(404, "not-found"),
+        op("post", "/v1/installs/{id}/upgrade", "Marketplace", "Move to the newest version matching the requirement", Tenant(ADMIN))
+            .ok(200, "The install", Some("Install"))
+            .error(404, "not-found")
+            .error(422, "invalid-body,capabilities-not-granted"),
+        op("post", "/v1/installs/{id}/rollback", "Marketplace", "Return to the previous version and pin it", Tenant(ADMIN))
+            .ok(200, "The install", Some("Install"))
+            .error(404, "not-found")
+            .error(422, "invalid-body"),
+        op("post", "/v1/installs/{id}/call", "Marketplace", "Call the plugin once (e.g. test a flow action)", Tenant(WRITERS))
+            .describe("`function` defaults to the world's main one (run, send, publish, handle-webhook). The answer is the plugin's `{\"ok\": …}` or `{\"error\": …}`.")
+            .body("CallRequest")
+            .ok(200, "The plugin's answer", Some("CallResult"))
+            .error(404, "not-found")
+            .error(409, "install-disabled")
+            .error(422, "invalid-body")
+            .error(502, "plugin-failed")
+            .error(503, "circuit-open"),
     ]
 }
 
@@ -566,6 +624,48 @@ fn schemas() -> Map<String, Value> {
         (
             "AuditPage",
             json!({"type": "object", "properties": {"data": {"type": "array", "items": reference("AuditEntry")}, "next_cursor": nullable_text}}),
+        ),
+        (
+            "PluginSummary",
+            json!({"type": "object", "properties": {"name": text, "description": text, "categories": {"type": "array", "items": text}, "world": text, "latest": text, "versions": {"type": "integer"}, "icon": nullable_text, "homepage": nullable_text}}),
+        ),
+        ("PluginSummaryList", list_of("PluginSummary")),
+        (
+            "PluginVersion",
+            json!({"type": "object", "properties": {"name": text, "version": text, "digest": text, "world": text, "wit": text, "description": text, "capabilities": {"type": "array", "items": text}, "config_schema": {"type": "object"}, "min_host_version": nullable_text, "published_at": time, "yanked": {"type": "boolean"}, "publisher_key": text}}),
+        ),
+        ("PluginVersionList", list_of("PluginVersion")),
+        (
+            "Install",
+            json!({"type": "object", "properties": {"id": text, "plugin": text, "world": text, "requirement": text, "version": text, "digest": text, "previous_version": nullable_text, "pinned": {"type": "boolean"}, "enabled": {"type": "boolean"},
+                "requested_capabilities": {"type": "array", "items": text}, "grants": {"type": "array", "items": text}, "config": {"type": "object"}, "config_schema": {"type": "object"},
+                "secrets": {"type": "array", "items": text, "description": "Names of the secrets set; values are never returned."}, "missing_settings": {"type": "array", "items": text},
+                "health": {"type": "object", "properties": {"calls": {"type": "integer"}, "failures": {"type": "integer"}, "consecutive_failures": {"type": "integer"}, "last_error": nullable_text, "last_error_at": nullable_time, "circuit": {"type": "string", "enum": ["closed", "open", "half-open"]}, "circuit_open_until": nullable_time}},
+                "created_at": time, "updated_at": time}}),
+        ),
+        ("InstallList", list_of("Install")),
+        (
+            "NewInstall",
+            object(
+                json!({"plugin": {"type": "string", "description": "publisher/name"}, "version": {"type": "string", "description": "Semver requirement, default `*`"}, "grants": {"type": "array", "items": text}, "config": {"type": "object"}}),
+                &["plugin"],
+            ),
+        ),
+        (
+            "InstallChange",
+            object(
+                json!({"config": {"type": "object"}, "grants": {"type": "array", "items": text}, "requirement": text, "pinned": {"type": "boolean"}, "enabled": {"type": "boolean"}}),
+                &[],
+            ),
+        ),
+        ("SecretValue", object(json!({"value": text}), &["value"])),
+        (
+            "CallRequest",
+            object(json!({"function": text, "input": {"description": "The function's input as JSON."}}), &[]),
+        ),
+        (
+            "CallResult",
+            json!({"type": "object", "properties": {"ok": {}, "error": {}}}),
         ),
     ];
     pairs
