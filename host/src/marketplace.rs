@@ -34,7 +34,9 @@ use semver::{Version, VersionReq};
 use serde_json::{Map, Value, json};
 
 use crate::ids::{InstallId, TenantId};
-use crate::runtime::{CallContext, CallLimits, Grants, LoadedPlugin, PluginConfig, PluginError, Runtime};
+use crate::runtime::{
+    CallContext, CallLimits, Grants, LoadedPlugin, PluginConfig, PluginError, Runtime,
+};
 use crate::secrets::SecretKeys;
 use crate::storage::{Install, Storage, StorageError, TenantDb, now_ms};
 
@@ -77,7 +79,9 @@ pub enum MarketplaceError {
     #[error("this install is disabled; enable it to call it")]
     Disabled,
     /// The install failed repeatedly and is not called for a while.
-    #[error("this install failed {failures} times in a row; calls are paused until {until} (Unix ms), then one trial call is let through")]
+    #[error(
+        "this install failed {failures} times in a row; calls are paused until {until} (Unix ms), then one trial call is let through"
+    )]
     CircuitOpen {
         /// Consecutive failures.
         failures: u32,
@@ -167,7 +171,12 @@ pub struct SettingsChange {
 
 impl Marketplace {
     /// A marketplace over `registry`.
-    pub fn new(storage: Storage, runtime: Runtime, registry: Registry, secrets: SecretKeys) -> Self {
+    pub fn new(
+        storage: Storage,
+        runtime: Runtime,
+        registry: Registry,
+        secrets: SecretKeys,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 storage,
@@ -189,7 +198,11 @@ impl Marketplace {
 
     /// Compiled artifacts currently in memory (for operators and the density benchmark).
     pub fn loaded_count(&self) -> usize {
-        let mut loaded = self.inner.loaded.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut loaded = self
+            .inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         loaded.retain(|_, weak| weak.strong_count() > 0);
         loaded.len()
     }
@@ -244,7 +257,11 @@ impl Marketplace {
     }
 
     /// Newest non-yanked version of `plugin` matching `requirement`.
-    async fn resolve(&self, plugin: &str, requirement: &VersionReq) -> Result<VersionInfo, MarketplaceError> {
+    async fn resolve(
+        &self,
+        plugin: &str,
+        requirement: &VersionReq,
+    ) -> Result<VersionInfo, MarketplaceError> {
         match self.inner.registry.resolve(plugin, requirement).await {
             Ok(Some(version)) => Ok(version),
             Ok(None) => Err(MarketplaceError::Invalid(format!(
@@ -359,8 +376,17 @@ impl Marketplace {
         }
         if let Some(grants) = change.grants {
             check_capability_names(&grants)?;
-            let requested: Vec<String> = loaded.manifest.capabilities.iter().map(ToString::to_string).collect();
-            let missing: Vec<String> = requested.iter().filter(|cap| !grants.contains(cap)).cloned().collect();
+            let requested: Vec<String> = loaded
+                .manifest
+                .capabilities
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let missing: Vec<String> = requested
+                .iter()
+                .filter(|cap| !grants.contains(cap))
+                .cloned()
+                .collect();
             if !missing.is_empty() {
                 return Err(MarketplaceError::Ungranted {
                     plugin: install.plugin.clone(),
@@ -421,7 +447,12 @@ impl Marketplace {
     }
 
     /// Removes a secret; whether it was set.
-    pub async fn delete_secret(&self, db: &TenantDb, id: &str, name: &str) -> Result<bool, MarketplaceError> {
+    pub async fn delete_secret(
+        &self,
+        db: &TenantDb,
+        id: &str,
+        name: &str,
+    ) -> Result<bool, MarketplaceError> {
         self.get(db, id).await?;
         let removed = db.delete_install_secret(id, name).await?;
         self.forget(id);
@@ -429,11 +460,24 @@ impl Marketplace {
     }
 
     /// The names of an install's secrets that are set (never their values).
-    pub async fn secret_names(&self, db: &TenantDb, id: &str) -> Result<Vec<String>, MarketplaceError> {
-        Ok(db.install_secrets(id).await?.into_iter().map(|(name, _)| name).collect())
+    pub async fn secret_names(
+        &self,
+        db: &TenantDb,
+        id: &str,
+    ) -> Result<Vec<String>, MarketplaceError> {
+        Ok(db
+            .install_secrets(id)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
     }
 
-    async fn open_secrets(&self, db: &TenantDb, id: &str) -> Result<Vec<(String, String)>, MarketplaceError> {
+    async fn open_secrets(
+        &self,
+        db: &TenantDb,
+        id: &str,
+    ) -> Result<Vec<(String, String)>, MarketplaceError> {
         db.install_secrets(id)
             .await?
             .into_iter()
@@ -460,8 +504,14 @@ impl Marketplace {
         check_granted(&newest, &install.grants)?;
         check_host_version(&newest)?;
         self.load(&newest.digest.to_string()).await?;
-        db.move_install(id, &install.digest, &newest.version.to_string(), &newest.digest.to_string(), install.pinned)
-            .await?;
+        db.move_install(
+            id,
+            &install.digest,
+            &newest.version.to_string(),
+            &newest.digest.to_string(),
+            install.pinned,
+        )
+        .await?;
         self.forget(id);
         self.get(db, id).await
     }
@@ -469,13 +519,15 @@ impl Marketplace {
     /// Returns an install to its previous version and pins it there.
     pub async fn rollback(&self, db: &TenantDb, id: &str) -> Result<Install, MarketplaceError> {
         let install = self.get(db, id).await?;
-        let (Some(version), Some(digest)) = (&install.previous_version, &install.previous_digest) else {
+        let (Some(version), Some(digest)) = (&install.previous_version, &install.previous_digest)
+        else {
             return Err(MarketplaceError::Invalid(
                 "this install has no previous version to roll back to".into(),
             ));
         };
         self.load(digest).await?;
-        db.move_install(id, &install.digest, version, digest, true).await?;
+        db.move_install(id, &install.digest, version, digest, true)
+            .await?;
         self.forget(id);
         self.get(db, id).await
     }
@@ -510,8 +562,14 @@ impl Marketplace {
                 return Ok(active);
             }
             match db.get_install(id).await? {
-                Some(row) if row.updated_at == active.install.updated_at && row.digest == active.install.digest => {
-                    *active.checked.lock().unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
+                Some(row)
+                    if row.updated_at == active.install.updated_at
+                        && row.digest == active.install.digest =>
+                {
+                    *active
+                        .checked
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
                     return Ok(active);
                 }
                 _ => self.forget(id),
@@ -527,7 +585,8 @@ impl Marketplace {
             .map(ToString::to_string)
             .filter_map(|cap| install.grants.iter().find(|granted| **granted == cap))
             .collect();
-        let grants = Grants::parse(granted).map_err(|error| MarketplaceError::Internal(error.to_string()))?;
+        let grants = Grants::parse(granted)
+            .map_err(|error| MarketplaceError::Internal(error.to_string()))?;
         let secrets = self.open_secrets(db, id).await?;
         let values = install
             .config
@@ -540,12 +599,16 @@ impl Marketplace {
                 (key.clone(), text)
             })
             .collect();
-        let mut context = CallContext::new(install.tenant_id.clone(), InstallId::new(&install.id), install.plugin.clone())
-            .with_grants(grants)
-            .with_config(PluginConfig {
-                values,
-                secrets: secrets.into_iter().collect(),
-            });
+        let mut context = CallContext::new(
+            install.tenant_id.clone(),
+            InstallId::new(&install.id),
+            install.plugin.clone(),
+        )
+        .with_grants(grants)
+        .with_config(PluginConfig {
+            values,
+            secrets: secrets.into_iter().collect(),
+        });
         if let Some(memory_mb) = loaded.manifest.limits.memory_mb {
             context.limits = Some(CallLimits {
                 memory_bytes: u64::from(memory_mb) << 20,
@@ -553,7 +616,9 @@ impl Marketplace {
                     .manifest
                     .limits
                     .timeout_ms
-                    .map_or(Duration::from_secs(5), |ms| Duration::from_millis(u64::from(ms))),
+                    .map_or(Duration::from_secs(5), |ms| {
+                        Duration::from_millis(u64::from(ms))
+                    }),
             });
         }
         let active = Arc::new(Active {
@@ -571,7 +636,11 @@ impl Marketplace {
     }
 
     fn health(&self, tenant: &TenantId, id: &str) -> Arc<Health> {
-        let mut health = self.inner.health.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut health = self
+            .inner
+            .health
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         health
             .entry(id.to_string())
             .or_insert_with(|| (tenant.clone(), Arc::default()))
@@ -614,7 +683,10 @@ impl Marketplace {
                 health.consecutive_failures.store(0, Ordering::Release);
                 if health.open_until.swap(0, Ordering::AcqRel) != 0 {
                     health.trips.store(0, Ordering::Release);
-                    tracing::info!(install_id = id, "circuit closed after a successful trial call");
+                    tracing::info!(
+                        install_id = id,
+                        "circuit closed after a successful trial call"
+                    );
                 }
                 Ok(value)
             }
@@ -633,8 +705,14 @@ impl Marketplace {
         health.unflushed_failures.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
         let entry = Some((message.to_string(), now));
-        *health.last_error.lock().unwrap_or_else(|poison| poison.into_inner()) = entry.clone();
-        *health.unflushed_error.lock().unwrap_or_else(|poison| poison.into_inner()) = entry;
+        *health
+            .last_error
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = entry.clone();
+        *health
+            .unflushed_error
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = entry;
         let consecutive = health.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         let half_open = health.open_until.load(Ordering::Acquire) != 0;
         if consecutive >= BREAKER_THRESHOLD || half_open {
@@ -643,7 +721,13 @@ impl Marketplace {
             let open_for = BREAKER_OPEN * 2_u32.pow(trips);
             let until = now + i64::try_from(open_for.as_millis()).unwrap_or(i64::MAX);
             health.open_until.store(until, Ordering::Release);
-            tracing::error!(install_id = id, consecutive, until, last_error = message, "plugin install circuit-broken");
+            tracing::error!(
+                install_id = id,
+                consecutive,
+                until,
+                last_error = message,
+                "plugin install circuit-broken"
+            );
         }
     }
 
@@ -660,15 +744,26 @@ impl Marketplace {
         for (id, tenant, health) in entries {
             let calls = health.unflushed_calls.swap(0, Ordering::AcqRel);
             let failures = health.unflushed_failures.swap(0, Ordering::AcqRel);
-            let error = health.unflushed_error.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+            let error = health
+                .unflushed_error
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .take();
             if calls == 0 && failures == 0 && error.is_none() {
                 continue;
             }
             let last = error.as_ref().map(|(message, at)| (message.as_str(), *at));
-            if let Err(error) = self.inner.storage.add_install_health(&tenant, &id, calls, failures, last).await {
+            if let Err(error) = self
+                .inner
+                .storage
+                .add_install_health(&tenant, &id, calls, failures, last)
+                .await
+            {
                 tracing::warn!(%error, install_id = id, "could not record install health; will retry");
                 health.unflushed_calls.fetch_add(calls, Ordering::AcqRel);
-                health.unflushed_failures.fetch_add(failures, Ordering::AcqRel);
+                health
+                    .unflushed_failures
+                    .fetch_add(failures, Ordering::AcqRel);
             }
         }
     }
@@ -676,13 +771,24 @@ impl Marketplace {
     /// Applies one published version to every unpinned install it may move.
     pub async fn hot_load(&self, published: &VersionInfo) -> Result<usize, MarketplaceError> {
         let mut moved = 0;
-        for install in self.inner.storage.unpinned_installs_of(&published.name.to_string()).await? {
-            let Ok(requirement) = VersionReq::parse(&install.requirement) else { continue };
-            let Ok(current) = Version::parse(&install.version) else { continue };
+        for install in self
+            .inner
+            .storage
+            .unpinned_installs_of(&published.name.to_string())
+            .await?
+        {
+            let Ok(requirement) = VersionReq::parse(&install.requirement) else {
+                continue;
+            };
+            let Ok(current) = Version::parse(&install.version) else {
+                continue;
+            };
             if !requirement.matches(&published.version) || published.version <= current {
                 continue;
             }
-            if check_granted(published, &install.grants).is_err() || check_host_version(published).is_err() {
+            if check_granted(published, &install.grants).is_err()
+                || check_host_version(published).is_err()
+            {
                 tracing::info!(install_id = install.id, version = %published.version, "newer version needs more grants; left for the tenant to upgrade");
                 continue;
             }
@@ -691,7 +797,14 @@ impl Marketplace {
             if self
                 .inner
                 .storage
-                .move_install(&install.tenant_id, &install.id, &install.digest, &published.version.to_string(), &published.digest.to_string(), false)
+                .move_install(
+                    &install.tenant_id,
+                    &install.id,
+                    &install.digest,
+                    &published.version.to_string(),
+                    &published.digest.to_string(),
+                    false,
+                )
                 .await?
             {
                 moved += 1;
@@ -712,8 +825,12 @@ impl Marketplace {
                         if let postdog_registry::Change::Published(version) = change {
                             match self.hot_load(&version).await {
                                 Ok(0) => {}
-                                Ok(moved) => tracing::info!(plugin = %version.name, version = %version.version, moved, "hot-loaded a new plugin version"),
-                                Err(error) => tracing::error!(%error, plugin = %version.name, "could not hot-load a new version"),
+                                Ok(moved) => {
+                                    tracing::info!(plugin = %version.name, version = %version.version, moved, "hot-loaded a new plugin version")
+                                }
+                                Err(error) => {
+                                    tracing::error!(%error, plugin = %version.name, "could not hot-load a new version")
+                                }
                             }
                         }
                     }
@@ -782,12 +899,20 @@ fn check_host_version(version: &VersionInfo) -> Result<(), MarketplaceError> {
 /// Checks non-secret `config` against the manifest's schema. Secret keys may not appear
 /// in it (they are set one by one and checked then); required keys may still be missing
 /// (an install can be configured step by step; `missing_settings` lists what is left).
-fn validate_config(manifest: &Manifest, config: &Map<String, Value>) -> Result<(), MarketplaceError> {
+fn validate_config(
+    manifest: &Manifest,
+    config: &Map<String, Value>,
+) -> Result<(), MarketplaceError> {
     let secret_keys = manifest.config.secret_keys();
     let mut errors: Vec<(String, String)> = config
         .keys()
         .filter(|key| secret_keys.contains(&key.as_str()))
-        .map(|key| (key.clone(), format!("`{key}` is a secret: set it with PUT /v1/installs/{{id}}/secrets/{key}")))
+        .map(|key| {
+            (
+                key.clone(),
+                format!("`{key}` is a secret: set it with PUT /v1/installs/{{id}}/secrets/{key}"),
+            )
+        })
         .collect();
     let mut view = config.clone();
     for key in &secret_keys {
@@ -797,7 +922,10 @@ fn validate_config(manifest: &Manifest, config: &Map<String, Value>) -> Result<(
         errors.extend(
             found
                 .into_iter()
-                .filter(|error| view.contains_key(&error.key) || !manifest.config.required().contains(&error.key))
+                .filter(|error| {
+                    view.contains_key(&error.key)
+                        || !manifest.config.required().contains(&error.key)
+                })
                 .filter(|error| !secret_keys.contains(&error.key.as_str()))
                 .map(|error| (error.key, error.message)),
         );
@@ -810,7 +938,11 @@ fn validate_config(manifest: &Manifest, config: &Map<String, Value>) -> Result<(
 }
 
 /// Required settings (config keys or secrets) an install does not have yet.
-pub fn missing_settings(manifest: &Manifest, config: &Map<String, Value>, secrets: &[String]) -> Vec<String> {
+pub fn missing_settings(
+    manifest: &Manifest,
+    config: &Map<String, Value>,
+    secrets: &[String],
+) -> Vec<String> {
     manifest
         .config
         .required()

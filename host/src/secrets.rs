@@ -197,7 +197,12 @@ impl SecretKeys {
     }
 
     /// Opens a sealed value of `install_id`'s secret `name`.
-    pub fn open(&self, install_id: &str, name: &str, sealed: &Sealed) -> Result<String, SecretsError> {
+    pub fn open(
+        &self,
+        install_id: &str,
+        name: &str,
+        sealed: &Sealed,
+    ) -> Result<String, SecretsError> {
         let key = std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|key| key.id == sealed.key_id)
@@ -245,19 +250,31 @@ mod tests {
         assert_ne!(sealed.ciphertext, b"s3cret".to_vec());
         assert_eq!(keys.open("install-1", "api_token", &sealed)?, "s3cret");
         // Moved to another install or name: refused.
-        assert!(matches!(keys.open("install-2", "api_token", &sealed), Err(SecretsError::Corrupt)));
-        assert!(matches!(keys.open("install-1", "other", &sealed), Err(SecretsError::Corrupt)));
+        assert!(matches!(
+            keys.open("install-2", "api_token", &sealed),
+            Err(SecretsError::Corrupt)
+        ));
+        assert!(matches!(
+            keys.open("install-1", "other", &sealed),
+            Err(SecretsError::Corrupt)
+        ));
         // Altered: refused.
         let mut altered = sealed.clone();
         altered.ciphertext[0] ^= 1;
-        assert!(matches!(keys.open("install-1", "api_token", &altered), Err(SecretsError::Corrupt)));
+        assert!(matches!(
+            keys.open("install-1", "api_token", &altered),
+            Err(SecretsError::Corrupt)
+        ));
         // Rotation: the new key opens nothing old unless the old key is kept as previous.
         let rotated = SecretKeys::from_base64(&new, &[&old])?;
         assert_eq!(rotated.open("install-1", "api_token", &sealed)?, "s3cret");
         let resealed = rotated.seal("install-1", "api_token", "s3cret");
         assert_eq!(resealed.key_id, rotated.current_id());
         let forgotten = SecretKeys::from_base64(&new, &[])?;
-        assert!(matches!(forgotten.open("install-1", "api_token", &sealed), Err(SecretsError::UnknownKey(_))));
+        assert!(matches!(
+            forgotten.open("install-1", "api_token", &sealed),
+            Err(SecretsError::UnknownKey(_))
+        ));
         assert!(SecretKeys::from_base64("dG9vIHNob3J0", &[]).is_err());
         Ok(())
     }
@@ -272,7 +289,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path)?.permissions().mode() & 0o777,
+                0o600
+            );
         }
         Ok(())
     }

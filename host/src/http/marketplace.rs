@@ -167,7 +167,11 @@ async fn versions(
 }
 
 /// An install as the API shows it.
-async fn install_json(state: &AppState, caller: &Caller, install: &Install) -> Result<Value, ApiError> {
+async fn install_json(
+    state: &AppState,
+    caller: &Caller,
+    install: &Install,
+) -> Result<Value, ApiError> {
     let marketplace = &state.marketplace;
     let loaded = marketplace.manifest_of(install).await?;
     let secrets = marketplace.secret_names(caller.db(), &install.id).await?;
@@ -229,7 +233,13 @@ async fn install(
     caller.require(&[Role::Admin])?;
     let install = state
         .marketplace
-        .install(caller.db(), new.plugin.trim(), &new.version, new.grants, new.config)
+        .install(
+            caller.db(),
+            new.plugin.trim(),
+            &new.version,
+            new.grants,
+            new.config,
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -296,7 +306,11 @@ async fn delete_secret(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(&[Role::Admin])?;
-    if state.marketplace.delete_secret(caller.db(), &id, &name).await? {
+    if state
+        .marketplace
+        .delete_secret(caller.db(), &id, &name)
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(MarketplaceError::NotFound(format!("install {id} has no secret `{name}`")).into())

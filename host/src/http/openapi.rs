@@ -661,7 +661,10 @@ fn schemas() -> Map<String, Value> {
         ("SecretValue", object(json!({"value": text}), &["value"])),
         (
             "CallRequest",
-            object(json!({"function": text, "input": {"description": "The function's input as JSON."}}), &[]),
+            object(
+                json!({"function": text, "input": {"description": "The function's input as JSON."}}),
+                &[],
+            ),
         ),
         (
             "CallResult",

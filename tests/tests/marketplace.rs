@@ -1,0 +1,359 @@
+//! The marketplace through the real HTTP API of a running `postdog serve`, on SQLite and
+//! PostgreSQL, with real components published as signed artifacts into the server's
+//! embedded directory registry: browse, install with grants (refused while a requested
+//! capability is ungranted), config validated against the manifest's schema, secrets
+//! that are never returned, calls, hot-load of a newly published version without a
+//! restart, rollback (pins), pin, upgrade, disable, a capability the manifest did not
+//! request answered `denied` at the host import, a circuit breaker after repeated
+//! failures, and installs invisible to other tenants.
+
+use std::time::{Duration, Instant};
+
+use postdog_registry::{Artifact, PublisherKey, Registry};
+use postdog_tests::{Api, PostdogServer, plugin_bytes};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn manifest(example: &str, version: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/examples")
+        .join(example)
+        .join("postdog-plugin.toml");
+    let text = std::fs::read_to_string(&path).expect("example manifest");
+    text.replacen(
+        "version = \"0.1.0\"",
+        &format!("version = \"{version}\""),
+        1,
+    )
+}
+
+async fn publish(registry: &Registry, key: &PublisherKey, manifest: &str, component: &str) {
+    let artifact =
+        Artifact::build(manifest, plugin_bytes(component), key).expect("a valid artifact");
+    registry
+        .publish(&artifact.to_bytes())
+        .await
+        .expect("published");
+}
+
+/// The action's `output` from a call's answer (JSON text inside the result).
+fn output(answer: &Value) -> Value {
+    match &answer["ok"]["output"] {
+        Value::String(text) => serde_json::from_str(text).expect("output is JSON"),
+        other => other.clone(),
+    }
+}
+
+/// Polls an install until `check` holds (the watcher runs every second).
+async fn eventually(api: &Api, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, install) = api.get(&format!("/v1/installs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{install}");
+        if check(&install) {
+            return install;
+        }
+        assert!(Instant::now() < deadline, "condition never held: {install}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn scenario(server: &PostdogServer) {
+    let registry = Registry::open(
+        &server
+            .data_dir
+            .path()
+            .join("registry")
+            .display()
+            .to_string(),
+    )
+    .expect("registry");
+    let key = PublisherKey::generate().expect("key");
+    publish(
+        &registry,
+        &key,
+        &manifest("hello-action", "1.0.0"),
+        "hello_action",
+    )
+    .await;
+    publish(
+        &registry,
+        &key,
+        &manifest("echo-channel", "0.1.0"),
+        "echo_channel",
+    )
+    .await;
+    let (api, _) = Api::tenant(server, "pro").await;
+    let (other, _) = Api::tenant(server, "pro").await;
+
+    // Browse.
+    let (status, found) = api.get("/v1/marketplace?q=greets").await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let names: Vec<&str> = found["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["postdog/hello-action"]);
+    let (_, developer) = api.get("/v1/marketplace?category=developer").await;
+    assert_eq!(
+        developer["data"][0]["name"], "postdog/echo-channel",
+        "{developer}"
+    );
+    let (status, _) = api.get("/v1/marketplace?category=nonsense").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, versions) = api.get("/v1/marketplace/postdog/hello-action").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(versions["data"][0]["capabilities"], json!(["kv"]));
+
+    // Install: refused until the requested capability is granted.
+    let (status, refused) = api
+        .post(
+            "/v1/installs",
+            json!({"plugin": "postdog/hello-action", "version": "^1.0"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["missing"], json!(["kv"]));
+    let (status, bad) = api
+        .post(
+            "/v1/installs",
+            json!({"plugin": "postdog/hello-action", "version": "one", "grants": ["kv"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    let (status, missing) = api
+        .post(
+            "/v1/installs",
+            json!({"plugin": "acme/nothing", "grants": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    let (status, install) = api
+        .post(
+            "/v1/installs",
+            json!({"plugin": "postdog/hello-action", "version": "^1.0", "grants": ["kv"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{install}");
+    assert_eq!(install["version"], "1.0.0");
+    assert_eq!(install["health"]["circuit"], "closed");
+    let id = install["id"].as_str().expect("id").to_string();
+
+    // Config is checked against the manifest's schema.
+    let (status, invalid) = api
+        .patch(
+            &format!("/v1/installs/{id}"),
+            json!({"config": {"greeting": 5}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{invalid}");
+    assert_eq!(invalid["errors"][0]["key"], "greeting");
+    let (status, unknown) = api
+        .patch(
+            &format!("/v1/installs/{id}"),
+            json!({"config": {"greting": "Hi"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{unknown}");
+    let (status, _) = api
+        .patch(
+            &format!("/v1/installs/{id}"),
+            json!({"config": {"greeting": "Hi", "count_greetings": true}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A call runs with the install's config and its granted kv.
+    let run = json!({"input": {"contact": {"id": "c1", "name": "Ada"}}});
+    let (status, answer) = api
+        .post(&format!("/v1/installs/{id}/call"), run.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        output(&answer),
+        json!({"message": "Hi, Ada!", "count": 1}),
+        "{answer}"
+    );
+
+    // Another tenant sees and touches nothing.
+    for (status, _) in [
+        other.get(&format!("/v1/installs/{id}")).await,
+        other
+            .post(&format!("/v1/installs/{id}/call"), run.clone())
+            .await,
+        other
+            .patch(&format!("/v1/installs/{id}"), json!({"enabled": false}))
+            .await,
+        other.delete(&format!("/v1/installs/{id}")).await,
+    ] {
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (_, theirs) = other.get("/v1/installs").await;
+    assert_eq!(theirs["data"], json!([]));
+
+    // Hot-load: publishing 1.1.0 moves the install without a restart.
+    publish(
+        &registry,
+        &key,
+        &manifest("hello-action", "1.1.0"),
+        "hello_action",
+    )
+    .await;
+    let moved = eventually(&api, &id, |install| install["version"] == "1.1.0").await;
+    assert_eq!(moved["previous_version"], "1.0.0");
+    let (status, answer) = api
+        .post(&format!("/v1/installs/{id}/call"), run.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // The kv data survived the upgrade (same install).
+    assert_eq!(output(&answer)["count"], 2, "{answer}");
+
+    // Rollback returns to 1.0.0 and pins; a newer publish then leaves it alone.
+    let (status, rolled) = api
+        .post(&format!("/v1/installs/{id}/rollback"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rolled}");
+    assert_eq!(
+        (rolled["version"].as_str(), rolled["pinned"].as_bool()),
+        (Some("1.0.0"), Some(true))
+    );
+    publish(
+        &registry,
+        &key,
+        &manifest("hello-action", "1.2.0"),
+        "hello_action",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, still) = api.get(&format!("/v1/installs/{id}")).await;
+    assert_eq!(still["version"], "1.0.0", "a pinned install moved: {still}");
+    // Unpin and upgrade explicitly.
+    let (status, _) = api
+        .patch(&format!("/v1/installs/{id}"), json!({"pinned": false}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, upgraded) = api
+        .post(&format!("/v1/installs/{id}/upgrade"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{upgraded}");
+    assert_eq!(upgraded["version"], "1.2.0");
+
+    // Disabled installs are not called.
+    api.patch(&format!("/v1/installs/{id}"), json!({"enabled": false}))
+        .await;
+    let (status, disabled) = api
+        .post(&format!("/v1/installs/{id}/call"), run.clone())
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{disabled}");
+    assert!(
+        disabled["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("install-disabled"))
+    );
+
+    // Secrets: accepted, validated by name, never returned.
+    let (status, echo) = api
+        .post("/v1/installs", json!({"plugin": "postdog/echo-channel", "grants": ["http:api.echo.example", "webhook"]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{echo}");
+    let echo_id = echo["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        echo["missing_settings"],
+        json!(["endpoint", "api_token", "webhook_token"])
+    );
+    let (status, _) = api
+        .put(
+            &format!("/v1/installs/{echo_id}/secrets/api_token"),
+            json!({"value": "s3cret-token-value"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, not_secret) = api
+        .put(
+            &format!("/v1/installs/{echo_id}/secrets/endpoint"),
+            json!({"value": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{not_secret}");
+    let (status, in_config) = api
+        .patch(
+            &format!("/v1/installs/{echo_id}"),
+            json!({"config": {"api_token": "leak"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{in_config}");
+    let (_, shown) = api.get(&format!("/v1/installs/{echo_id}")).await;
+    assert_eq!(shown["secrets"], json!(["api_token"]));
+    let (_, all) = api.get("/v1/installs").await;
+    for body in [&shown, &all] {
+        assert!(
+            !body.to_string().contains("s3cret-token-value"),
+            "a secret was returned: {body}"
+        );
+    }
+
+    // A capability the manifest does not request is refused at the host import.
+    let no_kv = manifest("hello-action", "1.0.0")
+        .replace("postdog/hello-action", "acme/hello-no-kv")
+        .replace("capabilities = [\"kv\"]", "capabilities = []");
+    publish(&registry, &key, &no_kv, "hello_action").await;
+    let (status, install) = api
+        .post("/v1/installs", json!({"plugin": "acme/hello-no-kv", "grants": ["kv"], "config": {"count_greetings": true}}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{install}");
+    let no_kv_id = install["id"].as_str().expect("id").to_string();
+    let (status, denied) = api
+        .post(&format!("/v1/installs/{no_kv_id}/call"), run.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{denied}");
+    assert!(denied["error"].to_string().contains("Denied"), "{denied}");
+
+    // A plugin that keeps failing is circuit-broken and shown as such.
+    let panicky = manifest("hello-action", "1.0.0")
+        .replace("postdog/hello-action", "acme/panicky")
+        .replace("capabilities = [\"kv\"]", "capabilities = []");
+    publish(&registry, &key, &panicky, "hostile_panic").await;
+    let (_, install) = api
+        .post("/v1/installs", json!({"plugin": "acme/panicky"}))
+        .await;
+    let panicky_id = install["id"].as_str().expect("id").to_string();
+    for _ in 0..5 {
+        let (status, failed) = api
+            .post(&format!("/v1/installs/{panicky_id}/call"), run.clone())
+            .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{failed}");
+    }
+    let (status, paused) = api
+        .post(&format!("/v1/installs/{panicky_id}/call"), run.clone())
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{paused}");
+    let (_, health) = api.get(&format!("/v1/installs/{panicky_id}")).await;
+    assert_eq!(health["health"]["circuit"], "open", "{health}");
+    assert_eq!(health["health"]["failures"], 5);
+    assert!(
+        health["health"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("panicked")),
+        "{health}"
+    );
+    // Other installs are unaffected.
+    let (status, _) = api
+        .post(&format!("/v1/installs/{no_kv_id}/call"), run.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Uninstall.
+    let (status, _) = api.delete(&format!("/v1/installs/{panicky_id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api.get(&format!("/v1/installs/{panicky_id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn tenants_install_configure_call_and_upgrade_plugins() {
+    for server in postdog_tests::servers_on_every_backend().await {
+        scenario(&server).await;
+    }
+}
