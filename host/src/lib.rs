@@ -8,6 +8,7 @@ pub mod imports;
 pub mod marketplace;
 pub mod outbound_http;
 pub mod plans;
+pub mod plugin_author;
 pub mod plugin_dev;
 pub mod runtime;
 pub mod secrets;

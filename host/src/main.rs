@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use postdog_host::plans::Plan;
+use postdog_host::plugin_author::{self, NewOptions, PackageOptions, RegistryServeOptions};
 use postdog_host::plugin_dev::{self, RunOptions};
 use postdog_host::runtime::World;
 use postdog_host::server::{self, ServeOptions};
@@ -45,6 +46,11 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// The plugin registry service.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
     },
 }
 
@@ -105,6 +111,79 @@ enum PluginCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Create a publisher key (ed25519) that signs your artifacts and yanks.
+    Keygen {
+        /// Where to write the secret key (mode 0600).
+        #[arg(long, default_value = plugin_author::DEFAULT_KEY_FILE)]
+        out: PathBuf,
+        /// Replace an existing key file (the key in it is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a plugin crate that builds and passes its tests out of the box.
+    New {
+        /// The plugin's name (crate name and the part after `publisher/`), e.g. `order-notifier`.
+        name: String,
+        /// The world it implements: flow-action, messaging-channel, social-channel, integration.
+        #[arg(long)]
+        world: World,
+        /// The publisher it is published under (default: derived from your user name).
+        #[arg(long)]
+        publisher: Option<String>,
+        /// The directory to create `<name>/` in.
+        #[arg(long = "dir", default_value = ".")]
+        parent: PathBuf,
+    },
+    /// Check a plugin against its manifest and sign it into an artifact (.pdpkg).
+    Package {
+        /// The plugin's manifest.
+        #[arg(long, default_value = "postdog-plugin.toml")]
+        manifest: PathBuf,
+        /// The component (default: the crate's `target/wasm32-wasip2/release/<crate>.wasm`).
+        #[arg(long)]
+        component: Option<PathBuf>,
+        /// The publisher key file (`postdog plugin keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the artifact (default: `<publisher>-<name>-<version>.pdpkg`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Publish an artifact to a registry.
+    Publish {
+        /// The artifact (.pdpkg) to publish.
+        artifact: PathBuf,
+        /// The registry: an http(s):// URL or a directory.
+        #[arg(long, env = "POSTDOG_REGISTRY")]
+        registry: String,
+    },
+    /// Yank a published version: no longer offered, existing installs keep working.
+    Yank {
+        /// `publisher/name@version`.
+        version: String,
+        /// The registry: an http(s):// URL or a directory.
+        #[arg(long, env = "POSTDOG_REGISTRY")]
+        registry: String,
+        /// The publisher key file the plugin was published with.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Serve a directory registry over HTTP until SIGINT/SIGTERM.
+    Serve {
+        /// Address to listen on (port 0 picks a free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// The registry's directory (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Token for operator actions (publisher key rotation); they are off without it.
+        #[arg(long, env = "POSTDOG_REGISTRY_OPERATOR_TOKEN", hide_env_values = true)]
+        operator_token: Option<String>,
+    },
 }
 
 fn init_tracing() {
@@ -137,6 +216,79 @@ async fn create_tenant(
         serde_json::json!({ "tenant_id": tenant.id, "api_key": key.secret })
     );
     Ok(())
+}
+
+/// `postdog plugin …`: the plugin author's commands.
+async fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::Run {
+            component,
+            world,
+            call,
+            input,
+            config,
+            secrets,
+            grants,
+            data_dir,
+        } => plugin_dev::run(RunOptions {
+            component,
+            world,
+            call,
+            input,
+            config,
+            secrets,
+            grants,
+            data_dir,
+        })
+        .await
+        .map(|output| println!("{output:#}")),
+        PluginCommand::Keygen { out, force } => {
+            plugin_author::keygen(&out, force).map(|report| println!("{report}"))
+        }
+        PluginCommand::New {
+            name,
+            world,
+            publisher,
+            parent,
+        } => plugin_author::new_plugin(&NewOptions {
+            name,
+            world,
+            publisher,
+            parent,
+        })
+        .map(|report| println!("{report}")),
+        PluginCommand::Package {
+            manifest,
+            component,
+            key,
+            out,
+        } => {
+            let report = plugin_author::package(PackageOptions {
+                manifest,
+                component,
+                key,
+                out,
+            })
+            .await?;
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("{report}");
+            Ok(())
+        }
+        PluginCommand::Publish { artifact, registry } => {
+            plugin_author::publish(&artifact, &registry)
+                .await
+                .map(|report| println!("{report}"))
+        }
+        PluginCommand::Yank {
+            version,
+            registry,
+            key,
+        } => plugin_author::yank(&version, &registry, &key)
+            .await
+            .map(|message| println!("{message}")),
+    }
 }
 
 #[tokio::main]
@@ -174,30 +326,25 @@ async fn main() -> ExitCode {
                     database,
                 },
         } => create_tenant(&name, plan, parent, &database).await,
-        Command::Plugin {
+        Command::Plugin { command } => plugin_command(command).await,
+        Command::Registry {
             command:
-                PluginCommand::Run {
-                    component,
-                    world,
-                    call,
-                    input,
-                    config,
-                    secrets,
-                    grants,
-                    data_dir,
+                RegistryCommand::Serve {
+                    listen,
+                    dir,
+                    operator_token,
                 },
-        } => plugin_dev::run(RunOptions {
-            component,
-            world,
-            call,
-            input,
-            config,
-            secrets,
-            grants,
-            data_dir,
-        })
-        .await
-        .map(|output| println!("{output:#}")),
+        } => {
+            plugin_author::serve_registry(
+                RegistryServeOptions {
+                    listen,
+                    dir,
+                    operator_token,
+                },
+                server::shutdown_signal(),
+            )
+            .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
