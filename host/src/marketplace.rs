@@ -792,8 +792,8 @@ impl Marketplace {
                 tracing::info!(install_id = install.id, version = %published.version, "newer version needs more grants; left for the tenant to upgrade");
                 continue;
             }
-            // Compile before switching, so the first call on the new version is fast.
-            self.load(&published.digest.to_string()).await?;
+            // Compile before switching, so no call waits for it.
+            let loaded = self.load(&published.digest.to_string()).await?;
             if self
                 .inner
                 .storage
@@ -809,7 +809,14 @@ impl Marketplace {
             {
                 moved += 1;
                 self.forget(&install.id);
+                // Build the install's new `Active` now (it holds `loaded`): the next call
+                // on this node finds it ready; in-flight calls keep the old one.
+                let db = self.inner.storage.tenant(&install.tenant_id);
+                if let Err(error) = self.active(&db, &install.id).await {
+                    tracing::warn!(%error, install_id = install.id, "could not prepare an upgraded install");
+                }
             }
+            drop(loaded);
         }
         Ok(moved)
     }
