@@ -1,6 +1,7 @@
 //! Builds the plugins workspace (`plugins/`) for `wasm32-wasip2` so the tests (and the
 //! benchmarks, which include this file) run against real components built from source.
-//! Exposes the output directory as `POSTDOG_PLUGIN_DIR`.
+//! Exposes the output directory as `POSTDOG_PLUGIN_DIR`. The host's build script uses
+//! `build_plugins` from here too, for the first-party plugins it bundles.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +22,16 @@ fn watch(dir: &Path) {
 }
 
 /// Builds the plugins and tells cargo where they are.
+#[allow(dead_code)] // the host's build script includes this file for `build_plugins` only
 pub fn main() {
+    let dir = build_plugins(&[], &["examples", "hostile"]);
+    println!("cargo:rustc-env=POSTDOG_PLUGIN_DIR={}", dir.display());
+}
+
+/// Builds `packages` of the plugins workspace (all when empty) for `wasm32-wasip2` in
+/// release mode, rebuilding when `plugins/<watched>`, the SDK or the WIT change; the
+/// directory holding the `.wasm` files.
+pub fn build_plugins(packages: &[&str], watched: &[&str]) -> PathBuf {
     let manifest_dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir
@@ -30,12 +40,11 @@ pub fn main() {
         .to_path_buf();
     let plugins = root.join("plugins");
     let target_dir = root.join("target").join("wasm");
-    for dir in [
-        plugins.join("examples"),
-        plugins.join("hostile"),
-        root.join("sdk"),
-        root.join("wit"),
-    ] {
+    for dir in watched
+        .iter()
+        .map(|dir| plugins.join(dir))
+        .chain([root.join("sdk"), root.join("wit")])
+    {
         watch(&dir);
     }
     for file in ["Cargo.toml", "Cargo.lock"] {
@@ -53,6 +62,9 @@ pub fn main() {
         .arg(plugins.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);
+    for package in packages {
+        command.arg("-p").arg(package);
+    }
     // The outer build's settings must not leak into the nested one (they describe the
     // host target, a different profile, or a wrapper such as clippy).
     for (key, _) in std::env::vars_os() {
@@ -99,8 +111,5 @@ pub fn main() {
         }
         panic!("building the plugins (plugins/) for wasm32-wasip2 failed:\n{stderr}");
     }
-    println!(
-        "cargo:rustc-env=POSTDOG_PLUGIN_DIR={}",
-        target_dir.join("wasm32-wasip2").join("release").display()
-    );
+    target_dir.join("wasm32-wasip2").join("release")
 }

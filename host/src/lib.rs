@@ -2,6 +2,7 @@
 //! server behind the `postdog` binary.
 
 pub mod contacts;
+pub mod first_party;
 pub mod http;
 pub mod ids;
 pub mod imports;

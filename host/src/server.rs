@@ -74,6 +74,12 @@ pub async fn serve(
         .unwrap_or_else(|| options.data_dir.join("registry").display().to_string());
     let registry = postdog_registry::Registry::open(&registry_location)
         .with_context(|| format!("while opening the plugin registry at {registry_location}"))?;
+    if matches!(registry, postdog_registry::Registry::Dir(_)) {
+        let key = crate::first_party::operator_key(&crate::first_party::operator_key_path(
+            &options.data_dir,
+        ))?;
+        crate::first_party::seed(&registry, &key).await?;
+    }
     let secrets = crate::secrets::SecretKeys::from_env(&options.data_dir)
         .context("while loading the secrets key")?;
     let marketplace =

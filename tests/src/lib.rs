@@ -441,3 +441,11 @@ impl Api {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 }
+
+/// The operator's publisher key of a running server (created by it on start), which
+/// publishes as `postdog`, the publisher of the bundled first-party plugins.
+pub fn operator_key(server: &PostdogServer) -> postdog_registry::PublisherKey {
+    let text = std::fs::read_to_string(server.data_dir.path().join("operator-publisher.key"))
+        .expect("the server wrote its operator key");
+    postdog_registry::PublisherKey::from_file_text(&text).expect("a valid key file")
+}

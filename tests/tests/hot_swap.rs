@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use postdog_registry::{Artifact, PublisherKey, Registry};
+use postdog_registry::{Artifact, Registry};
 use postdog_tests::{Api, plugin_bytes};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -38,7 +38,7 @@ async fn twenty_upgrades_under_continuous_calls_lose_no_call() {
                 .to_string(),
         )
         .expect("registry");
-        let key = PublisherKey::generate().expect("key");
+        let key = postdog_tests::operator_key(&server);
         let component = plugin_bytes("hello_action");
         let publish = |version: String| {
             let artifact = Artifact::build(&manifest(&version), component.clone(), &key)

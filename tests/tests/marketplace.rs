@@ -68,7 +68,49 @@ async fn scenario(server: &PostdogServer) {
             .to_string(),
     )
     .expect("registry");
-    let key = PublisherKey::generate().expect("key");
+    let key = postdog_tests::operator_key(server);
+    let (api, _) = Api::tenant(server, "pro").await;
+    let (other, _) = Api::tenant(server, "pro").await;
+
+    // The first-party plugins are in the marketplace of a fresh server, ready to install.
+    let (status, shipped) = api.get("/v1/marketplace").await;
+    assert_eq!(status, StatusCode::OK, "{shipped}");
+    let mut names: Vec<&str> = shipped["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["postdog/echo-channel", "postdog/hello-action"]);
+    let (status, first) = other
+        .post(
+            "/v1/installs",
+            json!({"plugin": "postdog/hello-action", "version": "^0.1", "grants": ["kv"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let first_id = first["id"].as_str().expect("id").to_string();
+    let (status, answer) = other
+        .post(
+            &format!("/v1/installs/{first_id}/call"),
+            json!({"input": {"contact": {"name": "Grace"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(output(&answer)["message"], "Hello, Grace!");
+    let (status, _) = other.delete(&format!("/v1/installs/{first_id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Only the operator's key may publish as `postdog`.
+    let stranger = PublisherKey::generate().expect("key");
+    let forged = Artifact::build(
+        &manifest("hello-action", "9.0.0"),
+        plugin_bytes("hello_action"),
+        &stranger,
+    )
+    .expect("artifact");
+    assert!(registry.publish(&forged.to_bytes()).await.is_err());
+
     publish(
         &registry,
         &key,
@@ -76,15 +118,6 @@ async fn scenario(server: &PostdogServer) {
         "hello_action",
     )
     .await;
-    publish(
-        &registry,
-        &key,
-        &manifest("echo-channel", "0.1.0"),
-        "echo_channel",
-    )
-    .await;
-    let (api, _) = Api::tenant(server, "pro").await;
-    let (other, _) = Api::tenant(server, "pro").await;
 
     // Browse.
     let (status, found) = api.get("/v1/marketplace?q=greets").await;

@@ -1,0 +1,102 @@
+//! The first-party plugins that ship inside the `postdog` binary, and seeding them into
+//! the embedded registry on start, signed with the operator's publisher key, so a new
+//! tenant can install them from the marketplace with no extra step.
+//!
+//! The components are built from `plugins/` by the host's build script (`build.rs`) and
+//! bundled with `include_bytes!`; their manifests are the plugins' own
+//! `postdog-plugin.toml`. The operator's key is `POSTDOG_OPERATOR_KEY_FILE` or
+//! `<data-dir>/operator-publisher.key`, created (mode 0600) on first start; the same key
+//! publishes the operator's own plugins under the `postdog` publisher.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use postdog_registry::{Artifact, PublisherKey, Registry, RegistryError};
+
+/// One bundled plugin.
+pub struct Bundled {
+    /// Its manifest text.
+    pub manifest: &'static str,
+    /// Its component.
+    pub component: &'static [u8],
+}
+
+/// Every plugin shipped with this build.
+pub const BUNDLED: &[Bundled] = &[
+    Bundled {
+        manifest: include_str!("../../plugins/examples/hello-action/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/hello_action.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/examples/echo-channel/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/echo_channel.wasm"
+        )),
+    },
+];
+
+/// Where the operator's publisher key lives.
+pub fn operator_key_path(data_dir: &Path) -> PathBuf {
+    std::env::var_os("POSTDOG_OPERATOR_KEY_FILE")
+        .filter(|path| !path.is_empty())
+        .map_or_else(|| data_dir.join("operator-publisher.key"), PathBuf::from)
+}
+
+/// The operator's publisher key, created on first use.
+pub fn operator_key(path: &Path) -> anyhow::Result<PublisherKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => PublisherKey::from_file_text(&text)
+            .with_context(|| format!("while reading the operator key {}", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key = PublisherKey::generate().context("while generating the operator key")?;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            match options.open(path) {
+                Ok(mut file) => {
+                    std::io::Write::write_all(&mut file, key.to_file_text().as_bytes())
+                        .with_context(|| format!("while writing {}", path.display()))?;
+                    Ok(key)
+                }
+                // Another process created it first: use theirs.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    operator_key(path)
+                }
+                Err(error) => {
+                    Err(error).with_context(|| format!("while creating {}", path.display()))
+                }
+            }
+        }
+        Err(error) => Err(error).with_context(|| format!("while reading {}", path.display())),
+    }
+}
+
+/// Publishes every bundled plugin version the registry does not have yet; how many.
+pub async fn seed(registry: &Registry, key: &PublisherKey) -> anyhow::Result<usize> {
+    let mut published = 0;
+    for bundled in BUNDLED {
+        let artifact = Artifact::build(bundled.manifest, bundled.component.to_vec(), key)
+            .context("while packaging a bundled plugin")?;
+        match registry.publish(&artifact.to_bytes()).await {
+            Ok(version) => {
+                tracing::info!(plugin = %version.name, version = %version.version, "seeded a first-party plugin");
+                published += 1;
+            }
+            Err(RegistryError::VersionExists { .. }) => {}
+            Err(error @ RegistryError::PublisherKeyMismatch { .. }) => {
+                tracing::warn!(%error, "first-party plugins not seeded: the `postdog` publisher has another key (rotate it to the operator key)");
+                return Ok(published);
+            }
+            Err(error) => return Err(error).context("while seeding first-party plugins"),
+        }
+    }
+    Ok(published)
+}
