@@ -208,6 +208,11 @@ impl PostdogServer {
     /// Starts a server on `database_url` (or SQLite in a fresh data directory) with the
     /// operator API enabled, and waits until `/healthz` answers.
     pub async fn start(database_url: Option<String>) -> Self {
+        Self::start_with(database_url, &[]).await
+    }
+
+    /// As `start`, with extra environment variables (shared registry, keys, …).
+    pub async fn start_with(database_url: Option<String>, env: &[(&str, String)]) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("bind")
@@ -229,6 +234,7 @@ impl PostdogServer {
         if let Some(url) = &database_url {
             command.env("DATABASE_URL", url);
         }
+        command.envs(env.iter().map(|(name, value)| (*name, value.as_str())));
         let child = command.spawn().expect("postdog serve starts");
         let server = Self {
             base_url: format!("http://127.0.0.1:{port}"),
