@@ -97,6 +97,12 @@ pub enum MarketplaceError {
     /// A storage failure.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A secret of the install cannot be opened with the operator's keys.
+    #[error(
+        "a secret of this install cannot be opened with this server's secrets keys ({0}); \
+         the operator must configure the key it was sealed with"
+    )]
+    SecretsUnavailable(String),
     /// Anything else internal (secrets that do not open, a task that died).
     #[error("{0}")]
     Internal(String),
@@ -486,7 +492,7 @@ impl Marketplace {
                     .secrets
                     .open(id, &name, &sealed)
                     .map(|value| (name, value))
-                    .map_err(|error| MarketplaceError::Internal(error.to_string()))
+                    .map_err(|error| MarketplaceError::SecretsUnavailable(error.to_string()))
             })
             .collect()
     }
@@ -729,6 +735,38 @@ impl Marketplace {
                 "plugin install circuit-broken"
             );
         }
+    }
+
+    /// Re-seals every secret sealed with a previous operator key under the current one
+    /// (the second half of a key rotation); how many. A value whose key is gone is
+    /// reported and left as it is.
+    pub async fn reseal_secrets(&self) -> Result<usize, MarketplaceError> {
+        let secrets = &self.inner.secrets;
+        let mut resealed = 0;
+        for (_tenant, install_id, name, sealed) in self
+            .inner
+            .storage
+            .secrets_sealed_with_other_keys(secrets.current_id())
+            .await?
+        {
+            match secrets.open(&install_id, &name, &sealed) {
+                Ok(value) => {
+                    let fresh = secrets.seal(&install_id, &name, &value);
+                    if self
+                        .inner
+                        .storage
+                        .reseal_secret(&install_id, &name, &sealed.key_id, &fresh)
+                        .await?
+                    {
+                        resealed += 1;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, install_id, secret = name, "cannot re-seal a secret");
+                }
+            }
+        }
+        Ok(resealed)
     }
 
     /// Writes the in-memory call counters to the database.

@@ -84,6 +84,13 @@ pub async fn serve(
         .context("while loading the secrets key")?;
     let marketplace =
         crate::marketplace::Marketplace::new(storage.clone(), runtime.clone(), registry, secrets);
+    let resealed = marketplace.reseal_secrets().await?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "plugin secrets re-sealed with the current secrets key"
+        );
+    }
     let (stop_watch, watch_stopped) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(
         marketplace

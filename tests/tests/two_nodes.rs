@@ -166,3 +166,107 @@ async fn two_nodes_on_one_postgres_see_each_others_changes() {
         "moved once, not twice: {install}"
     );
 }
+
+/// Calls the echo channel's webhook handshake, which answers the challenge only when the
+/// token equals the install's `webhook_token` secret.
+async fn handshake(api: &Api, id: &str) -> (StatusCode, Value) {
+    api.post(
+        &format!("/v1/installs/{id}/call"),
+        json!({"function": "verify-webhook", "input": {
+            "method": "GET", "path": "/", "query": "challenge=ping&token=hook-secret",
+            "headers": [], "body": []}}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn secrets_survive_a_rotation_of_the_operator_key() {
+    let Some(database) = postdog_host::storage::testing::postgres()
+        .await
+        .expect("a PostgreSQL test database")
+    else {
+        return;
+    };
+    let shared = tempfile::tempdir().expect("tempdir");
+    let (old_key, new_key) = (
+        postdog_host::secrets::SecretKeys::generate_base64(),
+        postdog_host::secrets::SecretKeys::generate_base64(),
+    );
+    let env = |keys: Vec<(&'static str, String)>| {
+        let mut env = vec![
+            (
+                "POSTDOG_REGISTRY",
+                shared.path().join("registry").display().to_string(),
+            ),
+            (
+                "POSTDOG_OPERATOR_KEY_FILE",
+                shared.path().join("operator.key").display().to_string(),
+            ),
+        ];
+        env.extend(keys);
+        env
+    };
+
+    // Set a secret under the old key.
+    let server = PostdogServer::start_with(
+        Some(database.url.clone()),
+        &env(vec![("POSTDOG_SECRETS_KEY", old_key.clone())]),
+    )
+    .await;
+    let (api, _) = Api::tenant(&server, "pro").await;
+    let (status, install) = api
+        .post("/v1/installs", json!({"plugin": "postdog/echo-channel", "grants": ["http:api.echo.example", "webhook"]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{install}");
+    let id = install["id"].as_str().expect("id").to_string();
+    let (status, _) = api
+        .put(
+            &format!("/v1/installs/{id}/secrets/webhook_token"),
+            json!({"value": "hook-secret"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, answer) = handshake(&api, &id).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["ok"].is_object(), "the handshake failed: {answer}");
+    let key = api.key.clone();
+    drop(server);
+
+    // A server with only a new key cannot open it (and says so, without leaking it).
+    let server = PostdogServer::start_with(
+        Some(database.url.clone()),
+        &env(vec![("POSTDOG_SECRETS_KEY", new_key.clone())]),
+    )
+    .await;
+    let (status, answer) = handshake(&Api::new(&server, &key), &id).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(
+        answer["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("secrets-unavailable"))
+    );
+    drop(server);
+
+    // Rotation: the new key with the old one as previous re-seals on start…
+    let server = PostdogServer::start_with(
+        Some(database.url.clone()),
+        &env(vec![
+            ("POSTDOG_SECRETS_KEY", new_key.clone()),
+            ("POSTDOG_SECRETS_PREVIOUS_KEYS", old_key),
+        ]),
+    )
+    .await;
+    let (status, answer) = handshake(&Api::new(&server, &key), &id).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    drop(server);
+
+    // …so afterwards the old key is no longer needed.
+    let server = PostdogServer::start_with(
+        Some(database.url.clone()),
+        &env(vec![("POSTDOG_SECRETS_KEY", new_key)]),
+    )
+    .await;
+    let (status, answer) = handshake(&Api::new(&server, &key), &id).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["ok"].is_object(), "{answer}");
+}

@@ -103,6 +103,15 @@ impl From<MarketplaceError> for ApiError {
                     "the plugin registry could not be reached or refused the request; try again",
                 )
             }
+            MarketplaceError::SecretsUnavailable(_) => {
+                tracing::error!(%detail, "plugin secrets cannot be opened");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "secrets-unavailable",
+                    "Secrets unavailable",
+                    "this install's secrets cannot be opened with the server's keys; the operator must restore the secrets key",
+                )
+            }
             MarketplaceError::Storage(error) => ApiError::internal(&error),
             MarketplaceError::Internal(message) => ApiError::internal(&message),
         }

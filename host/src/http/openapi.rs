@@ -366,7 +366,7 @@ fn operations() -> Vec<Operation> {
             .error(409, "install-disabled")
             .error(422, "invalid-body")
             .error(502, "plugin-failed")
-            .error(503, "circuit-open"),
+            .error(503, "circuit-open,secrets-unavailable"),
     ]
 }
 

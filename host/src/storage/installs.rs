@@ -313,6 +313,61 @@ impl Storage {
         Ok(result.rows_affected() > 0)
     }
 
+    /// Every sealed secret not sealed with `key_id` (for re-sealing after a key rotation):
+    /// (tenant, install, name, sealed value).
+    pub async fn secrets_sealed_with_other_keys(
+        &self,
+        key_id: &str,
+    ) -> Result<Vec<(TenantId, String, String, Sealed)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, install_id, name, key_id, nonce, ciphertext FROM plugin_install_secrets \
+             WHERE key_id <> $1 ORDER BY install_id, name",
+        )
+        .bind(key_id)
+        .fetch_all(self.pool())
+        .await
+        .context("listing secrets to re-seal")?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    TenantId::new(row.try_get::<String, _>("tenant_id")?),
+                    row.try_get("install_id")?,
+                    row.try_get("name")?,
+                    Sealed {
+                        key_id: row.try_get("key_id")?,
+                        nonce: row.try_get("nonce")?,
+                        ciphertext: row.try_get("ciphertext")?,
+                    },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding secrets")
+    }
+
+    /// Replaces a secret sealed with `old_key_id` by `sealed` (unless it changed since).
+    pub async fn reseal_secret(
+        &self,
+        install_id: &str,
+        name: &str,
+        old_key_id: &str,
+        sealed: &Sealed,
+    ) -> Result<bool, StorageError> {
+        let result = sqlx::query(
+            "UPDATE plugin_install_secrets SET key_id = $1, nonce = $2, ciphertext = $3 \
+             WHERE install_id = $4 AND name = $5 AND key_id = $6",
+        )
+        .bind(&sealed.key_id)
+        .bind(sealed.nonce.clone())
+        .bind(sealed.ciphertext.clone())
+        .bind(install_id)
+        .bind(name)
+        .bind(old_key_id)
+        .execute(self.pool())
+        .await
+        .context("re-sealing a secret")?;
+        Ok(result.rows_affected() > 0)
+    }
+
     /// Adds call counts recorded in memory to an install.
     pub async fn add_install_health(
         &self,
