@@ -99,8 +99,6 @@ async fn scenario(server: &PostdogServer) {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(output(&answer)["message"], "Hello, Grace!");
-    let (status, _) = other.delete(&format!("/v1/installs/{first_id}")).await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
     // Only the operator's key may publish as `postdog`.
     let stranger = PublisherKey::generate().expect("key");
     let forged = Artifact::build(
@@ -224,7 +222,8 @@ async fn scenario(server: &PostdogServer) {
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
     let (_, theirs) = other.get("/v1/installs").await;
-    assert_eq!(theirs["data"], json!([]));
+    assert_eq!(theirs["data"].as_array().map(Vec::len), Some(1), "{theirs}");
+    assert_eq!(theirs["data"][0]["id"], json!(first_id));
 
     // Hot-load: publishing 1.1.0 moves the install without a restart.
     publish(
@@ -236,6 +235,14 @@ async fn scenario(server: &PostdogServer) {
     .await;
     let moved = eventually(&api, &id, |install| install["version"] == "1.1.0").await;
     assert_eq!(moved["previous_version"], "1.0.0");
+    // The other tenant's install (`^0.1`) stays on 0.1.0, side by side, and still works.
+    let (_, theirs) = other.get(&format!("/v1/installs/{first_id}")).await;
+    assert_eq!(theirs["version"], "0.1.0", "{theirs}");
+    let (status, answer) = other
+        .post(&format!("/v1/installs/{first_id}/call"), run.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(output(&answer)["message"], "Hello, Ada!");
     let (status, answer) = api
         .post(&format!("/v1/installs/{id}/call"), run.clone())
         .await;
