@@ -279,3 +279,82 @@ async fn concurrent_kv_writes_all_succeed() {
         assert_eq!(kv.usage().await.expect("usage").0, 100, "{}", db.label);
     }
 }
+
+/// The authentication cache: a change made through one `Storage` is seen by it at once;
+/// another process on the same database (a second `Storage` here) sees it within the
+/// cache's one-second lifetime, never later.
+#[tokio::test]
+async fn cached_keys_and_tenants_follow_changes_on_this_and_other_nodes() {
+    use postdog_host::storage::{Role, Storage};
+    for db in backends().await {
+        let tenant = db
+            .storage
+            .create_tenant("Cache", "pro")
+            .await
+            .expect("tenant");
+        let tenant_db = db.storage.tenant(&tenant.id);
+        let key = tenant_db
+            .create_api_key("k", Role::Admin)
+            .await
+            .expect("key");
+        let other_node = Storage::connect(&db.url).await.expect("second handle");
+        for node in [&db.storage, &other_node] {
+            assert!(
+                node.authenticate_key(&key.secret)
+                    .await
+                    .expect("read")
+                    .is_some()
+            );
+            assert_eq!(
+                node.authenticate_tenant(&tenant.id)
+                    .await
+                    .expect("read")
+                    .map(|t| t.plan.clone()),
+                Some("pro".to_string())
+            );
+        }
+        // Changes through the first handle: it sees them immediately.
+        assert!(tenant_db.revoke_api_key(&key.key.id).await.expect("revoke"));
+        db.storage
+            .set_tenant_plan(&tenant.id, "business")
+            .await
+            .expect("plan");
+        assert!(
+            db.storage
+                .authenticate_key(&key.secret)
+                .await
+                .expect("read")
+                .is_none(),
+            "{}",
+            db.label
+        );
+        assert_eq!(
+            db.storage
+                .authenticate_tenant(&tenant.id)
+                .await
+                .expect("read")
+                .map(|t| t.plan.clone()),
+            Some("business".to_string())
+        );
+        // The other handle sees them once its entries expire (at most one second).
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        assert!(
+            other_node
+                .authenticate_key(&key.secret)
+                .await
+                .expect("read")
+                .is_none(),
+            "{}",
+            db.label
+        );
+        assert_eq!(
+            other_node
+                .authenticate_tenant(&tenant.id)
+                .await
+                .expect("read")
+                .map(|t| t.plan.clone()),
+            Some("business".to_string())
+        );
+        other_node.close().await;
+    }
+}
