@@ -48,35 +48,18 @@ pub fn operator_key_path(data_dir: &Path) -> PathBuf {
 
 /// The operator's publisher key, created on first use.
 pub fn operator_key(path: &Path) -> anyhow::Result<PublisherKey> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => PublisherKey::from_file_text(&text)
-            .with_context(|| format!("while reading the operator key {}", path.display())),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let key = PublisherKey::generate().context("while generating the operator key")?;
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            match options.open(path) {
-                Ok(mut file) => {
-                    std::io::Write::write_all(&mut file, key.to_file_text().as_bytes())
-                        .with_context(|| format!("while writing {}", path.display()))?;
-                    Ok(key)
-                }
-                // Another process created it first: use theirs.
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                    operator_key(path)
-                }
-                Err(error) => {
-                    Err(error).with_context(|| format!("while creating {}", path.display()))
-                }
-            }
-        }
-        Err(error) => Err(error).with_context(|| format!("while reading {}", path.display())),
-    }
+    // Generated up front (cheap) so a failure cannot leave an empty key file behind.
+    let fresh = PublisherKey::generate()
+        .context("while generating the operator key")?
+        .to_file_text();
+    let text = crate::key_files::read_or_create(path, || fresh).with_context(|| {
+        format!(
+            "while reading or creating the operator key {}",
+            path.display()
+        )
+    })?;
+    PublisherKey::from_file_text(&text)
+        .with_context(|| format!("while reading the operator key {}", path.display()))
 }
 
 /// Publishes every bundled plugin version the registry does not have yet; how many.

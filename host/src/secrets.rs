@@ -136,37 +136,14 @@ impl SecretKeys {
     }
 
     fn key_file(path: &Path) -> Result<Key, SecretsError> {
-        let file_error = |error| SecretsError::KeyFile {
-            path: path.display().to_string(),
-            error,
-        };
-        match std::fs::read_to_string(path) {
-            Ok(text) => Key::parse(&text, &path.display().to_string()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let text = Self::generate_base64();
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(file_error)?;
+        let text =
+            crate::key_files::read_or_create(path, Self::generate_base64).map_err(|error| {
+                SecretsError::KeyFile {
+                    path: path.display().to_string(),
+                    error,
                 }
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                match options.open(path) {
-                    Ok(mut file) => {
-                        std::io::Write::write_all(&mut file, text.as_bytes())
-                            .map_err(file_error)?;
-                        Key::parse(&text, &path.display().to_string())
-                    }
-                    // Another process created it first: use theirs.
-                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                        let text = std::fs::read_to_string(path).map_err(file_error)?;
-                        Key::parse(&text, &path.display().to_string())
-                    }
-                    Err(error) => Err(file_error(error)),
-                }
-            }
-            Err(error) => Err(file_error(error)),
-        }
+            })?;
+        Key::parse(&text, &path.display().to_string())
     }
 
     /// The id of the current key.

@@ -455,3 +455,19 @@ pub fn operator_key(server: &PostdogServer) -> postdog_registry::PublisherKey {
         .expect("the server wrote its operator key");
     postdog_registry::PublisherKey::from_file_text(&text).expect("a valid key file")
 }
+
+/// The manifest of the example plugin `plugins/examples/<example>` with its version
+/// replaced by `version`, for publishing test versions.
+pub fn example_manifest(example: &str, version: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/examples")
+        .join(example)
+        .join("postdog-plugin.toml");
+    std::fs::read_to_string(&path)
+        .expect("example manifest")
+        .replacen(
+            "version = \"0.1.0\"",
+            &format!("version = \"{version}\""),
+            1,
+        )
+}

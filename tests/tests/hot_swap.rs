@@ -8,23 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use postdog_registry::{Artifact, Registry};
-use postdog_tests::{Api, plugin_bytes};
+use postdog_tests::{Api, example_manifest, plugin_bytes};
 use reqwest::StatusCode;
 use serde_json::json;
 
 const VERSIONS: u32 = 20;
-
-fn manifest(version: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/examples/hello-action/postdog-plugin.toml");
-    std::fs::read_to_string(path)
-        .expect("example manifest")
-        .replacen(
-            "version = \"0.1.0\"",
-            &format!("version = \"{version}\""),
-            1,
-        )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_upgrades_under_continuous_calls_lose_no_call() {
@@ -41,9 +29,13 @@ async fn twenty_upgrades_under_continuous_calls_lose_no_call() {
         let key = postdog_tests::operator_key(&server);
         let component = plugin_bytes("hello_action");
         let publish = |version: String| {
-            let artifact = Artifact::build(&manifest(&version), component.clone(), &key)
-                .expect("artifact")
-                .to_bytes();
+            let artifact = Artifact::build(
+                &example_manifest("hello-action", &version),
+                component.clone(),
+                &key,
+            )
+            .expect("artifact")
+            .to_bytes();
             let registry = &registry;
             async move { registry.publish(&artifact).await.expect("published") }
         };

@@ -10,22 +10,9 @@
 use std::time::{Duration, Instant};
 
 use postdog_registry::{Artifact, PublisherKey, Registry};
-use postdog_tests::{Api, PostdogServer, plugin_bytes};
+use postdog_tests::{Api, PostdogServer, example_manifest, plugin_bytes};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn manifest(example: &str, version: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/examples")
-        .join(example)
-        .join("postdog-plugin.toml");
-    let text = std::fs::read_to_string(&path).expect("example manifest");
-    text.replacen(
-        "version = \"0.1.0\"",
-        &format!("version = \"{version}\""),
-        1,
-    )
-}
 
 async fn publish(registry: &Registry, key: &PublisherKey, manifest: &str, component: &str) {
     let artifact =
@@ -102,7 +89,7 @@ async fn scenario(server: &PostdogServer) {
     // Only the operator's key may publish as `postdog`.
     let stranger = PublisherKey::generate().expect("key");
     let forged = Artifact::build(
-        &manifest("hello-action", "9.0.0"),
+        &example_manifest("hello-action", "9.0.0"),
         plugin_bytes("hello_action"),
         &stranger,
     )
@@ -112,7 +99,7 @@ async fn scenario(server: &PostdogServer) {
     publish(
         &registry,
         &key,
-        &manifest("hello-action", "1.0.0"),
+        &example_manifest("hello-action", "1.0.0"),
         "hello_action",
     )
     .await;
@@ -229,7 +216,7 @@ async fn scenario(server: &PostdogServer) {
     publish(
         &registry,
         &key,
-        &manifest("hello-action", "1.1.0"),
+        &example_manifest("hello-action", "1.1.0"),
         "hello_action",
     )
     .await;
@@ -262,7 +249,7 @@ async fn scenario(server: &PostdogServer) {
     publish(
         &registry,
         &key,
-        &manifest("hello-action", "1.2.0"),
+        &example_manifest("hello-action", "1.2.0"),
         "hello_action",
     )
     .await;
@@ -335,7 +322,7 @@ async fn scenario(server: &PostdogServer) {
     }
 
     // A capability the manifest does not request is refused at the host import.
-    let no_kv = manifest("hello-action", "1.0.0")
+    let no_kv = example_manifest("hello-action", "1.0.0")
         .replace("postdog/hello-action", "acme/hello-no-kv")
         .replace("capabilities = [\"kv\"]", "capabilities = []");
     publish(&registry, &key, &no_kv, "hello_action").await;
@@ -351,7 +338,7 @@ async fn scenario(server: &PostdogServer) {
     assert!(denied["error"].to_string().contains("Denied"), "{denied}");
 
     // A plugin that keeps failing is circuit-broken and shown as such.
-    let panicky = manifest("hello-action", "1.0.0")
+    let panicky = example_manifest("hello-action", "1.0.0")
         .replace("postdog/hello-action", "acme/panicky")
         .replace("capabilities = [\"kv\"]", "capabilities = []");
     publish(&registry, &key, &panicky, "hostile_panic").await;

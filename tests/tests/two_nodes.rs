@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use postdog_registry::{Artifact, Registry};
-use postdog_tests::{Api, OPERATOR_TOKEN, PostdogServer, plugin_bytes};
+use postdog_tests::{Api, PostdogServer, example_manifest, plugin_bytes};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -68,18 +68,8 @@ async fn two_nodes_on_one_postgres_see_each_others_changes() {
     let second = PostdogServer::start_with(Some(database.url.clone()), &env).await;
 
     // A tenant made through one node authenticates on the other.
-    let created: Value = reqwest::Client::new()
-        .post(format!("{}/admin/v1/tenants", first.base_url))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&json!({"name": "Two nodes", "plan": "pro"}))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON");
-    let key = created["api_key"].as_str().expect("key");
-    let (a, b) = (Api::new(&first, key), Api::new(&second, key));
+    let (a, _) = Api::tenant(&first, "pro").await;
+    let b = Api::new(&second, &a.key);
 
     // Install through A, call through B.
     let (status, install) = a
@@ -125,12 +115,7 @@ async fn two_nodes_on_one_postgres_see_each_others_changes() {
         &std::fs::read_to_string(shared.path().join("operator.key")).expect("operator key"),
     )
     .expect("key file");
-    let manifest = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../plugins/examples/hello-action/postdog-plugin.toml"),
-    )
-    .expect("manifest")
-    .replacen("version = \"0.1.0\"", "version = \"0.1.1\"", 1);
+    let manifest = example_manifest("hello-action", "0.1.1");
     let registry = Registry::open(&env[0].1).expect("registry");
     let artifact =
         Artifact::build(&manifest, plugin_bytes("hello_action"), &operator_key).expect("artifact");

@@ -80,6 +80,14 @@ fn install_from_row(row: &sqlx::any::AnyRow) -> Result<Install, sqlx::Error> {
     })
 }
 
+fn sealed_from_row(row: &sqlx::any::AnyRow) -> Result<Sealed, sqlx::Error> {
+    Ok(Sealed {
+        key_id: row.try_get("key_id")?,
+        nonce: row.try_get("nonce")?,
+        ciphertext: row.try_get("ciphertext")?,
+    })
+}
+
 impl TenantDb {
     /// Records a new install.
     pub async fn create_install(&self, install: &Install) -> Result<(), StorageError> {
@@ -239,16 +247,7 @@ impl TenantDb {
         .await
         .context("reading secrets")?;
         rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("name")?,
-                    Sealed {
-                        key_id: row.try_get("key_id")?,
-                        nonce: row.try_get("nonce")?,
-                        ciphertext: row.try_get("ciphertext")?,
-                    },
-                ))
-            })
+            .map(|row| Ok((row.try_get("name")?, sealed_from_row(row)?)))
             .collect::<Result<_, sqlx::Error>>()
             .context("decoding secrets")
     }
@@ -333,11 +332,7 @@ impl Storage {
                     TenantId::new(row.try_get::<String, _>("tenant_id")?),
                     row.try_get("install_id")?,
                     row.try_get("name")?,
-                    Sealed {
-                        key_id: row.try_get("key_id")?,
-                        nonce: row.try_get("nonce")?,
-                        ciphertext: row.try_get("ciphertext")?,
-                    },
+                    sealed_from_row(row)?,
                 ))
             })
             .collect::<Result<_, sqlx::Error>>()
