@@ -142,6 +142,7 @@ struct Inner {
     registry: Registry,
     secrets: SecretKeys,
     loaded: Mutex<HashMap<String, Weak<Loaded>>>,
+    manifests: Mutex<HashMap<String, Arc<Manifest>>>,
     loading: tokio::sync::Mutex<()>,
     active: RwLock<HashMap<String, Arc<Active>>>,
     health: Mutex<HashMap<String, (TenantId, Arc<Health>)>>,
@@ -190,6 +191,7 @@ impl Marketplace {
                 registry,
                 secrets,
                 loaded: Mutex::default(),
+                manifests: Mutex::default(),
                 loading: tokio::sync::Mutex::new(()),
                 active: RwLock::default(),
                 health: Mutex::default(),
@@ -202,15 +204,28 @@ impl Marketplace {
         &self.inner.registry
     }
 
-    /// Compiled artifacts currently in memory (for operators and the density benchmark).
-    pub fn loaded_count(&self) -> usize {
+    /// The artifacts compiled in memory now, as (plugin, version, digest), sorted: what
+    /// installs and in-flight calls still use (unused ones have been freed).
+    pub fn loaded_artifacts(&self) -> Vec<(String, String, String)> {
         let mut loaded = self
             .inner
             .loaded
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         loaded.retain(|_, weak| weak.strong_count() > 0);
-        loaded.len()
+        let mut artifacts: Vec<(String, String, String)> = loaded
+            .iter()
+            .filter_map(|(digest, weak)| {
+                let loaded = weak.upgrade()?;
+                Some((
+                    loaded.manifest.name.to_string(),
+                    loaded.manifest.version.to_string(),
+                    digest.clone(),
+                ))
+            })
+            .collect();
+        artifacts.sort();
+        artifacts
     }
 
     /// The artifact `digest`, compiled, from memory or the registry.
@@ -329,8 +344,33 @@ impl Marketplace {
     }
 
     /// The manifest of the version an install is on.
-    pub async fn manifest_of(&self, install: &Install) -> Result<Arc<Loaded>, MarketplaceError> {
-        self.load(&install.digest).await
+    /// (From compiled code in memory if there is any, else from the registry without
+    /// compiling; manifests are small and kept.)
+    pub async fn manifest_of(&self, install: &Install) -> Result<Arc<Manifest>, MarketplaceError> {
+        let digest = &install.digest;
+        if let Some(manifest) = self
+            .inner
+            .manifests
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(digest)
+        {
+            return Ok(manifest.clone());
+        }
+        let manifest = Arc::new(
+            self.inner
+                .registry
+                .download(digest)
+                .await?
+                .manifest()
+                .clone(),
+        );
+        self.inner
+            .manifests
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(digest.clone(), manifest.clone());
+        Ok(manifest)
     }
 
     /// Health of an install as JSON: totals, last error, circuit state.

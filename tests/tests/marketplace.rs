@@ -230,6 +230,24 @@ async fn scenario(server: &PostdogServer) {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(output(&answer)["message"], "Hello, Ada!");
+    // Compiled code is per version: 1.0.0, which nothing uses any more, has been freed.
+    let loaded: Value = reqwest::Client::new()
+        .get(format!("{}/admin/v1/plugins/loaded", server.base_url))
+        .bearer_auth(postdog_tests::OPERATOR_TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    let versions: Vec<&str> = loaded["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter(|entry| entry["plugin"] == "postdog/hello-action")
+        .filter_map(|entry| entry["version"].as_str())
+        .collect();
+    assert_eq!(versions, ["0.1.0", "1.1.0"], "{loaded}");
     let (status, answer) = api
         .post(&format!("/v1/installs/{id}/call"), run.clone())
         .await;

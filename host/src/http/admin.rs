@@ -24,6 +24,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/v1/tenants", get(list).post(create))
         .route("/admin/v1/tenants/{id}", get(show).patch(update))
+        .route("/admin/v1/plugins/loaded", get(loaded_plugins))
         .layer(middleware::from_fn_with_state(state, operator_only))
 }
 
@@ -207,4 +208,16 @@ async fn update(
         .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(Json(tenant_json(&tenant)))
+}
+
+/// The plugin versions compiled in memory: shared by every install on them, freed when
+/// no install or call uses them any more.
+async fn loaded_plugins(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .marketplace
+        .loaded_artifacts()
+        .into_iter()
+        .map(|(plugin, version, digest)| json!({"plugin": plugin, "version": version, "digest": digest}))
+        .collect();
+    Json(json!({ "data": data }))
 }

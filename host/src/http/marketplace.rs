@@ -182,9 +182,9 @@ async fn install_json(
     install: &Install,
 ) -> Result<Value, ApiError> {
     let marketplace = &state.marketplace;
-    let loaded = marketplace.manifest_of(install).await?;
+    let manifest = marketplace.manifest_of(install).await?;
     let secrets = marketplace.secret_names(caller.db(), &install.id).await?;
-    let manifest = &loaded.manifest;
+    let manifest = manifest.as_ref();
     Ok(json!({
         "id": install.id,
         "plugin": install.plugin,

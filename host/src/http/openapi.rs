@@ -309,6 +309,9 @@ fn operations() -> Vec<Operation> {
             .query("limit", "integer", "1 to 200, default 50.")
             .ok(200, "Entries", Some("AuditPage"))
             .error(400, "invalid-query"),
+        op("get", "/admin/v1/plugins/loaded", "Operator", "Plugin versions compiled in memory", Operator)
+            .describe("Shared by every install on the same version; freed when no install or call uses them.")
+            .ok(200, "Loaded plugin versions", Some("LoadedPluginList")),
         // Marketplace and installs.
         op("get", "/v1/marketplace", "Marketplace", "Browse plugins in the registry", Tenant(ANY_ROLE))
             .query("q", "string", "Words that must all appear in the name or description.")
@@ -644,6 +647,11 @@ fn schemas() -> Map<String, Value> {
                 "created_at": time, "updated_at": time}}),
         ),
         ("InstallList", list_of("Install")),
+        (
+            "LoadedPlugin",
+            json!({"type": "object", "properties": {"plugin": text, "version": text, "digest": text}}),
+        ),
+        ("LoadedPluginList", list_of("LoadedPlugin")),
         (
             "NewInstall",
             object(
