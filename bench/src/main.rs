@@ -2,16 +2,20 @@
 //! ratio to that baseline measured in the same run, so noise on a shared machine cancels
 //! out. Nothing here asserts on time.
 //!
-//! `cargo run --release -p postdog-bench -- plugin-call | csv-import | api-read`
+//! `cargo run --release -p postdog-bench -- plugin-call | csv-import | api-read | hot-swap
+//! | tenant-density`
 //!
-//! `csv-import` and `api-read` build and start the real `postdog` binary as a child
-//! process (`server_process`), so its memory is measured on its own.
+//! `csv-import`, `api-read`, `hot-swap` and `tenant-density` build and start the real
+//! `postdog` binary as a child process (`server_process`), so its memory is measured on
+//! its own.
 
 mod api_read;
 mod csv_import;
+mod hot_swap;
 mod http_load;
 mod plugin_call;
 mod server_process;
+mod tenant_density;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +35,11 @@ enum Scenario {
     CsvImport(csv_import::Options),
     /// GET /v1/contacts/{id} with auth and rate limiting vs a bare axum handler.
     ApiRead(api_read::Options),
+    /// Calls to an installed plugin while new versions are published and hot-loaded:
+    /// calls/s during the swaps vs before, swap visibility latency, failed calls.
+    HotSwap(hot_swap::Options),
+    /// Many tenants each installing and calling a few plugins: the server's memory.
+    TenantDensity(tenant_density::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +47,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::PluginCall(options) => plugin_call::run(options),
         Scenario::CsvImport(options) => csv_import::run(options),
         Scenario::ApiRead(options) => api_read::run(options),
+        Scenario::HotSwap(options) => hot_swap::run(options),
+        Scenario::TenantDensity(options) => tenant_density::run(options),
     }
 }

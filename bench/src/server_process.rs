@@ -77,6 +77,8 @@ impl ServerProcess {
             .env("POSTDOG_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("POSTDOG_LOG", "warn")
             .env_remove("DATABASE_URL")
+            .env_remove("POSTDOG_REGISTRY")
+            .env_remove("POSTDOG_OPERATOR_KEY_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -103,12 +105,22 @@ impl ServerProcess {
 
     /// The server's peak resident memory (`VmHWM`), in MB.
     pub fn peak_rss_mb(&self) -> anyhow::Result<f64> {
+        self.status_mb("VmHWM")
+    }
+
+    /// The server's resident memory now (`VmRSS`), in MB.
+    pub fn rss_mb(&self) -> anyhow::Result<f64> {
+        self.status_mb("VmRSS")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status`, in MB.
+    fn status_mb(&self, field: &str) -> anyhow::Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let kib: f64 = status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|rest| rest.split_whitespace().next())
-            .context("no VmHWM in /proc/<pid>/status")?
+            .with_context(|| format!("no {field} in /proc/<pid>/status"))?
             .parse()?;
         Ok(kib * 1024.0 / 1e6)
     }
