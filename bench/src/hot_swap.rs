@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use postdog_registry::{Artifact, PublisherKey, Registry, VersionInfo};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::server_process::{self, ServerProcess, bench_tenant};
@@ -175,50 +175,6 @@ impl Shared {
     }
 }
 
-/// Reads one response into `buffer`; its status and the body's range in `buffer`.
-async fn read_response(
-    stream: &mut TcpStream,
-    buffer: &mut Vec<u8>,
-) -> anyhow::Result<(u16, std::ops::Range<usize>)> {
-    buffer.clear();
-    let mut scanned = 0;
-    let header_end = loop {
-        if let Some(at) = buffer[scanned..]
-            .windows(4)
-            .position(|window| window == b"\r\n\r\n")
-        {
-            break scanned + at + 4;
-        }
-        scanned = buffer.len().saturating_sub(3);
-        if stream.read_buf(buffer).await? == 0 {
-            bail!("the server closed the connection");
-        }
-    };
-    let head = std::str::from_utf8(&buffer[..header_end]).context("response head")?;
-    let status: u16 = head
-        .get(9..12)
-        .context("short status line")?
-        .parse()
-        .context("status code")?;
-    let length: usize = head
-        .split("\r\n")
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .context("the response has no Content-Length")?;
-    let end = header_end + length;
-    while buffer.len() < end {
-        if stream.read_buf(buffer).await? == 0 {
-            bail!("the server closed the connection mid-body");
-        }
-    }
-    Ok((status, header_end..end))
-}
-
-/// One keep-alive connection sending `request` until the phase is `STOP`; the latencies
-/// (µs) of its calls per phase.
 async fn connection(
     address: SocketAddr,
     request: Arc<Vec<u8>>,
@@ -250,7 +206,7 @@ async fn connection(
         };
         let answer = async {
             open.write_all(&request).await?;
-            read_response(&mut open, &mut buffer).await
+            crate::http_load::read_response(&mut open, &mut buffer).await
         }
         .await;
         let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);

@@ -35,7 +35,7 @@ struct Tally {
 }
 
 /// Reads one response into `buffer`; its status and the body's range in `buffer`.
-async fn read_response(
+pub(crate) async fn read_response(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
 ) -> anyhow::Result<(u16, std::ops::Range<usize>)> {

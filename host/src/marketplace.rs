@@ -42,6 +42,9 @@ use crate::storage::{Install, Storage, StorageError, TenantDb, now_ms};
 
 /// How old an `Active` may get before its row is checked again.
 const REVALIDATE: Duration = Duration::from_secs(1);
+/// An `Active` unused this long is dropped (with its opened secrets and, if no other
+/// install uses it, the compiled code); the next call rebuilds it.
+const IDLE_EVICTION: Duration = Duration::from_secs(600);
 /// Consecutive failures that open an install's circuit.
 pub const BREAKER_THRESHOLD: u32 = 5;
 /// How long an open circuit refuses calls.
@@ -122,6 +125,8 @@ struct Active {
     loaded: Arc<Loaded>,
     context: Arc<CallContext>,
     checked: Mutex<Instant>,
+    /// When a call last used it (Unix ms), for evicting idle installs.
+    last_used: AtomicI64,
 }
 
 /// Health counters of one install on this node.
@@ -672,6 +677,7 @@ impl Marketplace {
             loaded,
             context: Arc::new(context),
             checked: Mutex::new(Instant::now()),
+            last_used: AtomicI64::new(now_ms()),
         });
         self.inner
             .active
@@ -704,6 +710,7 @@ impl Marketplace {
         input: Value,
     ) -> Result<Value, MarketplaceError> {
         let active = self.active(db, id).await?;
+        active.last_used.store(now_ms(), Ordering::Relaxed);
         if !active.install.enabled {
             return Err(MarketplaceError::Disabled);
         }
@@ -807,6 +814,19 @@ impl Marketplace {
             }
         }
         Ok(resealed)
+    }
+
+    /// Drops ready-to-call installs no call used for `idle`; how many.
+    pub fn evict_idle(&self, idle: Duration) -> usize {
+        let cutoff = now_ms() - i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+        let mut active = self
+            .inner
+            .active
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let before = active.len();
+        active.retain(|_, entry| entry.last_used.load(Ordering::Relaxed) > cutoff);
+        before - active.len()
     }
 
     /// Writes the in-memory call counters to the database.
@@ -924,6 +944,7 @@ impl Marketplace {
                 Err(error) => tracing::warn!(%error, "could not read the registry's changes"),
             }
             self.flush_health().await;
+            self.evict_idle(IDLE_EVICTION);
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 _ = stop.changed() => {
@@ -1035,4 +1056,55 @@ pub fn missing_settings(
         .filter(|key| !config.contains_key(*key) && !secrets.contains(key))
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeConfig;
+
+    /// Idle installs are dropped, and with them the compiled code nobody else uses; the
+    /// next call rebuilds everything.
+    #[tokio::test]
+    async fn idle_installs_are_evicted_and_their_code_freed() -> anyhow::Result<()> {
+        let db = crate::storage::testing::sqlite().await?;
+        let dir = tempfile::tempdir()?;
+        let registry = Registry::open(&dir.path().display().to_string())?;
+        let key = postdog_registry::PublisherKey::generate()?;
+        crate::first_party::seed(&registry, &key).await?;
+        let runtime = Runtime::new(RuntimeConfig::default(), Some(db.storage.clone()))?;
+        let secrets = SecretKeys::from_base64(&SecretKeys::generate_base64(), &[])?;
+        let marketplace = Marketplace::new(db.storage.clone(), runtime, registry, secrets);
+        let tenant = db.storage.create_tenant("Idle", "pro").await?;
+        let tenant_db = db.storage.tenant(&tenant.id);
+        let install = marketplace
+            .install(
+                &tenant_db,
+                "postdog/hello-action",
+                "^0.1",
+                vec!["kv".into()],
+                Map::new(),
+            )
+            .await?;
+        let input = json!({"contact": {"name": "Ada"}});
+        let answer = marketplace
+            .call(&tenant_db, &install.id, None, input.clone())
+            .await?;
+        assert!(answer.get("ok").is_some(), "{answer}");
+        assert_eq!(marketplace.loaded_artifacts().len(), 1);
+
+        // Recently used: kept.
+        assert_eq!(marketplace.evict_idle(Duration::from_secs(60)), 0);
+        assert_eq!(marketplace.loaded_artifacts().len(), 1);
+        // Idle: dropped, and the compiled code with it.
+        assert_eq!(marketplace.evict_idle(Duration::ZERO), 1);
+        assert!(marketplace.loaded_artifacts().is_empty());
+        // The next call rebuilds it.
+        let answer = marketplace
+            .call(&tenant_db, &install.id, None, input)
+            .await?;
+        assert!(answer.get("ok").is_some(), "{answer}");
+        assert_eq!(marketplace.loaded_artifacts().len(), 1);
+        Ok(())
+    }
 }
