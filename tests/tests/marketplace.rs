@@ -402,3 +402,62 @@ async fn tenants_install_configure_call_and_upgrade_plugins() {
         scenario(&server).await;
     }
 }
+
+/// A host whose registry is a registry service over HTTP (`POSTDOG_REGISTRY=http://…`):
+/// nothing is seeded there, a third-party publisher's plugin published to the service
+/// is installable, and a new version hot-loads through the service's change log.
+#[tokio::test]
+async fn a_host_uses_a_registry_service_over_http() {
+    let store = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(postdog_registry::server::serve(
+        listener,
+        postdog_registry::DirRegistry::open(store.path()).expect("store"),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let server = PostdogServer::start_with(None, &[("POSTDOG_REGISTRY", url.clone())]).await;
+    let (api, _) = Api::tenant(&server, "pro").await;
+    let (status, empty) = api.get("/v1/marketplace").await;
+    assert_eq!(status, StatusCode::OK, "{empty}");
+    assert_eq!(
+        empty["data"],
+        json!([]),
+        "nothing is seeded into a remote registry"
+    );
+
+    let registry = Registry::open(&url).expect("HTTP registry client");
+    let key = PublisherKey::generate().expect("key");
+    let acme = |version: &str| {
+        example_manifest("hello-action", version).replace("postdog/hello-action", "acme/hello")
+    };
+    publish(&registry, &key, &acme("1.0.0"), "hello_action").await;
+    let (status, install) = api
+        .post(
+            "/v1/installs",
+            json!({"plugin": "acme/hello", "version": "^1", "grants": ["kv"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{install}");
+    let id = install["id"].as_str().expect("id").to_string();
+    let call = json!({"input": {"contact": {"name": "Ada"}}});
+    let (status, answer) = api
+        .post(&format!("/v1/installs/{id}/call"), call.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(output(&answer)["message"], "Hello, Ada!");
+
+    publish(&registry, &key, &acme("1.1.0"), "hello_action").await;
+    eventually(&api, &id, |install| install["version"] == "1.1.0").await;
+    let (status, answer) = api.post(&format!("/v1/installs/{id}/call"), call).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    drop(server);
+    let _ = stop.send(());
+    service.await.expect("service task").expect("service");
+}
