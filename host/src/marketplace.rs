@@ -341,7 +341,7 @@ impl Marketplace {
         Ok(install)
     }
 
-    /// An install with this node's unflushed health added.
+    /// One of the tenant's installs (`health_json` adds this node's unflushed counters).
     pub async fn get(&self, db: &TenantDb, id: &str) -> Result<Install, MarketplaceError> {
         db.get_install(id)
             .await?
@@ -420,15 +420,14 @@ impl Marketplace {
         change: SettingsChange,
     ) -> Result<Install, MarketplaceError> {
         let mut install = self.get(db, id).await?;
-        let loaded = self.load(&install.digest).await?;
+        let manifest = self.manifest_of(&install).await?;
         if let Some(requirement) = change.requirement {
             parse_requirement(&requirement)?;
             install.requirement = requirement.trim().to_string();
         }
         if let Some(grants) = change.grants {
             check_capability_names(&grants)?;
-            let requested: Vec<String> = loaded
-                .manifest
+            let requested: Vec<String> = manifest
                 .capabilities
                 .iter()
                 .map(ToString::to_string)
@@ -448,7 +447,7 @@ impl Marketplace {
             install.grants = grants;
         }
         if let Some(config) = change.config {
-            validate_config(&loaded.manifest, &config)?;
+            validate_config(&manifest, &config)?;
             install.config = config;
         }
         if let Some(enabled) = change.enabled {
@@ -471,8 +470,8 @@ impl Marketplace {
         value: &str,
     ) -> Result<(), MarketplaceError> {
         let install = self.get(db, id).await?;
-        let loaded = self.load(&install.digest).await?;
-        let secret_keys = loaded.manifest.config.secret_keys();
+        let manifest = self.manifest_of(&install).await?;
+        let secret_keys = manifest.config.secret_keys();
         if !secret_keys.contains(&name) {
             return Err(MarketplaceError::Invalid(format!(
                 "`{name}` is not a secret of {}; its secrets are: {}",
@@ -484,7 +483,7 @@ impl Marketplace {
                 }
             )));
         }
-        if let Some(property) = loaded.manifest.config.properties().get(name)
+        if let Some(property) = manifest.config.properties().get(name)
             && let Err(message) = property.check(name, &Value::String(value.to_string()))
         {
             return Err(MarketplaceError::InvalidConfig {
