@@ -471,3 +471,16 @@ pub fn example_manifest(example: &str, version: &str) -> String {
             1,
         )
 }
+
+/// A client of a running server's embedded directory registry (`<data-dir>/registry`).
+pub fn server_registry(server: &PostdogServer) -> postdog_registry::Registry {
+    postdog_registry::Registry::open(
+        &server
+            .data_dir
+            .path()
+            .join("registry")
+            .display()
+            .to_string(),
+    )
+    .expect("the server's registry")
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use postdog_registry::{Artifact, Registry};
+use postdog_registry::Artifact;
 use postdog_tests::{Api, example_manifest, plugin_bytes};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -17,15 +17,7 @@ const VERSIONS: u32 = 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_upgrades_under_continuous_calls_lose_no_call() {
     for server in postdog_tests::servers_on_every_backend().await {
-        let registry = Registry::open(
-            &server
-                .data_dir
-                .path()
-                .join("registry")
-                .display()
-                .to_string(),
-        )
-        .expect("registry");
+        let registry = postdog_tests::server_registry(&server);
         let key = postdog_tests::operator_key(&server);
         let component = plugin_bytes("hello_action");
         let publish = |version: String| {

@@ -46,15 +46,7 @@ async fn eventually(api: &Api, id: &str, check: impl Fn(&Value) -> bool) -> Valu
 }
 
 async fn scenario(server: &PostdogServer) {
-    let registry = Registry::open(
-        &server
-            .data_dir
-            .path()
-            .join("registry")
-            .display()
-            .to_string(),
-    )
-    .expect("registry");
+    let registry = postdog_tests::server_registry(server);
     let key = postdog_tests::operator_key(server);
     let (api, _) = Api::tenant(server, "pro").await;
     let (other, _) = Api::tenant(server, "pro").await;
