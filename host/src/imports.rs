@@ -509,6 +509,10 @@ async fn run(spec: ImportJobSpec) -> Result<(), (ImportCounts, String)> {
     });
 
     let mut errors = ErrorCsv::new(&spec.errors_file, &spec.layout.headers);
+    // Progress is written at most this often: a write per 1,000-row batch cost a commit
+    // per batch for no reader's benefit.
+    const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+    let mut progress_written = std::time::Instant::now();
     while let Some(batch) = receiver.recv().await {
         let mut rows = Vec::with_capacity(batch.len());
         let mut lines = Vec::with_capacity(batch.len());
@@ -544,10 +548,13 @@ async fn run(spec: ImportJobSpec) -> Result<(), (ImportCounts, String)> {
                 }
             }
         }
-        spec.db
-            .update_import(&spec.id, "running", counts, None)
-            .await
-            .map_err(|error| fail(counts, error.to_string()))?;
+        if progress_written.elapsed() >= PROGRESS_EVERY {
+            spec.db
+                .update_import(&spec.id, "running", counts, None)
+                .await
+                .map_err(|error| fail(counts, error.to_string()))?;
+            progress_written = std::time::Instant::now();
+        }
     }
     match reader.await {
         Ok(Ok(())) => {}
