@@ -30,6 +30,11 @@ pub struct Decision {
     pub retry_after_seconds: u64,
 }
 
+/// Buckets kept before idle ones are pruned.
+const PRUNE_ABOVE: usize = 4_096;
+/// A bucket untouched this long is full again, so it may be forgotten.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The limiter shared by all requests of one process.
 #[derive(Default)]
 pub struct RateLimiter {
@@ -50,6 +55,11 @@ impl RateLimiter {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         if !buckets.contains_key(tenant) {
+            // Before growing the map, drop buckets idle for a minute: a minute refills any
+            // bucket, so a dropped bucket and a fresh full one decide the same way.
+            if buckets.len() >= PRUNE_ABOVE {
+                buckets.retain(|_, bucket| now.saturating_duration_since(bucket.updated) < IDLE);
+            }
             buckets.insert(
                 tenant.clone(),
                 Bucket {
@@ -125,5 +135,27 @@ mod tests {
         let upgraded = limiter.check_at(&tenant, 2_000, start + Duration::from_millis(600));
         assert!(upgraded.allowed);
         assert_eq!(upgraded.remaining, 1_899);
+    }
+
+    #[test]
+    fn idle_buckets_are_pruned_without_changing_decisions() {
+        let limiter = RateLimiter::default();
+        let start = Instant::now();
+        let busy = TenantId::new("busy");
+        for _ in 0..50 {
+            limiter.check_at(&busy, 100, start);
+        }
+        for index in 0..PRUNE_ABOVE {
+            limiter.check_at(&TenantId::new(format!("idle-{index}")), 100, start);
+        }
+        let later = start + IDLE + Duration::from_secs(1);
+        // A new tenant after the idle period prunes the idle buckets…
+        limiter.check_at(&TenantId::new("newcomer"), 100, later);
+        let kept = limiter.buckets.lock().expect("lock").len();
+        assert_eq!(kept, 1, "only the newcomer's bucket is left");
+        // …and a pruned tenant decides as a refilled bucket would.
+        let again = limiter.check_at(&busy, 100, later);
+        assert!(again.allowed);
+        assert_eq!(again.remaining, 99);
     }
 }
