@@ -825,7 +825,21 @@ impl Marketplace {
             .unwrap_or_else(|poison| poison.into_inner());
         let before = active.len();
         active.retain(|_, entry| entry.last_used.load(Ordering::Relaxed) > cutoff);
-        before - active.len()
+        let evicted = before - active.len();
+        // Health of installs no longer in memory is kept only while it still matters:
+        // counts not yet flushed, or a circuit that is not closed.
+        self.inner
+            .health
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .retain(|id, (_, health)| {
+                active.contains_key(id)
+                    || health.unflushed_calls.load(Ordering::Acquire) != 0
+                    || health.unflushed_failures.load(Ordering::Acquire) != 0
+                    || health.open_until.load(Ordering::Acquire) != 0
+                    || health.consecutive_failures.load(Ordering::Acquire) != 0
+            });
+        evicted
     }
 
     /// Writes the in-memory call counters to the database.
@@ -1096,8 +1110,12 @@ mod tests {
         assert_eq!(marketplace.evict_idle(Duration::from_secs(60)), 0);
         assert_eq!(marketplace.loaded_artifacts().len(), 1);
         // Idle: dropped, and the compiled code with it.
+        marketplace.flush_health().await;
         assert_eq!(marketplace.evict_idle(Duration::ZERO), 1);
         assert!(marketplace.loaded_artifacts().is_empty());
+        assert!(marketplace.inner.health.lock().expect("lock").is_empty());
+        // The flushed counts are in the database.
+        assert_eq!(marketplace.get(&tenant_db, &install.id).await?.calls, 1);
         // The next call rebuilds it.
         let answer = marketplace
             .call(&tenant_db, &install.id, None, input)
