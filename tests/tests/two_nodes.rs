@@ -97,6 +97,46 @@ async fn two_nodes_on_one_postgres_see_each_others_changes() {
     let seen = until(&b, &id, |_, answer| message(answer) == "Hej, Ada!").await;
     eprintln!("config change on A seen by B after {seen:?}");
 
+    // A secret rotated through A is used by B's cached install.
+    let (status, echo) = a
+        .post(
+            "/v1/installs",
+            json!({"plugin": "postdog/echo-channel", "grants": ["http:api.echo.example", "webhook"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{echo}");
+    let echo_id = echo["id"].as_str().expect("id").to_string();
+    for (token, other) in [
+        ("first-token", "second-token"),
+        ("second-token", "first-token"),
+    ] {
+        let (status, _) = a
+            .put(
+                &format!("/v1/installs/{echo_id}/secrets/webhook_token"),
+                json!({"value": token}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let started = Instant::now();
+        loop {
+            let (status, answer) = handshake_with(&b, &echo_id, token).await;
+            if status == StatusCode::OK && answer["ok"].is_object() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "B never used {token}: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("secret set on A used by B after {:?}", started.elapsed());
+        let (_, refused) = handshake_with(&b, &echo_id, other).await;
+        assert!(
+            refused["error"].is_object(),
+            "the old secret still works: {refused}"
+        );
+    }
+
     // Disable on B; A refuses calls.
     let (status, _) = b
         .patch(&format!("/v1/installs/{id}"), json!({"enabled": false}))
@@ -155,10 +195,14 @@ async fn two_nodes_on_one_postgres_see_each_others_changes() {
 /// Calls the echo channel's webhook handshake, which answers the challenge only when the
 /// token equals the install's `webhook_token` secret.
 async fn handshake(api: &Api, id: &str) -> (StatusCode, Value) {
+    handshake_with(api, id, "hook-secret").await
+}
+
+async fn handshake_with(api: &Api, id: &str, token: &str) -> (StatusCode, Value) {
     api.post(
         &format!("/v1/installs/{id}/call"),
         json!({"function": "verify-webhook", "input": {
-            "method": "GET", "path": "/", "query": "challenge=ping&token=hook-secret",
+            "method": "GET", "path": "/", "query": format!("challenge=ping&token={token}"),
             "headers": [], "body": []}}),
     )
     .await

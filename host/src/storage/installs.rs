@@ -80,6 +80,26 @@ fn install_from_row(row: &sqlx::any::AnyRow) -> Result<Install, sqlx::Error> {
     })
 }
 
+/// Moves an install's `updated_at` strictly forward: nodes holding it in memory compare
+/// it to decide whether to reload (two changes in one millisecond still differ).
+async fn touch_install(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &TenantId,
+    install_id: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE plugin_installs SET updated_at = CASE WHEN $1 > updated_at THEN $1 ELSE updated_at + 1 END \
+         WHERE tenant_id = $2 AND id = $3",
+    )
+    .bind(now_ms())
+    .bind(tenant.as_str())
+    .bind(install_id)
+    .execute(&mut **tx)
+    .await
+    .context("marking an install changed")
+    .map(drop)
+}
+
 fn sealed_from_row(row: &sqlx::any::AnyRow) -> Result<Sealed, sqlx::Error> {
     Ok(Sealed {
         key_id: row.try_get("key_id")?,
@@ -148,7 +168,8 @@ impl TenantDb {
     pub async fn save_install_settings(&self, install: &Install) -> Result<bool, StorageError> {
         let result = sqlx::query(
             "UPDATE plugin_installs SET requirement = $1, pinned = $2, enabled = $3, grants = $4, \
-             config = $5, updated_at = $6 WHERE tenant_id = $7 AND id = $8",
+             config = $5, updated_at = CASE WHEN $6 > updated_at THEN $6 ELSE updated_at + 1 END \
+             WHERE tenant_id = $7 AND id = $8",
         )
         .bind(&install.requirement)
         .bind(i64::from(install.pinned))
@@ -188,13 +209,20 @@ impl TenantDb {
         Ok(result.rows_affected() > 0)
     }
 
-    /// Stores a sealed secret of an install.
+    /// Stores a sealed secret of an install (and marks the install changed, so other
+    /// nodes reload it).
     pub async fn put_install_secret(
         &self,
         install_id: &str,
         name: &str,
         sealed: &Sealed,
     ) -> Result<(), StorageError> {
+        let mut tx = self
+            .storage()
+            .pool()
+            .begin()
+            .await
+            .context("storing a secret")?;
         sqlx::query(
             "INSERT INTO plugin_install_secrets (tenant_id, install_id, name, key_id, nonce, ciphertext, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -208,10 +236,11 @@ impl TenantDb {
         .bind(sealed.nonce.clone())
         .bind(sealed.ciphertext.clone())
         .bind(now_ms())
-        .execute(self.storage().pool())
+        .execute(&mut *tx)
         .await
-        .context("storing a secret")
-        .map(drop)
+        .context("storing a secret")?;
+        touch_install(&mut tx, self.tenant_id(), install_id).await?;
+        tx.commit().await.context("storing a secret")
     }
 
     /// Removes a secret; whether it existed.
@@ -220,15 +249,23 @@ impl TenantDb {
         install_id: &str,
         name: &str,
     ) -> Result<bool, StorageError> {
+        let mut tx = self
+            .storage()
+            .pool()
+            .begin()
+            .await
+            .context("deleting a secret")?;
         let result = sqlx::query(
             "DELETE FROM plugin_install_secrets WHERE tenant_id = $1 AND install_id = $2 AND name = $3",
         )
         .bind(self.tenant_id().as_str())
         .bind(install_id)
         .bind(name)
-        .execute(self.storage().pool())
+        .execute(&mut *tx)
         .await
         .context("deleting a secret")?;
+        touch_install(&mut tx, self.tenant_id(), install_id).await?;
+        tx.commit().await.context("deleting a secret")?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -296,7 +333,8 @@ impl Storage {
     ) -> Result<bool, StorageError> {
         let result = sqlx::query(
             "UPDATE plugin_installs SET previous_version = version, previous_digest = digest, \
-             version = $1, digest = $2, pinned = $3, updated_at = $4 \
+             version = $1, digest = $2, pinned = $3, \
+             updated_at = CASE WHEN $4 > updated_at THEN $4 ELSE updated_at + 1 END \
              WHERE tenant_id = $5 AND id = $6 AND digest = $7",
         )
         .bind(version)
