@@ -20,7 +20,6 @@ pub mod scaffold;
 
 use std::fmt;
 use std::future::Future;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -79,32 +78,14 @@ pub fn keygen(path: &Path, force: bool) -> anyhow::Result<KeygenReport> {
 /// renamed into place) with mode 0600 from the start, so the secret is never readable
 /// by others, not even briefly. Without `overwrite`, an existing file is refused.
 fn write_private_file(path: &Path, contents: &[u8], overwrite: bool) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("while creating the directory {}", dir.display()))?;
-    // `tempfile` creates its files with mode 0600 on Unix.
-    let mut file = tempfile::Builder::new()
-        .prefix(".postdog-key-")
-        .tempfile_in(&dir)
-        .with_context(|| format!("while creating a file in {}", dir.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.as_file().sync_all())
-        .with_context(|| format!("while writing {}", path.display()))?;
-    if overwrite {
-        file.persist(path)
-            .map(drop)
-            .with_context(|| format!("while writing {}", path.display()))
-    } else {
-        file.persist_noclobber(path).map(drop).with_context(|| {
-            format!(
-                "while writing {} (pass --force to replace an existing file)",
-                path.display()
-            )
-        })
-    }
+    crate::key_files::write_private(path, contents, overwrite).map_err(|error| {
+        let hint = if error.kind() == std::io::ErrorKind::AlreadyExists {
+            " (pass --force to replace an existing file)"
+        } else {
+            ""
+        };
+        anyhow::Error::new(error).context(format!("while writing {}{hint}", path.display()))
+    })
 }
 
 /// Reads a publisher key file, warning (like ssh) when others may read it.
