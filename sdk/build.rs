@@ -27,7 +27,9 @@ const WORLDS: [(&str, &str, &str, &str, &str); 4] = [
          fn verify_webhook(request: HttpRequest) -> Result<HttpResponse, ChannelError> { <$ty as ::postdog_sdk::Channel>::verify_webhook(request) }
          fn handle_webhook(request: HttpRequest) -> Result<WebhookOutcome, ChannelError> { <$ty as ::postdog_sdk::Channel>::handle_webhook(request) }
          fn submit_template(template: TemplateDefinition) -> Result<TemplateInfo, ChannelError> { <$ty as ::postdog_sdk::Channel>::submit_template(template) }
-         fn list_templates() -> Result<Vec<TemplateInfo>, ChannelError> { <$ty as ::postdog_sdk::Channel>::list_templates() }",
+         fn list_templates() -> Result<Vec<TemplateInfo>, ChannelError> { <$ty as ::postdog_sdk::Channel>::list_templates() }
+         fn mark_read(provider_message_id: String) -> Result<(), ChannelError> { <$ty as ::postdog_sdk::Channel>::mark_read(provider_message_id) }
+         fn account_status() -> Result<String, ChannelError> { <$ty as ::postdog_sdk::Channel>::account_status() }",
     ),
     (
         "export_social",

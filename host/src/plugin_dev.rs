@@ -204,6 +204,13 @@ pub(crate) async fn call(
                 .channel_submit_template(plugin, ctx, &arg(input, "a template definition")?)
                 .await?,
         )?,
+        (World::MessagingChannel, "mark-read") => {
+            let id: String = arg(input, "a provider message id (a string)")?;
+            outcome(runtime.channel_mark_read(plugin, ctx, &id).await?)?
+        }
+        (World::MessagingChannel, "account-status") => {
+            outcome(runtime.channel_account_status(plugin, ctx).await?)?
+        }
         (World::SocialChannel, "publish") => outcome(
             runtime
                 .social_publish(plugin, ctx, &arg(input, "a post")?)
@@ -241,7 +248,7 @@ pub(crate) async fn call(
             match world {
                 World::FlowAction => "describe, run",
                 World::MessagingChannel =>
-                    "send, verify-webhook, handle-webhook, list-templates, submit-template",
+                    "send, verify-webhook, handle-webhook, list-templates, submit-template, mark-read, account-status",
                 World::SocialChannel => "publish, metrics",
                 World::Integration => "handle-webhook, on-event, sync",
             }

@@ -621,6 +621,35 @@ impl Runtime {
         })
     }
 
+    /// `channel.mark-read` of a messaging-channel plugin.
+    pub async fn channel_mark_read(
+        &self,
+        plugin: &LoadedPlugin,
+        ctx: &Arc<CallContext>,
+        provider_message_id: &str,
+    ) -> Result<Result<(), channel_types::ChannelError>, PluginError> {
+        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| {
+            instance
+                .postdog_plugin_channel()
+                .call_mark_read(store, provider_message_id)
+        })
+    }
+
+    /// `channel.account-status` of a messaging-channel plugin (JSON text).
+    pub async fn channel_account_status(
+        &self,
+        plugin: &LoadedPlugin,
+        ctx: &Arc<CallContext>,
+    ) -> Result<Result<String, channel_types::ChannelError>, PluginError> {
+        let result = invoke!(self, plugin, ctx, MessagingChannel, |instance, store| {
+            instance.postdog_plugin_channel().call_account_status(store)
+        })?;
+        if let Ok(text) = &result {
+            check_json("account-status", text)?;
+        }
+        Ok(result)
+    }
+
     /// `social.publish` of a social-channel plugin.
     pub async fn social_publish(
         &self,

@@ -35,6 +35,20 @@ pub trait Channel {
             "this channel has no templates".into(),
         ))
     }
+
+    /// Marks a received message as read at the provider. Default: unsupported.
+    fn mark_read(_provider_message_id: String) -> Result<(), ChannelError> {
+        Err(ChannelError::Unsupported(
+            "this channel has no read receipts".into(),
+        ))
+    }
+
+    /// The connected account's state at the provider, as JSON text. Default: unsupported.
+    fn account_status() -> Result<String, ChannelError> {
+        Err(ChannelError::Unsupported(
+            "this channel reports no account status".into(),
+        ))
+    }
 }
 
 impl ProviderError {
