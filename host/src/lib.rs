@@ -6,6 +6,7 @@ pub mod first_party;
 pub mod http;
 pub mod ids;
 pub mod imports;
+pub mod jobs;
 mod key_files;
 pub mod marketplace;
 pub mod outbound_http;
