@@ -10,6 +10,7 @@ mod health;
 mod imports;
 pub mod json;
 mod marketplace;
+mod messaging;
 mod openapi;
 pub mod problem;
 pub mod rate_limit;
@@ -40,6 +41,12 @@ pub struct AppState {
     pub importer: crate::imports::Importer,
     /// Plugin installs and the registry behind them.
     pub marketplace: crate::marketplace::Marketplace,
+    /// The durable job queue.
+    pub jobs: crate::jobs::Jobs,
+    /// Channels: inbound webhooks, sending, the inbox.
+    pub messaging: crate::messaging::Messaging,
+    /// Outbound webhooks to tenants.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// The whole API.
@@ -50,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(contacts::router())
         .merge(imports::router())
         .merge(marketplace::router())
+        .merge(messaging::router())
         .merge(segments::router())
         .merge(sub_tenants::router())
         .merge(tenant::router())
@@ -59,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(health::router())
+        .merge(messaging::hooks_router())
         .merge(tenant_api)
         .merge(admin::router(state.clone()))
         .merge(openapi::router())

@@ -9,6 +9,7 @@ pub mod imports;
 pub mod jobs;
 mod key_files;
 pub mod marketplace;
+pub mod messaging;
 pub mod outbound_http;
 pub mod plans;
 pub mod plugin_author;
@@ -18,4 +19,11 @@ pub mod secrets;
 pub mod segments;
 pub mod server;
 pub mod storage;
+/// WhatsApp message templates: the builder model, the linter and send-time rendering.
+pub mod template_model;
+/// Template review states by polling the provider.
+pub mod templates_sync;
 pub mod tenants;
+/// Standard Webhooks signatures for PostDog's outbound webhooks.
+pub mod webhook_signing;
+pub mod webhooks;

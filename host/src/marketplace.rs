@@ -37,6 +37,7 @@ use crate::ids::{InstallId, TenantId};
 use crate::runtime::{
     CallContext, CallLimits, Grants, LoadedPlugin, PluginConfig, PluginError, Runtime,
 };
+use crate::runtime::abi::{channel_types, types};
 use crate::secrets::SecretKeys;
 use crate::storage::{Install, Storage, StorageError, TenantDb, now_ms};
 
@@ -753,6 +754,97 @@ impl Marketplace {
         }
     }
 
+    /// Seals `value` with the operator's secrets key for storage outside installs (for
+    /// example tenant webhook secrets): `key_id.nonce.ciphertext`, base64 parts. `scope`
+    /// and `name` are bound to it and must be given again to open it.
+    pub fn seal_text(&self, scope: &str, name: &str, value: &str) -> String {
+        use base64::Engine as _;
+        let sealed = self.inner.secrets.seal(scope, name, value);
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            sealed.key_id,
+            b64.encode(&sealed.nonce),
+            b64.encode(&sealed.ciphertext)
+        )
+    }
+
+    /// Opens what [`Marketplace::seal_text`] sealed.
+    pub fn open_text(&self, scope: &str, name: &str, text: &str) -> Result<String, MarketplaceError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let mut parts = text.splitn(3, '.');
+        let (Some(key_id), Some(nonce), Some(ciphertext)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(MarketplaceError::SecretsUnavailable(format!("{name}: not a sealed value")));
+        };
+        let sealed = crate::secrets::Sealed {
+            key_id: key_id.to_string(),
+            nonce: b64.decode(nonce).map_err(|error| MarketplaceError::SecretsUnavailable(format!("{name}: {error}")))?,
+            ciphertext: b64
+                .decode(ciphertext)
+                .map_err(|error| MarketplaceError::SecretsUnavailable(format!("{name}: {error}")))?,
+        };
+        self.inner
+            .secrets
+            .open(scope, name, &sealed)
+            .map_err(|error| MarketplaceError::SecretsUnavailable(format!("{name}: {error}")))
+    }
+
+    /// A ready-to-call handle on a messaging-channel install of this tenant: checks it
+    /// exists, is enabled, implements the messaging-channel world and its circuit is not
+    /// open. Calls through the handle count in the install's health like any other.
+    pub async fn channel(&self, db: &TenantDb, id: &str) -> Result<ChannelHandle, MarketplaceError> {
+        let active = self.active(db, id).await?;
+        active.last_used.store(now_ms(), Ordering::Relaxed);
+        if !active.install.enabled {
+            return Err(MarketplaceError::Disabled);
+        }
+        if active.loaded.plugin.world() != crate::runtime::World::MessagingChannel {
+            return Err(MarketplaceError::Invalid(format!(
+                "install {id} is {} {}, a {} plugin, not a messaging channel",
+                active.install.plugin,
+                active.install.version,
+                active.loaded.plugin.world()
+            )));
+        }
+        let health = self.health(db.tenant_id(), id);
+        let open_until = health.open_until.load(Ordering::Acquire);
+        if open_until != 0 && now_ms() < open_until {
+            return Err(MarketplaceError::CircuitOpen {
+                failures: health.consecutive_failures.load(Ordering::Acquire),
+                until: open_until,
+            });
+        }
+        Ok(ChannelHandle {
+            marketplace: self.clone(),
+            active,
+            health,
+        })
+    }
+
+    fn record_outcome<T>(
+        &self,
+        health: &Health,
+        id: &str,
+        result: Result<T, PluginError>,
+    ) -> Result<T, MarketplaceError> {
+        health.unflushed_calls.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(value) => {
+                health.consecutive_failures.store(0, Ordering::Release);
+                if health.open_until.swap(0, Ordering::AcqRel) != 0 {
+                    health.trips.store(0, Ordering::Release);
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                self.record_failure(health, id, &error.to_string());
+                Err(MarketplaceError::Plugin(error))
+            }
+        }
+    }
+
     fn record_failure(&self, health: &Health, id: &str, message: &str) {
         health.unflushed_failures.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
@@ -1123,5 +1215,98 @@ mod tests {
         assert!(answer.get("ok").is_some(), "{answer}");
         assert_eq!(marketplace.loaded_artifacts().len(), 1);
         Ok(())
+    }
+}
+
+/// A messaging-channel install ready to be called (see [`Marketplace::channel`]).
+pub struct ChannelHandle {
+    marketplace: Marketplace,
+    active: Arc<Active>,
+    health: Arc<Health>,
+}
+
+type ChannelResult<T> = Result<Result<T, channel_types::ChannelError>, MarketplaceError>;
+
+impl ChannelHandle {
+    /// The install.
+    pub fn install(&self) -> &Install {
+        &self.active.install
+    }
+
+    /// The plugin's name (for example `postdog/whatsapp`).
+    pub fn plugin(&self) -> &str {
+        &self.active.install.plugin
+    }
+
+    fn runtime(&self) -> &Runtime {
+        &self.marketplace.inner.runtime
+    }
+
+    fn finish<T>(&self, result: Result<T, PluginError>) -> Result<T, MarketplaceError> {
+        self.marketplace
+            .record_outcome(&self.health, &self.active.install.id, result)
+    }
+
+    /// `channel.send`.
+    pub async fn send(&self, message: &channel_types::OutboundMessage) -> ChannelResult<channel_types::SendReceipt> {
+        let result = self
+            .runtime()
+            .channel_send(&self.active.loaded.plugin, &self.active.context, message)
+            .await;
+        self.finish(result)
+    }
+
+    /// `channel.verify-webhook`.
+    pub async fn verify_webhook(&self, request: &types::HttpRequest) -> ChannelResult<types::HttpResponse> {
+        let result = self
+            .runtime()
+            .channel_verify_webhook(&self.active.loaded.plugin, &self.active.context, request)
+            .await;
+        self.finish(result)
+    }
+
+    /// `channel.handle-webhook`.
+    pub async fn handle_webhook(&self, request: &types::HttpRequest) -> ChannelResult<channel_types::WebhookOutcome> {
+        let result = self
+            .runtime()
+            .channel_handle_webhook(&self.active.loaded.plugin, &self.active.context, request)
+            .await;
+        self.finish(result)
+    }
+
+    /// `channel.submit-template`.
+    pub async fn submit_template(&self, template: &channel_types::TemplateDefinition) -> ChannelResult<channel_types::TemplateInfo> {
+        let result = self
+            .runtime()
+            .channel_submit_template(&self.active.loaded.plugin, &self.active.context, template)
+            .await;
+        self.finish(result)
+    }
+
+    /// `channel.list-templates`.
+    pub async fn list_templates(&self) -> ChannelResult<Vec<channel_types::TemplateInfo>> {
+        let result = self
+            .runtime()
+            .channel_list_templates(&self.active.loaded.plugin, &self.active.context)
+            .await;
+        self.finish(result)
+    }
+
+    /// `channel.mark-read`.
+    pub async fn mark_read(&self, provider_message_id: &str) -> ChannelResult<()> {
+        let result = self
+            .runtime()
+            .channel_mark_read(&self.active.loaded.plugin, &self.active.context, provider_message_id)
+            .await;
+        self.finish(result)
+    }
+
+    /// `channel.account-status` (JSON text).
+    pub async fn account_status(&self) -> ChannelResult<String> {
+        let result = self
+            .runtime()
+            .channel_account_status(&self.active.loaded.plugin, &self.active.context)
+            .await;
+        self.finish(result)
     }
 }

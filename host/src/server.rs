@@ -95,7 +95,24 @@ pub async fn serve(
     let watcher = tokio::spawn(
         marketplace
             .clone()
-            .watch(std::time::Duration::from_secs(1), watch_stopped),
+            .watch(std::time::Duration::from_secs(1), watch_stopped.clone()),
+    );
+    let jobs = crate::jobs::Jobs::new(storage.clone(), job_concurrency());
+    let webhooks = crate::webhooks::Webhooks::new(
+        marketplace.clone(),
+        jobs.clone(),
+        env_flag("POSTDOG_WEBHOOKS_ALLOW_PRIVATE"),
+    );
+    let messaging = crate::messaging::Messaging::new(
+        storage.clone(),
+        marketplace.clone(),
+        jobs.clone(),
+        webhooks.clone(),
+    );
+    crate::templates_sync::register(&jobs, marketplace.clone(), webhooks.clone());
+    let workers = tokio::spawn(
+        jobs.clone()
+            .run(watch_stopped, std::time::Duration::from_secs(10)),
     );
     let listener = TcpListener::bind(options.listen)
         .await
@@ -109,6 +126,9 @@ pub async fn serve(
         operator_token: options.operator_token.filter(|token| !token.is_empty()),
         importer: crate::imports::Importer::new(&options.data_dir, 2),
         marketplace,
+        jobs,
+        messaging,
+        webhooks,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -118,9 +138,25 @@ pub async fn serve(
     if let Err(error) = watcher.await {
         tracing::error!(%error, "the registry watcher failed");
     }
+    if let Err(error) = workers.await {
+        tracing::error!(%error, "the job workers failed");
+    }
     tracing::info!("shut down cleanly");
     storage.close().await;
     Ok(())
+}
+
+/// How many jobs run at once (`POSTDOG_JOB_CONCURRENCY`, default 32).
+fn job_concurrency() -> usize {
+    std::env::var("POSTDOG_JOB_CONCURRENCY")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|n: &usize| *n > 0)
+        .unwrap_or(32)
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|value| matches!(value.trim(), "1" | "true" | "yes"))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

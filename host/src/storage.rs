@@ -25,6 +25,9 @@ mod filter_sql;
 mod imports;
 mod installs;
 mod jobs;
+mod messaging;
+mod templates;
+mod webhooks;
 mod notes;
 mod plugin_kv;
 mod segments;
@@ -50,6 +53,13 @@ pub use custom_fields::{CustomField, FieldKind};
 pub use imports::{DuplicateStrategy, ImportCounts, ImportJob, ImportRow, RowOutcome};
 pub use installs::Install;
 pub use jobs::{Job, NewJob, QueueDepth};
+pub use templates::TemplateRecord;
+pub use webhooks::{Attempt, Delivery, Endpoint};
+pub use messaging::{
+    AssigneeFilter, Conversation, ConversationChange, ConversationFilter, ConversationNote,
+    DEFAULT_OPT_IN, DEFAULT_OPT_OUT, InboundRecord, InboundResult, Message, OutboundRecord, Queued,
+    StatusEntry, WINDOW_MS, status_rank,
+};
 pub use notes::Note;
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
 pub use segments::{Segment, SegmentWriteError};

@@ -1,0 +1,1223 @@
+//! Conversations and messages: what customers sent (deduplicated by the provider's
+//! message id, since providers redeliver for days), what the tenant sent (through the
+//! outbox: a message row and its send job written in one transaction), and each outbound
+//! message's delivery state, which only moves forward whatever order status webhooks
+//! arrive in. Statuses for a provider id not stored yet wait in `early_statuses`.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+
+use super::jobs::insert_job;
+use super::{Backend, NewJob, QueryContext, Storage, StorageError, TenantDb, now_ms};
+
+/// How long a customer's message keeps the customer-service window open.
+pub const WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// A conversation: one contact on one channel install.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conversation {
+    /// Its id.
+    pub id: String,
+    /// The channel install.
+    pub install_id: String,
+    /// The channel, for example `whatsapp`.
+    pub channel: String,
+    /// The contact.
+    pub contact_id: String,
+    /// `open` or `closed`.
+    pub status: String,
+    /// The agent it is assigned to, if any.
+    pub assignee: Option<String>,
+    /// Inbound messages since an agent last read it.
+    pub unread: i64,
+    /// Until when free-form messages may be sent (Unix ms), if the contact ever wrote.
+    pub window_expires_at: Option<i64>,
+    /// Whether the customer-service window is open now.
+    pub window_open: bool,
+    /// The last message's time, Unix ms.
+    pub last_message_at: i64,
+    /// The contact's last message's time, Unix ms.
+    pub last_inbound_at: Option<i64>,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Last changed, Unix ms.
+    pub updated_at: i64,
+}
+
+/// A message, in or out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// Its id (also the idempotency key towards the provider).
+    pub id: String,
+    /// Its conversation.
+    pub conversation_id: String,
+    /// The contact.
+    pub contact_id: String,
+    /// The channel install.
+    pub install_id: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// text, template, media, interactive, location, contacts, reaction, …
+    pub kind: String,
+    /// The content as JSON.
+    pub content: Value,
+    /// The provider's id (`wamid…`), once known.
+    pub provider_message_id: Option<String>,
+    /// The provider id of the message this one replies to.
+    pub reply_to: Option<String>,
+    /// received (inbound); queued, accepted, sent, delivered, read, failed (outbound).
+    pub status: String,
+    /// Why it failed, as JSON (`code`, `message`, …).
+    pub error: Option<Value>,
+    /// `service` or `marketing`.
+    pub purpose: String,
+    /// Who sent it (an API key id), for outbound messages.
+    pub sent_by: Option<String>,
+    /// The provider's timestamp of the message, Unix ms.
+    pub provider_at: Option<i64>,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Last changed, Unix ms.
+    pub updated_at: i64,
+    /// When the provider reported it sent.
+    pub sent_at: Option<i64>,
+    /// When it reached the device.
+    pub delivered_at: Option<i64>,
+    /// When it was read.
+    pub read_at: Option<i64>,
+    /// When it failed.
+    pub failed_at: Option<i64>,
+}
+
+/// One entry of a message's status history.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusEntry {
+    /// The status.
+    pub status: String,
+    /// The provider's time of the change, Unix ms.
+    pub provider_at: Option<i64>,
+    /// The error, for `failed`.
+    pub error: Option<Value>,
+    /// When PostDog recorded it, Unix ms.
+    pub recorded_at: i64,
+}
+
+/// The rank of a delivery state; states only move to a higher rank.
+pub fn status_rank(status: &str) -> i64 {
+    match status {
+        "queued" => 0,
+        "accepted" => 1,
+        "sent" => 2,
+        "delivered" => 3,
+        "read" => 4,
+        "failed" | "refused" => 9,
+        _ => -1,
+    }
+}
+
+/// An inbound message to record.
+#[derive(Debug, Clone)]
+pub struct InboundRecord {
+    /// The new message's id.
+    pub message_id: String,
+    /// The channel install it came through.
+    pub install_id: String,
+    /// The channel.
+    pub channel: String,
+    /// The provider's message id.
+    pub provider_message_id: String,
+    /// The sender's E.164 number.
+    pub phone: String,
+    /// The sender's profile name.
+    pub profile_name: Option<String>,
+    /// When the customer sent it, Unix ms.
+    pub timestamp_ms: i64,
+    /// Its kind.
+    pub kind: String,
+    /// Its content as JSON.
+    pub content: Value,
+    /// The provider id it replies to.
+    pub reply_to: Option<String>,
+}
+
+/// What recording an inbound message did.
+#[derive(Debug, Clone)]
+pub struct InboundResult {
+    /// The provider redelivered a message already stored; nothing changed.
+    pub duplicate: bool,
+    /// The message's id (the stored one for a duplicate).
+    pub message_id: String,
+    /// The conversation.
+    pub conversation_id: String,
+    /// The contact.
+    pub contact_id: String,
+    /// Whether the contact was created by this message.
+    pub contact_created: bool,
+}
+
+/// An outbound message to queue.
+#[derive(Debug, Clone)]
+pub struct OutboundRecord {
+    /// The new message's id.
+    pub message_id: String,
+    /// The channel install.
+    pub install_id: String,
+    /// The channel.
+    pub channel: String,
+    /// The contact.
+    pub contact_id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its content as JSON (what the channel's `send` gets).
+    pub content: Value,
+    /// The provider id it replies to.
+    pub reply_to: Option<String>,
+    /// `service` or `marketing`.
+    pub purpose: String,
+    /// The caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// A hash of the request, to tell a retry from a different request with the same key.
+    pub request_hash: Option<String>,
+    /// The API key that sent it.
+    pub sent_by: Option<String>,
+}
+
+/// What queueing an outbound message did.
+#[derive(Debug, Clone)]
+pub enum Queued {
+    /// Queued now.
+    New(Message),
+    /// The idempotency key was used before, for this (same) request: the first message.
+    Replayed(Message),
+    /// The idempotency key was used before for a different request.
+    KeyConflict(Message),
+}
+
+const CONVERSATION_COLUMNS: &str = "id, install_id, channel, contact_id, status, assignee, unread, \
+     window_expires_at, last_message_at, last_inbound_at, created_at, updated_at";
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, contact_id, install_id, direction, kind, content, \
+     provider_message_id, reply_to, status, error, purpose, sent_by, provider_at, created_at, updated_at, \
+     sent_at, delivered_at, read_at, failed_at";
+
+fn decode_conversation(row: &sqlx::any::AnyRow) -> Result<Conversation, sqlx::Error> {
+    let window_expires_at: Option<i64> = row.try_get("window_expires_at")?;
+    Ok(Conversation {
+        id: row.try_get("id")?,
+        install_id: row.try_get("install_id")?,
+        channel: row.try_get("channel")?,
+        contact_id: row.try_get("contact_id")?,
+        status: row.try_get("status")?,
+        assignee: row.try_get("assignee")?,
+        unread: row.try_get("unread")?,
+        window_expires_at,
+        window_open: window_expires_at.is_some_and(|until| until > now_ms()),
+        last_message_at: row.try_get("last_message_at")?,
+        last_inbound_at: row.try_get("last_inbound_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn json_column(row: &sqlx::any::AnyRow, name: &str) -> Result<Option<Value>, sqlx::Error> {
+    let text: Option<String> = row.try_get(name)?;
+    Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
+}
+
+fn decode_message(row: &sqlx::any::AnyRow) -> Result<Message, sqlx::Error> {
+    Ok(Message {
+        id: row.try_get("id")?,
+        conversation_id: row.try_get("conversation_id")?,
+        contact_id: row.try_get("contact_id")?,
+        install_id: row.try_get("install_id")?,
+        direction: row.try_get("direction")?,
+        kind: row.try_get("kind")?,
+        content: json_column(row, "content")?.unwrap_or(Value::Null),
+        provider_message_id: row.try_get("provider_message_id")?,
+        reply_to: row.try_get("reply_to")?,
+        status: row.try_get("status")?,
+        error: json_column(row, "error")?,
+        purpose: row.try_get("purpose")?,
+        sent_by: row.try_get("sent_by")?,
+        provider_at: row.try_get("provider_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        sent_at: row.try_get("sent_at")?,
+        delivered_at: row.try_get("delivered_at")?,
+        read_at: row.try_get("read_at")?,
+        failed_at: row.try_get("failed_at")?,
+    })
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.message().contains("UNIQUE constraint failed")
+                || db.code().as_deref() == Some("23505")
+        }
+        _ => false,
+    }
+}
+
+impl Storage {
+    /// Starts a write transaction (`BEGIN IMMEDIATE` on SQLite, so two writers queue on
+    /// the busy timeout instead of failing when a read lock is upgraded).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend() {
+            Backend::Sqlite => self.pool().begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool().begin().await,
+        }
+    }
+
+    /// The tenant owning install `id`, whatever tenant asks (webhook ingress: the URL
+    /// names only the install).
+    pub async fn install_tenant(&self, id: &str) -> Result<Option<String>, StorageError> {
+        let row = sqlx::query("SELECT tenant_id FROM plugin_installs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .context("finding an install's tenant")?;
+        row.map(|row| row.try_get("tenant_id"))
+            .transpose()
+            .context("decoding an install's tenant")
+    }
+}
+
+impl TenantDb {
+    /// Records an inbound message in one transaction: the contact (found by phone or
+    /// created with the profile name), the conversation (reopened, unread counted, the
+    /// window extended to 24 h after the customer's message), the message — unless the
+    /// provider id is stored already — and `jobs` (only when the message is new).
+    pub async fn record_inbound(
+        &self,
+        record: &InboundRecord,
+        make_jobs: impl FnOnce(&InboundResult) -> Vec<NewJob>,
+    ) -> Result<InboundResult, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        let outcome: Result<InboundResult, sqlx::Error> = async {
+            let mut tx = self.storage().begin_write().await?;
+            if let Some(row) = sqlx::query(
+                "SELECT id, conversation_id, contact_id FROM messages \
+                 WHERE tenant_id = $1 AND install_id = $2 AND provider_message_id = $3",
+            )
+            .bind(tenant)
+            .bind(&record.install_id)
+            .bind(&record.provider_message_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            {
+                return Ok(InboundResult {
+                    duplicate: true,
+                    message_id: row.try_get("id")?,
+                    conversation_id: row.try_get("conversation_id")?,
+                    contact_id: row.try_get("contact_id")?,
+                    contact_created: false,
+                });
+            }
+            let now = now_ms();
+            let new_contact = uuid::Uuid::now_v7().to_string();
+            let created = sqlx::query(
+                "INSERT INTO contacts (id, tenant_id, name, phone, fields, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, '{}', $5, $5) ON CONFLICT (tenant_id, phone) DO NOTHING",
+            )
+            .bind(&new_contact)
+            .bind(tenant)
+            .bind(record.profile_name.as_deref())
+            .bind(&record.phone)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            let contact_id: String = if created {
+                new_contact
+            } else {
+                let row = sqlx::query(
+                    "SELECT id, name FROM contacts WHERE tenant_id = $1 AND phone = $2",
+                )
+                .bind(tenant)
+                .bind(&record.phone)
+                .fetch_one(&mut *tx)
+                .await?;
+                let name: Option<String> = row.try_get("name")?;
+                let id: String = row.try_get("id")?;
+                if name.is_none() && record.profile_name.is_some() {
+                    sqlx::query(
+                        "UPDATE contacts SET name = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+                    )
+                    .bind(record.profile_name.as_deref())
+                    .bind(now)
+                    .bind(tenant)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                id
+            };
+            // The window runs from the customer's message, never beyond 24 h from now
+            // (a clock ahead of ours cannot stretch it).
+            let window = (record.timestamp_ms.min(now) + WINDOW_MS).max(0);
+            let conversation_id = uuid::Uuid::now_v7().to_string();
+            let row = sqlx::query(
+                "INSERT INTO conversations (id, tenant_id, install_id, channel, contact_id, status, unread, \
+                 window_expires_at, last_message_at, last_inbound_at, last_inbound_provider_id, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'open', 1, $6, $7, $8, $9, $7, $7) \
+                 ON CONFLICT (tenant_id, install_id, contact_id) DO UPDATE SET \
+                   status = 'open', unread = conversations.unread + 1, \
+                   window_expires_at = CASE WHEN conversations.window_expires_at IS NULL \
+                       OR conversations.window_expires_at < excluded.window_expires_at \
+                       THEN excluded.window_expires_at ELSE conversations.window_expires_at END, \
+                   last_message_at = excluded.last_message_at, \
+                   last_inbound_at = CASE WHEN conversations.last_inbound_at IS NULL \
+                       OR conversations.last_inbound_at < excluded.last_inbound_at \
+                       THEN excluded.last_inbound_at ELSE conversations.last_inbound_at END, \
+                   last_inbound_provider_id = CASE WHEN conversations.last_inbound_at IS NULL \
+                       OR conversations.last_inbound_at <= excluded.last_inbound_at \
+                       THEN excluded.last_inbound_provider_id ELSE conversations.last_inbound_provider_id END, \
+                   updated_at = excluded.updated_at \
+                 RETURNING id",
+            )
+            .bind(&conversation_id)
+            .bind(tenant)
+            .bind(&record.install_id)
+            .bind(&record.channel)
+            .bind(&contact_id)
+            .bind(window)
+            .bind(now)
+            .bind(record.timestamp_ms)
+            .bind(&record.provider_message_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let conversation_id: String = row.try_get("id")?;
+            sqlx::query(
+                "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, install_id, direction, kind, \
+                 content, provider_message_id, reply_to, status, status_rank, purpose, provider_at, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'inbound', $6, $7, $8, $9, 'received', 0, 'service', $10, $11, $11)",
+            )
+            .bind(&record.message_id)
+            .bind(tenant)
+            .bind(&conversation_id)
+            .bind(&contact_id)
+            .bind(&record.install_id)
+            .bind(&record.kind)
+            .bind(record.content.to_string())
+            .bind(&record.provider_message_id)
+            .bind(record.reply_to.as_deref())
+            .bind(record.timestamp_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let result = InboundResult {
+                duplicate: false,
+                message_id: record.message_id.clone(),
+                conversation_id,
+                contact_id,
+                contact_created: created,
+            };
+            for job in make_jobs(&result) {
+                insert_job(&mut *tx, &job).await?;
+            }
+            tx.commit().await?;
+            Ok(result)
+        }
+        .await;
+        match outcome {
+            Ok(result) => Ok(result),
+            // A concurrent delivery of the same message won the race (PostgreSQL).
+            Err(error) if is_unique_violation(&error) => {
+                let existing = self
+                    .message_by_provider_id(&record.install_id, &record.provider_message_id)
+                    .await?;
+                match existing {
+                    Some(message) => Ok(InboundResult {
+                        duplicate: true,
+                        message_id: message.id,
+                        conversation_id: message.conversation_id,
+                        contact_id: message.contact_id,
+                        contact_created: false,
+                    }),
+                    None => Err(StorageError::Query {
+                        context: "recording an inbound message",
+                        source: error,
+                    }),
+                }
+            }
+            Err(source) => Err(StorageError::Query {
+                context: "recording an inbound message",
+                source,
+            }),
+        }
+    }
+
+    /// A message by the provider's id.
+    pub async fn message_by_provider_id(
+        &self,
+        install_id: &str,
+        provider_message_id: &str,
+    ) -> Result<Option<Message>, StorageError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE tenant_id = $1 AND install_id = $2 AND provider_message_id = $3"
+        )))
+        .bind(self.tenant_id().as_str())
+        .bind(install_id)
+        .bind(provider_message_id)
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading a message")?;
+        row.as_ref()
+            .map(decode_message)
+            .transpose()
+            .context("decoding a message")
+    }
+
+    /// Queues an outbound message and its send `job` in one transaction (the outbox).
+    /// A reused idempotency key returns the first message instead.
+    pub async fn queue_outbound(
+        &self,
+        record: &OutboundRecord,
+        job: &NewJob,
+    ) -> Result<Queued, StorageError> {
+        if let Some(key) = &record.idempotency_key
+            && let Some(existing) = self.message_by_idempotency_key(key).await?
+        {
+            return Ok(self.replay(existing, record));
+        }
+        let tenant = self.tenant_id().as_str();
+        let outcome: Result<(), sqlx::Error> = async {
+            let mut tx = self.storage().begin_write().await?;
+            let now = now_ms();
+            let row = sqlx::query(
+                "INSERT INTO conversations (id, tenant_id, install_id, channel, contact_id, status, unread, \
+                 last_message_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'open', 0, $6, $6, $6) \
+                 ON CONFLICT (tenant_id, install_id, contact_id) DO UPDATE SET \
+                   last_message_at = excluded.last_message_at, updated_at = excluded.updated_at \
+                 RETURNING id",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(tenant)
+            .bind(&record.install_id)
+            .bind(&record.channel)
+            .bind(&record.contact_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let conversation_id: String = row.try_get("id")?;
+            sqlx::query(
+                "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, install_id, direction, kind, \
+                 content, reply_to, status, status_rank, purpose, idempotency_key, request_hash, sent_by, \
+                 created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'outbound', $6, $7, $8, 'queued', 0, $9, $10, $11, $12, $13, $13)",
+            )
+            .bind(&record.message_id)
+            .bind(tenant)
+            .bind(&conversation_id)
+            .bind(&record.contact_id)
+            .bind(&record.install_id)
+            .bind(&record.kind)
+            .bind(record.content.to_string())
+            .bind(record.reply_to.as_deref())
+            .bind(&record.purpose)
+            .bind(record.idempotency_key.as_deref())
+            .bind(record.request_hash.as_deref())
+            .bind(record.sent_by.as_deref())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            insert_job(&mut *tx, job).await?;
+            tx.commit().await
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(Queued::New(
+                self.message(&record.message_id)
+                    .await?
+                    .ok_or(StorageError::Query {
+                        context: "reading a queued message",
+                        source: sqlx::Error::RowNotFound,
+                    })?,
+            )),
+            Err(error) if is_unique_violation(&error) && record.idempotency_key.is_some() => {
+                let key = record.idempotency_key.as_deref().unwrap_or_default();
+                match self.message_by_idempotency_key(key).await? {
+                    Some(existing) => Ok(self.replay(existing, record)),
+                    None => Err(StorageError::Query {
+                        context: "queueing a message",
+                        source: error,
+                    }),
+                }
+            }
+            Err(source) => Err(StorageError::Query {
+                context: "queueing a message",
+                source,
+            }),
+        }
+    }
+
+    fn replay(&self, existing: (Message, Option<String>), record: &OutboundRecord) -> Queued {
+        let (message, hash) = existing;
+        if hash == record.request_hash {
+            Queued::Replayed(message)
+        } else {
+            Queued::KeyConflict(message)
+        }
+    }
+
+    async fn message_by_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Message, Option<String>)>, StorageError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS}, request_hash FROM messages WHERE tenant_id = $1 AND idempotency_key = $2"
+        )))
+        .bind(self.tenant_id().as_str())
+        .bind(key)
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading a message by idempotency key")?;
+        row.as_ref()
+            .map(|row| Ok((decode_message(row)?, row.try_get("request_hash")?)))
+            .transpose()
+            .context("decoding a message")
+    }
+
+    /// One message.
+    pub async fn message(&self, id: &str) -> Result<Option<Message>, StorageError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(self.tenant_id().as_str())
+        .bind(id)
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading a message")?;
+        row.as_ref()
+            .map(decode_message)
+            .transpose()
+            .context("decoding a message")
+    }
+
+    /// Applies a delivery status to the outbound message with `provider_message_id`:
+    /// the status moves forward only, the status's time column is filled if empty and
+    /// the history gets the entry once. `None` (and the status kept for later) when the
+    /// message is not known yet; else the message and whether its status changed.
+    pub async fn apply_status(
+        &self,
+        install_id: &str,
+        provider_message_id: &str,
+        status: &str,
+        provider_at: Option<i64>,
+        error: Option<&Value>,
+        make_jobs: impl FnOnce(&Message, bool) -> Vec<NewJob>,
+    ) -> Result<Option<(Message, bool)>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        let rank = status_rank(status);
+        let now = now_ms();
+        let at = provider_at.unwrap_or(now);
+        let time_column = match status {
+            "sent" => "sent_at",
+            "delivered" => "delivered_at",
+            "read" => "read_at",
+            "failed" => "failed_at",
+            _ => "updated_at",
+        };
+        let outcome: Result<Option<(Message, bool)>, sqlx::Error> = async {
+            let mut tx = self.storage().begin_write().await?;
+            let Some(row) = sqlx::query(
+                "SELECT id, status_rank FROM messages \
+                 WHERE tenant_id = $1 AND install_id = $2 AND provider_message_id = $3",
+            )
+            .bind(tenant)
+            .bind(install_id)
+            .bind(provider_message_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                sqlx::query(
+                    "INSERT INTO early_statuses (id, tenant_id, install_id, provider_message_id, status, \
+                     provider_at, error, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(tenant)
+                .bind(install_id)
+                .bind(provider_message_id)
+                .bind(status)
+                .bind(provider_at)
+                .bind(error.map(Value::to_string))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(None);
+            };
+            let id: String = row.try_get("id")?;
+            let current: i64 = row.try_get("status_rank")?;
+            let changed = rank > current && current < 9;
+            // Fill this status's time (a late `sent` after `read` still records when it
+            // was sent), and move the state only forward.
+            let mut sql = format!(
+                "UPDATE messages SET {time_column} = COALESCE({time_column}, $1), updated_at = $2"
+            );
+            if changed {
+                sql.push_str(", status = $5, status_rank = $6, error = COALESCE($7, error)");
+            }
+            sql.push_str(" WHERE tenant_id = $3 AND id = $4");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(at)
+                .bind(now)
+                .bind(tenant)
+                .bind(&id);
+            if changed {
+                query = query
+                    .bind(status)
+                    .bind(rank)
+                    .bind(error.map(Value::to_string));
+            }
+            query.execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO message_status_history (id, tenant_id, message_id, status, provider_at, error, recorded_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS \
+                 (SELECT 1 FROM message_status_history WHERE tenant_id = $2 AND message_id = $3 AND status = $4)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(tenant)
+            .bind(&id)
+            .bind(status)
+            .bind(provider_at)
+            .bind(error.map(Value::to_string))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
+            )))
+            .bind(tenant)
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let message = decode_message(&row)?;
+            for job in make_jobs(&message, changed) {
+                insert_job(&mut *tx, &job).await?;
+            }
+            tx.commit().await?;
+            Ok(Some((message, changed)))
+        }
+        .await;
+        outcome.context("applying a delivery status")
+    }
+
+    /// Records the provider's acceptance of an outbound message (its provider id), then
+    /// applies statuses that arrived before it. The message after all of that.
+    pub async fn mark_accepted(
+        &self,
+        message_id: &str,
+        provider_message_id: &str,
+        make_jobs: impl Fn(&Message, &str) -> Vec<NewJob>,
+    ) -> Result<Option<Message>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        let now = now_ms();
+        let updated = sqlx::query(
+            "UPDATE messages SET provider_message_id = $1, \
+             status = CASE WHEN status_rank < 1 THEN 'accepted' ELSE status END, \
+             status_rank = CASE WHEN status_rank < 1 THEN 1 ELSE status_rank END, updated_at = $2 \
+             WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(provider_message_id)
+        .bind(now)
+        .bind(tenant)
+        .bind(message_id)
+        .execute(self.storage().pool())
+        .await
+        .context("recording a send receipt")?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        self.record_history(message_id, "accepted", None, None)
+            .await?;
+        let Some(message) = self.message(message_id).await? else {
+            return Ok(None);
+        };
+        let early = sqlx::query(
+            "SELECT id, status, provider_at, error FROM early_statuses \
+             WHERE tenant_id = $1 AND install_id = $2 AND provider_message_id = $3 ORDER BY recorded_at",
+        )
+        .bind(tenant)
+        .bind(&message.install_id)
+        .bind(provider_message_id)
+        .fetch_all(self.storage().pool())
+        .await
+        .context("reading early statuses")?;
+        if early.is_empty() {
+            return Ok(Some(message));
+        }
+        let mut latest = Some(message.clone());
+        for row in &early {
+            let status: String = row.try_get("status").context("decoding early status")?;
+            let at: Option<i64> = row.try_get("provider_at").context("decoding early status")?;
+            let error = json_column(row, "error").context("decoding early status")?;
+            if let Some((message, _)) = self
+                .apply_status(
+                    &message.install_id,
+                    provider_message_id,
+                    &status,
+                    at,
+                    error.as_ref(),
+                    |message, changed| {
+                        if changed {
+                            make_jobs(message, &status)
+                        } else {
+                            Vec::new()
+                        }
+                    },
+                )
+                .await?
+            {
+                latest = Some(message);
+            }
+        }
+        sqlx::query(
+            "DELETE FROM early_statuses WHERE tenant_id = $1 AND install_id = $2 AND provider_message_id = $3",
+        )
+        .bind(tenant)
+        .bind(&message.install_id)
+        .bind(provider_message_id)
+        .execute(self.storage().pool())
+        .await
+        .context("clearing early statuses")?;
+        Ok(latest)
+    }
+
+    /// Marks an outbound message failed (or `refused` by the kernel) with `error`.
+    pub async fn mark_failed(
+        &self,
+        message_id: &str,
+        status: &str,
+        error: &Value,
+    ) -> Result<Option<Message>, StorageError> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE messages SET status = $1, status_rank = 9, error = $2, failed_at = $3, updated_at = $3 \
+             WHERE tenant_id = $4 AND id = $5 AND status_rank < 9",
+        )
+        .bind(status)
+        .bind(error.to_string())
+        .bind(now)
+        .bind(self.tenant_id().as_str())
+        .bind(message_id)
+        .execute(self.storage().pool())
+        .await
+        .context("marking a message failed")?;
+        self.record_history(message_id, status, None, Some(error))
+            .await?;
+        self.message(message_id).await
+    }
+
+    async fn record_history(
+        &self,
+        message_id: &str,
+        status: &str,
+        provider_at: Option<i64>,
+        error: Option<&Value>,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO message_status_history (id, tenant_id, message_id, status, provider_at, error, recorded_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS \
+             (SELECT 1 FROM message_status_history WHERE tenant_id = $2 AND message_id = $3 AND status = $4)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(self.tenant_id().as_str())
+        .bind(message_id)
+        .bind(status)
+        .bind(provider_at)
+        .bind(error.map(Value::to_string))
+        .bind(now_ms())
+        .execute(self.storage().pool())
+        .await
+        .context("recording a status")
+        .map(drop)
+    }
+
+    /// A message's status history in the order it was recorded.
+    pub async fn status_history(&self, message_id: &str) -> Result<Vec<StatusEntry>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT status, provider_at, error, recorded_at FROM message_status_history \
+             WHERE tenant_id = $1 AND message_id = $2 ORDER BY recorded_at, id",
+        )
+        .bind(self.tenant_id().as_str())
+        .bind(message_id)
+        .fetch_all(self.storage().pool())
+        .await
+        .context("reading a status history")?;
+        rows.iter()
+            .map(|row| {
+                Ok(StatusEntry {
+                    status: row.try_get("status")?,
+                    provider_at: row.try_get("provider_at")?,
+                    error: json_column(row, "error")?,
+                    recorded_at: row.try_get("recorded_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding a status history")
+    }
+
+    /// One conversation.
+    pub async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StorageError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(self.tenant_id().as_str())
+        .bind(id)
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading a conversation")?;
+        row.as_ref()
+            .map(decode_conversation)
+            .transpose()
+            .context("decoding a conversation")
+    }
+
+    /// The conversation of a contact on an install, if any.
+    pub async fn conversation_of(
+        &self,
+        install_id: &str,
+        contact_id: &str,
+    ) -> Result<Option<Conversation>, StorageError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations \
+             WHERE tenant_id = $1 AND install_id = $2 AND contact_id = $3"
+        )))
+        .bind(self.tenant_id().as_str())
+        .bind(install_id)
+        .bind(contact_id)
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading a conversation")?;
+        row.as_ref()
+            .map(decode_conversation)
+            .transpose()
+            .context("decoding a conversation")
+    }
+
+    /// Conversations, most recent first, filtered.
+    pub async fn conversations(
+        &self,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<Conversation>, StorageError> {
+        let mut builder = sqlx::QueryBuilder::<sqlx::Any>::new(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = "
+        ));
+        builder.push_bind(self.tenant_id().as_str().to_string());
+        if let Some(status) = &filter.status {
+            builder.push(" AND status = ").push_bind(status.clone());
+        }
+        match &filter.assignee {
+            Some(AssigneeFilter::Unassigned) => {
+                builder.push(" AND assignee IS NULL");
+            }
+            Some(AssigneeFilter::Assigned) => {
+                builder.push(" AND assignee IS NOT NULL");
+            }
+            Some(AssigneeFilter::Agent(agent)) => {
+                builder.push(" AND assignee = ").push_bind(agent.clone());
+            }
+            None => {}
+        }
+        if filter.unread {
+            builder.push(" AND unread > 0");
+        }
+        if let Some(channel) = &filter.channel {
+            builder.push(" AND channel = ").push_bind(channel.clone());
+        }
+        if let Some(install) = &filter.install_id {
+            builder.push(" AND install_id = ").push_bind(install.clone());
+        }
+        if let Some(contact) = &filter.contact_id {
+            builder.push(" AND contact_id = ").push_bind(contact.clone());
+        }
+        if let Some(before) = filter.before {
+            builder.push(" AND last_message_at < ").push_bind(before);
+        }
+        builder
+            .push(" ORDER BY last_message_at DESC, id DESC LIMIT ")
+            .push_bind(filter.limit);
+        let rows = builder
+            .build()
+            .fetch_all(self.storage().pool())
+            .await
+            .context("listing conversations")?;
+        rows.iter()
+            .map(decode_conversation)
+            .collect::<Result<_, _>>()
+            .context("decoding conversations")
+    }
+
+    /// Messages of a conversation, oldest first, optionally only those created before
+    /// `before` (the newest `limit` of them).
+    pub async fn conversation_messages(
+        &self,
+        conversation_id: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Message>, StorageError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND conversation_id = $2 \
+             AND ($3 IS NULL OR created_at < $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+        )))
+        .bind(self.tenant_id().as_str())
+        .bind(conversation_id)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(self.storage().pool())
+        .await
+        .context("listing messages")?;
+        let mut messages = rows
+            .iter()
+            .map(decode_message)
+            .collect::<Result<Vec<_>, _>>()
+            .context("decoding messages")?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// Changes a conversation's assignee / status / unread count; the conversation after.
+    pub async fn update_conversation(
+        &self,
+        id: &str,
+        change: &ConversationChange,
+    ) -> Result<Option<Conversation>, StorageError> {
+        let mut builder = sqlx::QueryBuilder::<sqlx::Any>::new("UPDATE conversations SET updated_at = ");
+        builder.push_bind(now_ms());
+        if let Some(assignee) = &change.assignee {
+            builder.push(", assignee = ").push_bind(assignee.clone());
+        }
+        if let Some(status) = &change.status {
+            builder.push(", status = ").push_bind(status.clone());
+        }
+        if change.mark_read {
+            builder.push(", unread = 0");
+        }
+        builder
+            .push(" WHERE tenant_id = ")
+            .push_bind(self.tenant_id().as_str().to_string())
+            .push(" AND id = ")
+            .push_bind(id.to_string());
+        let updated = builder
+            .build()
+            .execute(self.storage().pool())
+            .await
+            .context("updating a conversation")?
+            .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        self.conversation(id).await
+    }
+
+    /// The provider id of the contact's latest message in a conversation (to mark read).
+    pub async fn last_inbound_provider_id(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let row = sqlx::query(
+            "SELECT last_inbound_provider_id FROM conversations WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(self.tenant_id().as_str())
+        .bind(conversation_id)
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading a conversation")?;
+        Ok(row.and_then(|row| row.try_get("last_inbound_provider_id").ok().flatten()))
+    }
+
+    /// Adds an internal note to a conversation; `None` if there is no such conversation.
+    pub async fn add_conversation_note(
+        &self,
+        conversation_id: &str,
+        body: &str,
+        author: Option<&str>,
+    ) -> Result<Option<ConversationNote>, StorageError> {
+        let note = ConversationNote {
+            id: uuid::Uuid::now_v7().to_string(),
+            conversation_id: conversation_id.to_string(),
+            body: body.to_string(),
+            author: author.map(str::to_string),
+            created_at: now_ms(),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO conversation_notes (id, tenant_id, conversation_id, body, author, created_at) \
+             SELECT $1, $2, $3, $4, $5, $6 FROM conversations WHERE tenant_id = $2 AND id = $3",
+        )
+        .bind(&note.id)
+        .bind(self.tenant_id().as_str())
+        .bind(conversation_id)
+        .bind(body)
+        .bind(author)
+        .bind(note.created_at)
+        .execute(self.storage().pool())
+        .await
+        .context("adding a conversation note")?
+        .rows_affected();
+        Ok((inserted > 0).then_some(note))
+    }
+
+    /// A conversation's notes, oldest first.
+    pub async fn conversation_notes(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Vec<ConversationNote>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, conversation_id, body, author, created_at FROM conversation_notes \
+             WHERE tenant_id = $1 AND conversation_id = $2 ORDER BY id",
+        )
+        .bind(self.tenant_id().as_str())
+        .bind(conversation_id)
+        .fetch_all(self.storage().pool())
+        .await
+        .context("reading conversation notes")?;
+        rows.iter()
+            .map(|row| {
+                Ok(ConversationNote {
+                    id: row.try_get("id")?,
+                    conversation_id: row.try_get("conversation_id")?,
+                    body: row.try_get("body")?,
+                    author: row.try_get("author")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding conversation notes")
+    }
+
+    /// The contact with this (E.164) phone number.
+    pub async fn contact_by_phone(
+        &self,
+        phone: &str,
+    ) -> Result<Option<super::Contact>, StorageError> {
+        let row = sqlx::query("SELECT id FROM contacts WHERE tenant_id = $1 AND phone = $2")
+            .bind(self.tenant_id().as_str())
+            .bind(phone)
+            .fetch_optional(self.storage().pool())
+            .await
+            .context("finding a contact by phone")?;
+        match row {
+            Some(row) => {
+                let id: String = row.try_get("id").context("decoding a contact id")?;
+                self.get_contact(&id).await
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The tenant's opt-out and opt-in keywords (defaults when never set).
+    pub async fn messaging_keywords(&self) -> Result<(Vec<String>, Vec<String>), StorageError> {
+        let row = sqlx::query(
+            "SELECT opt_out_keywords, opt_in_keywords FROM messaging_settings WHERE tenant_id = $1",
+        )
+        .bind(self.tenant_id().as_str())
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading messaging settings")?;
+        let Some(row) = row else {
+            return Ok((
+                DEFAULT_OPT_OUT.iter().map(|k| k.to_string()).collect(),
+                DEFAULT_OPT_IN.iter().map(|k| k.to_string()).collect(),
+            ));
+        };
+        let list = |name: &str| -> Result<Vec<String>, StorageError> {
+            let text: String = row.try_get(name).context("decoding messaging settings")?;
+            Ok(serde_json::from_str(&text).unwrap_or_default())
+        };
+        Ok((list("opt_out_keywords")?, list("opt_in_keywords")?))
+    }
+
+    /// Replaces the tenant's opt-out and opt-in keywords.
+    pub async fn set_messaging_keywords(
+        &self,
+        opt_out: &[String],
+        opt_in: &[String],
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO messaging_settings (tenant_id, opt_out_keywords, opt_in_keywords, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO UPDATE SET \
+             opt_out_keywords = excluded.opt_out_keywords, opt_in_keywords = excluded.opt_in_keywords, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(self.tenant_id().as_str())
+        .bind(serde_json::to_string(opt_out).unwrap_or_else(|_| "[]".into()))
+        .bind(serde_json::to_string(opt_in).unwrap_or_else(|_| "[]".into()))
+        .bind(now_ms())
+        .execute(self.storage().pool())
+        .await
+        .context("saving messaging settings")
+        .map(drop)
+    }
+}
+
+/// Default opt-out keywords (matched case-insensitively against the whole message).
+pub const DEFAULT_OPT_OUT: [&str; 5] = ["STOP", "UNSUBSCRIBE", "STOPALL", "CANCEL", "END"];
+/// Default opt-in keywords.
+pub const DEFAULT_OPT_IN: [&str; 2] = ["START", "SUBSCRIBE"];
+
+/// A note on a conversation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationNote {
+    /// Its id.
+    pub id: String,
+    /// The conversation.
+    pub conversation_id: String,
+    /// The text.
+    pub body: String,
+    /// Who wrote it (an API key id).
+    pub author: Option<String>,
+    /// When, Unix ms.
+    pub created_at: i64,
+}
+
+/// Who a conversation is assigned to, as a filter.
+#[derive(Debug, Clone)]
+pub enum AssigneeFilter {
+    /// Nobody.
+    Unassigned,
+    /// Anybody.
+    Assigned,
+    /// This agent.
+    Agent(String),
+}
+
+/// Filters of the conversation list.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationFilter {
+    /// `open` or `closed`.
+    pub status: Option<String>,
+    /// Assignment.
+    pub assignee: Option<AssigneeFilter>,
+    /// Only with unread messages.
+    pub unread: bool,
+    /// One channel.
+    pub channel: Option<String>,
+    /// One install.
+    pub install_id: Option<String>,
+    /// One contact.
+    pub contact_id: Option<String>,
+    /// Only older than this last-message time (paging).
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// A change to a conversation.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationChange {
+    /// A new assignee (`Some(None)` unassigns).
+    pub assignee: Option<Option<String>>,
+    /// A new status.
+    pub status: Option<String>,
+    /// Reset the unread count.
+    pub mark_read: bool,
+}
