@@ -1198,7 +1198,10 @@ fn lint_button_grouping(buttons: &[Button], findings: &mut Findings) {
                 findings.warning(
                     "buttons",
                     "buttons-not-grouped",
-                    format!("buttons[{index}] breaks up the {} buttons: put all quick replies together, before or after the other buttons", if quick_reply { "call-to-action" } else { "quick-reply" }),
+                    format!(
+                        "buttons[{index}] starts a second group of {} buttons: put all quick replies together, before or after the other buttons",
+                        if quick_reply { "quick-reply" } else { "call-to-action" }
+                    ),
                 );
                 return;
             }
@@ -2495,7 +2498,22 @@ mod tests {
         let interleaved = with_buttons(json!([qr("Yes"), url, qr("No")]));
         let found = finding(&interleaved, "buttons-not-grouped");
         assert_eq!(found.severity, Severity::Warning);
-        assert!(found.message.contains("buttons[2]"), "{}", found.message);
+        assert!(
+            found
+                .message
+                .contains("buttons[2] starts a second group of quick-reply"),
+            "{}",
+            found.message
+        );
+        let split_links = with_buttons(json!([url, qr("Yes"), url]));
+        let found = finding(&split_links, "buttons-not-grouped");
+        assert!(
+            found
+                .message
+                .contains("buttons[2] starts a second group of call-to-action"),
+            "{}",
+            found.message
+        );
     }
 
     #[test]
