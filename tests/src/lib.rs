@@ -1,6 +1,7 @@
 //! Support for PostDog's end-to-end tests: the plugins built from `plugins/` by this
 //! crate's build script, and loopback fakes of third-party services.
 
+pub mod fake_graph;
 use std::path::PathBuf;
 
 /// The directory holding the plugins built for the tests.
