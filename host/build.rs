@@ -6,6 +6,9 @@
 mod plugins;
 
 fn main() {
-    let dir = plugins::build_plugins(&["hello-action", "echo-channel"], &["examples"]);
+    let dir = plugins::build_plugins(
+        &["hello-action", "echo-channel", "whatsapp"],
+        &["examples", "whatsapp"],
+    );
     println!("cargo:rustc-env=POSTDOG_FIRST_PARTY_DIR={}", dir.display());
 }

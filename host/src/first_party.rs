@@ -37,6 +37,10 @@ pub const BUNDLED: &[Bundled] = &[
             "/echo_channel.wasm"
         )),
     },
+    Bundled {
+        manifest: include_str!("../../plugins/whatsapp/postdog-plugin.toml"),
+        component: include_bytes!(concat!(env!("POSTDOG_FIRST_PARTY_DIR"), "/whatsapp.wasm")),
+    },
 ];
 
 /// Where the operator's publisher key lives.
