@@ -1163,61 +1163,6 @@ pub fn missing_settings(
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runtime::RuntimeConfig;
-
-    /// Idle installs are dropped, and with them the compiled code nobody else uses; the
-    /// next call rebuilds everything.
-    #[tokio::test]
-    async fn idle_installs_are_evicted_and_their_code_freed() -> anyhow::Result<()> {
-        let db = crate::storage::testing::sqlite().await?;
-        let dir = tempfile::tempdir()?;
-        let registry = Registry::open(&dir.path().display().to_string())?;
-        let key = postdog_registry::PublisherKey::generate()?;
-        crate::first_party::seed(&registry, &key).await?;
-        let runtime = Runtime::new(RuntimeConfig::default(), Some(db.storage.clone()))?;
-        let secrets = SecretKeys::from_base64(&SecretKeys::generate_base64(), &[])?;
-        let marketplace = Marketplace::new(db.storage.clone(), runtime, registry, secrets);
-        let tenant = db.storage.create_tenant("Idle", "pro").await?;
-        let tenant_db = db.storage.tenant(&tenant.id);
-        let install = marketplace
-            .install(
-                &tenant_db,
-                "postdog/hello-action",
-                "^0.1",
-                vec!["kv".into()],
-                Map::new(),
-            )
-            .await?;
-        let input = json!({"contact": {"name": "Ada"}});
-        let answer = marketplace
-            .call(&tenant_db, &install.id, None, input.clone())
-            .await?;
-        assert!(answer.get("ok").is_some(), "{answer}");
-        assert_eq!(marketplace.loaded_artifacts().len(), 1);
-
-        // Recently used: kept.
-        assert_eq!(marketplace.evict_idle(Duration::from_secs(60)), 0);
-        assert_eq!(marketplace.loaded_artifacts().len(), 1);
-        // Idle: dropped, and the compiled code with it.
-        marketplace.flush_health().await;
-        assert_eq!(marketplace.evict_idle(Duration::ZERO), 1);
-        assert!(marketplace.loaded_artifacts().is_empty());
-        assert!(marketplace.inner.health.lock().expect("lock").is_empty());
-        // The flushed counts are in the database.
-        assert_eq!(marketplace.get(&tenant_db, &install.id).await?.calls, 1);
-        // The next call rebuilds it.
-        let answer = marketplace
-            .call(&tenant_db, &install.id, None, input)
-            .await?;
-        assert!(answer.get("ok").is_some(), "{answer}");
-        assert_eq!(marketplace.loaded_artifacts().len(), 1);
-        Ok(())
-    }
-}
-
 /// A messaging-channel install ready to be called (see [`Marketplace::channel`]).
 pub struct ChannelHandle {
     marketplace: Marketplace,
@@ -1308,5 +1253,60 @@ impl ChannelHandle {
             .channel_account_status(&self.active.loaded.plugin, &self.active.context)
             .await;
         self.finish(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeConfig;
+
+    /// Idle installs are dropped, and with them the compiled code nobody else uses; the
+    /// next call rebuilds everything.
+    #[tokio::test]
+    async fn idle_installs_are_evicted_and_their_code_freed() -> anyhow::Result<()> {
+        let db = crate::storage::testing::sqlite().await?;
+        let dir = tempfile::tempdir()?;
+        let registry = Registry::open(&dir.path().display().to_string())?;
+        let key = postdog_registry::PublisherKey::generate()?;
+        crate::first_party::seed(&registry, &key).await?;
+        let runtime = Runtime::new(RuntimeConfig::default(), Some(db.storage.clone()))?;
+        let secrets = SecretKeys::from_base64(&SecretKeys::generate_base64(), &[])?;
+        let marketplace = Marketplace::new(db.storage.clone(), runtime, registry, secrets);
+        let tenant = db.storage.create_tenant("Idle", "pro").await?;
+        let tenant_db = db.storage.tenant(&tenant.id);
+        let install = marketplace
+            .install(
+                &tenant_db,
+                "postdog/hello-action",
+                "^0.1",
+                vec!["kv".into()],
+                Map::new(),
+            )
+            .await?;
+        let input = json!({"contact": {"name": "Ada"}});
+        let answer = marketplace
+            .call(&tenant_db, &install.id, None, input.clone())
+            .await?;
+        assert!(answer.get("ok").is_some(), "{answer}");
+        assert_eq!(marketplace.loaded_artifacts().len(), 1);
+
+        // Recently used: kept.
+        assert_eq!(marketplace.evict_idle(Duration::from_secs(60)), 0);
+        assert_eq!(marketplace.loaded_artifacts().len(), 1);
+        // Idle: dropped, and the compiled code with it.
+        marketplace.flush_health().await;
+        assert_eq!(marketplace.evict_idle(Duration::ZERO), 1);
+        assert!(marketplace.loaded_artifacts().is_empty());
+        assert!(marketplace.inner.health.lock().expect("lock").is_empty());
+        // The flushed counts are in the database.
+        assert_eq!(marketplace.get(&tenant_db, &install.id).await?.calls, 1);
+        // The next call rebuilds it.
+        let answer = marketplace
+            .call(&tenant_db, &install.id, None, input)
+            .await?;
+        assert!(answer.get("ok").is_some(), "{answer}");
+        assert_eq!(marketplace.loaded_artifacts().len(), 1);
+        Ok(())
     }
 }

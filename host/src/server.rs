@@ -54,13 +54,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let storage = migrate(&options.data_dir, options.database_url.as_deref()).await?;
-    let runtime = Runtime::new(
-        RuntimeConfig {
-            cache_dir: Some(options.data_dir.join("cache").join("plugins")),
-            ..RuntimeConfig::default()
-        },
-        Some(storage.clone()),
-    )?;
+    let mut runtime_config = RuntimeConfig {
+        cache_dir: Some(options.data_dir.join("cache").join("plugins")),
+        ..RuntimeConfig::default()
+    };
+    runtime_config.http.host_overrides = http_overrides()?;
+    let runtime = Runtime::new(runtime_config, Some(storage.clone()))?;
     let interrupted = storage.fail_interrupted_imports().await?;
     if interrupted > 0 {
         tracing::warn!(
@@ -144,6 +143,25 @@ pub async fn serve(
     tracing::info!("shut down cleanly");
     storage.close().await;
     Ok(())
+}
+
+/// `POSTDOG_HTTP_OVERRIDES=graph.facebook.com=http://127.0.0.1:4567,…`: plugins' requests
+/// to a host go to another base URL (a staging API, a local fake). An operator decision:
+/// the address check is skipped for those hosts.
+fn http_overrides() -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut overrides = std::collections::HashMap::new();
+    let Ok(text) = std::env::var("POSTDOG_HTTP_OVERRIDES") else {
+        return Ok(overrides);
+    };
+    for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        let Some((host, base)) = entry.split_once('=') else {
+            anyhow::bail!(
+                "POSTDOG_HTTP_OVERRIDES: `{entry}` is not HOST=BASE_URL (for example graph.facebook.com=http://127.0.0.1:4567)"
+            );
+        };
+        overrides.insert(host.trim().to_ascii_lowercase(), base.trim().to_string());
+    }
+    Ok(overrides)
 }
 
 /// How many jobs run at once (`POSTDOG_JOB_CONCURRENCY`, default 32).

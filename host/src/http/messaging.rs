@@ -69,7 +69,6 @@ pub(super) fn router() -> Router<AppState> {
 pub(super) fn hooks_router() -> Router<AppState> {
     Router::new()
         .route("/hooks/{install_id}", get(hook).post(hook))
-        .route("/hooks/{install_id}/{*rest}", get(hook).post(hook))
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {
@@ -1076,14 +1075,9 @@ async fn hook(
         .find(|(name, _)| name == "install_id")
         .map(|(_, value)| value.clone())
         .unwrap_or_default();
-    let rest = params
-        .iter()
-        .find(|(name, _)| name == "rest")
-        .map(|(_, value)| format!("/{value}"))
-        .unwrap_or_else(|| "/".into());
     let request = HookRequest {
         method: method.as_str().to_string(),
-        path: rest,
+        path: "/".into(),
         query: uri.query().unwrap_or_default().to_string(),
         headers: headers
             .iter()

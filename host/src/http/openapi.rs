@@ -370,6 +370,165 @@ fn operations() -> Vec<Operation> {
             .error(422, "invalid-body")
             .error(502, "plugin-failed")
             .error(503, "circuit-open,secrets-unavailable"),
+        // Messaging: sending, the inbox, templates, tenant webhooks, jobs.
+        op("get", "/hooks/{install_id}", "Channels", "Provider webhook verification (e.g. Meta's hub.challenge handshake)", Public)
+            .describe("Handed to the channel install's plugin; answers the challenge when the verify token matches, else 403.")
+            .ok(200, "The challenge", None)
+            .error(403, "unauthorized")
+            .error(404, "not-found"),
+        op("post", "/hooks/{install_id}", "Channels", "Provider webhook delivery (messages, statuses, template reviews)", Public)
+            .describe("The plugin checks the provider's signature on the raw body (401 and nothing stored if wrong), then the events are stored before the answer: messages deduplicated by provider id, contacts upserted, the 24-hour window extended, STOP/START keywords recorded as consent, delivery statuses applied monotonically.")
+            .ok(200, "Stored", None)
+            .error(400, "malformed-webhook")
+            .error(401, "unauthorized")
+            .error(404, "not-found")
+            .error(503, "unavailable"),
+        op("post", "/v1/messages", "Messages", "Send a message through a channel install (outbox)", Tenant(WRITERS))
+            .describe("Exactly one of text, template, media, interactive; `contact_id` or `to`. Free-form messages need an open 24-hour window (else 422 window-closed with approved templates suggested); templates must be APPROVED; marketing is never sent to opted-out contacts. Send `Idempotency-Key` to make retries safe: a repeat returns the first message (200, `Idempotent-Replayed: true`), a different body with the same key is 409.")
+            .body("SendRequest")
+            .ok(202, "Queued", Some("Message"))
+            .error(402, "quota-exceeded")
+            .error(404, "not-found")
+            .error(409, "idempotency-key-reused")
+            .error(422, "invalid-body,window-closed,opted-out,template-not-approved"),
+        op("get", "/v1/messages/{id}", "Messages", "A message with its status history", Tenant(ANY_ROLE))
+            .ok(200, "The message", Some("Message"))
+            .error(404, "not-found"),
+        op("get", "/v1/conversations", "Inbox", "Conversations, most recent first", Tenant(ANY_ROLE))
+            .query("status", "string", "open or closed.")
+            .query("assignee", "string", "unassigned, assigned, or an agent id.")
+            .query("unread", "boolean", "Only with unread messages.")
+            .query("channel", "string", "One channel, e.g. whatsapp.")
+            .query("install_id", "string", "One channel install.")
+            .query("contact_id", "string", "One contact.")
+            .query("before", "integer", "Paging: `next_before` of the previous page.")
+            .query("limit", "integer", "1 to 200, default 50.")
+            .ok(200, "Conversations", Some("ConversationPage"))
+            .error(400, "invalid-query"),
+        op("get", "/v1/conversations/{id}", "Inbox", "A conversation", Tenant(ANY_ROLE))
+            .ok(200, "The conversation", Some("Conversation"))
+            .error(404, "not-found"),
+        op("get", "/v1/conversations/{id}/messages", "Inbox", "Messages of a conversation, oldest first", Tenant(ANY_ROLE))
+            .query("before", "integer", "Only messages created before (Unix ms).")
+            .query("limit", "integer", "1 to 200, default 50.")
+            .ok(200, "Messages", Some("MessageList"))
+            .error(404, "not-found"),
+        op("post", "/v1/conversations/{id}/assign", "Inbox", "Assign to an agent (null unassigns)", Tenant(WRITERS))
+            .body("AssignRequest")
+            .ok(200, "The conversation", Some("Conversation"))
+            .error(404, "not-found")
+            .error(422, "invalid-body"),
+        op("post", "/v1/conversations/{id}/close", "Inbox", "Close a conversation", Tenant(WRITERS))
+            .ok(200, "The conversation", Some("Conversation"))
+            .error(404, "not-found"),
+        op("post", "/v1/conversations/{id}/reopen", "Inbox", "Reopen a conversation", Tenant(WRITERS))
+            .ok(200, "The conversation", Some("Conversation"))
+            .error(404, "not-found"),
+        op("post", "/v1/conversations/{id}/read", "Inbox", "Mark read (also sends the provider's read receipt)", Tenant(WRITERS))
+            .ok(200, "The conversation", Some("Conversation"))
+            .error(404, "not-found"),
+        op("get", "/v1/conversations/{id}/notes", "Inbox", "Internal notes of a conversation", Tenant(ANY_ROLE))
+            .ok(200, "Notes", Some("AnyList"))
+            .error(404, "not-found"),
+        op("post", "/v1/conversations/{id}/notes", "Inbox", "Add an internal note", Tenant(WRITERS))
+            .body("NoteInput")
+            .ok(201, "The note", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(422, "invalid-body"),
+        op("get", "/v1/events", "Inbox", "Live events (Server-Sent Events)", Tenant(ANY_ROLE))
+            .describe("`message.received`, `message.queued`, `message.status`, `conversation.updated`, `template.status`, `contact.opted_out`, `contact.opted_in`; each `data` is JSON `{type, data}`.")
+            .ok(200, "text/event-stream", None),
+        op("get", "/v1/messaging/settings", "Channels", "Opt-out and opt-in keywords", Tenant(ANY_ROLE))
+            .ok(200, "Settings", Some("MessagingSettings")),
+        op("put", "/v1/messaging/settings", "Channels", "Replace the opt-out and opt-in keywords", Tenant(ADMIN))
+            .body("MessagingSettings")
+            .ok(200, "Settings", Some("MessagingSettings"))
+            .error(422, "invalid-body"),
+        op("get", "/v1/channels/{install_id}/status", "Channels", "The provider account's state (verified name, quality rating, messaging tier…)", Tenant(ANY_ROLE))
+            .ok(200, "Account status", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(502, "provider-error"),
+        op("get", "/v1/templates", "Templates", "Message templates", Tenant(ANY_ROLE))
+            .query("install_id", "string", "One channel install.")
+            .query("status", "string", "DRAFT, PENDING, APPROVED, REJECTED, PAUSED, DISABLED.")
+            .ok(200, "Templates", Some("AnyList")),
+        op("post", "/v1/templates", "Templates", "Create a draft template (with lint findings)", Tenant(WRITERS))
+            .body("TemplateInput")
+            .ok(201, "The template and its findings", Some("TemplateView"))
+            .error(404, "not-found")
+            .error(409, "duplicate-template")
+            .error(422, "invalid-body,invalid-template"),
+        op("post", "/v1/templates/lint", "Templates", "Lint a template against Meta's common rejection reasons", Tenant(ANY_ROLE))
+            .body("TemplateLint")
+            .ok(200, "Findings, submittable, components, preview", Some("AnyObject"))
+            .error(422, "invalid-body,invalid-template"),
+        op("post", "/v1/templates/sync", "Templates", "Poll the provider for review states now", Tenant(WRITERS))
+            .body("AnyObject")
+            .ok(200, "How many changed", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(502, "provider-error"),
+        op("get", "/v1/templates/{id}", "Templates", "A template with its findings", Tenant(ANY_ROLE))
+            .ok(200, "The template", Some("TemplateView"))
+            .error(404, "not-found"),
+        op("put", "/v1/templates/{id}", "Templates", "Replace a draft or rejected template's content", Tenant(WRITERS))
+            .body("TemplateLint")
+            .ok(200, "The template", Some("TemplateView"))
+            .error(404, "not-found")
+            .error(409, "template-locked")
+            .error(422, "invalid-body,invalid-template"),
+        op("delete", "/v1/templates/{id}", "Templates", "Delete a template", Tenant(WRITERS))
+            .ok(204, "Deleted", None)
+            .error(404, "not-found"),
+        op("post", "/v1/templates/{id}/submit", "Templates", "Submit for review through the channel plugin", Tenant(WRITERS))
+            .ok(200, "The template (PENDING)", Some("TemplateView"))
+            .error(404, "not-found")
+            .error(409, "template-locked")
+            .error(422, "template-lint-failed")
+            .error(502, "provider-error"),
+        op("get", "/v1/webhooks", "Webhooks", "Webhook endpoints", Tenant(ANY_ROLE))
+            .ok(200, "Endpoints", Some("AnyList")),
+        op("post", "/v1/webhooks", "Webhooks", "Register an endpoint (the secret is in the answer)", Tenant(ADMIN))
+            .describe("Deliveries are signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), retried for more than 24 h, and the endpoint is disabled after persistent failure.")
+            .body("EndpointInput")
+            .ok(201, "The endpoint with its secret", Some("AnyObject"))
+            .error(422, "invalid-body"),
+        op("get", "/v1/webhooks/{id}", "Webhooks", "An endpoint", Tenant(ANY_ROLE))
+            .ok(200, "The endpoint", Some("AnyObject"))
+            .error(404, "not-found"),
+        op("patch", "/v1/webhooks/{id}", "Webhooks", "Change url, description, events or enabled", Tenant(ADMIN))
+            .body("AnyObject")
+            .ok(200, "The endpoint", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(422, "invalid-body"),
+        op("delete", "/v1/webhooks/{id}", "Webhooks", "Delete an endpoint and its deliveries", Tenant(ADMIN))
+            .ok(204, "Deleted", None)
+            .error(404, "not-found"),
+        op("get", "/v1/webhooks/{id}/secret", "Webhooks", "The endpoint's signing secret", Tenant(ADMIN))
+            .ok(200, "The secret", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(503, "secrets-unavailable"),
+        op("post", "/v1/webhooks/{id}/rotate-secret", "Webhooks", "Rotate the secret (the old one also signs for 24 h)", Tenant(ADMIN))
+            .ok(200, "The endpoint with its new secret", Some("AnyObject"))
+            .error(404, "not-found"),
+        op("get", "/v1/webhooks/{id}/deliveries", "Webhooks", "Deliveries with their attempts, newest first", Tenant(ANY_ROLE))
+            .query("limit", "integer", "1 to 200, default 50.")
+            .ok(200, "Deliveries", Some("AnyList"))
+            .error(404, "not-found"),
+        op("get", "/v1/jobs", "Jobs", "This tenant's background jobs", Tenant(ANY_ROLE))
+            .query("state", "string", "queued, running, done, dead or cancelled.")
+            .query("queue", "string", "messages, webhooks, templates, …")
+            .query("limit", "integer", "1 to 200, default 50.")
+            .ok(200, "Jobs", Some("AnyList"))
+            .error(400, "invalid-query"),
+        op("get", "/v1/jobs/{id}", "Jobs", "A job", Tenant(ANY_ROLE))
+            .ok(200, "The job", Some("AnyObject"))
+            .error(404, "not-found"),
+        op("post", "/v1/jobs/{id}/retry", "Jobs", "Retry a dead or cancelled job", Tenant(ADMIN))
+            .ok(200, "The job", Some("AnyObject"))
+            .error(409, "job-not-retryable"),
+        op("post", "/v1/jobs/{id}/cancel", "Jobs", "Cancel a job that has not finished", Tenant(ADMIN))
+            .ok(200, "The job", Some("AnyObject"))
+            .error(409, "job-not-cancellable"),
     ]
 }
 
@@ -677,6 +836,63 @@ fn schemas() -> Map<String, Value> {
         (
             "CallResult",
             json!({"type": "object", "properties": {"ok": {}, "error": {}}}),
+        ),
+        ("AnyObject", json!({"type": "object"})),
+        ("AnyList", json!({"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}}, "required": ["data"]})),
+        (
+            "Message",
+            json!({"type": "object", "properties": {"id": text, "conversation_id": text, "contact_id": text, "install_id": text,
+                "direction": {"type": "string", "enum": ["inbound", "outbound"]}, "kind": text, "content": {"type": "object"},
+                "provider_message_id": nullable_text, "status": {"type": "string", "enum": ["received", "queued", "accepted", "sent", "delivered", "read", "failed", "refused"]},
+                "error": {"type": ["object", "null"]}, "purpose": {"type": "string", "enum": ["service", "marketing"]},
+                "created_at": time, "sent_at": nullable_time, "delivered_at": nullable_time, "read_at": nullable_time, "failed_at": nullable_time,
+                "status_history": {"type": "array", "items": {"type": "object"}}}}),
+        ),
+        ("MessageList", list_of("Message")),
+        (
+            "SendRequest",
+            object(
+                json!({"install_id": text, "contact_id": text, "to": {"type": "string", "description": "A phone number; a contact is created if none has it."},
+                    "text": {"type": "object", "properties": {"body": text, "preview_url": {"type": "boolean"}}},
+                    "template": {"type": "object", "properties": {"name": text, "language": text, "variables": {"type": "object", "properties": {"header": text, "body": {"type": "array", "items": text}, "buttons": {"type": "object"}}}}},
+                    "media": {"type": "object", "properties": {"kind": {"type": "string", "enum": ["image", "video", "audio", "document", "sticker"]}, "url": text, "caption": text, "filename": text}},
+                    "interactive": {"type": "object"}, "reply_to": text, "purpose": {"type": "string", "enum": ["service", "marketing"]}}),
+                &["install_id"],
+            ),
+        ),
+        (
+            "Conversation",
+            json!({"type": "object", "properties": {"id": text, "install_id": text, "channel": text, "contact_id": text,
+                "status": {"type": "string", "enum": ["open", "closed"]}, "assignee": nullable_text, "unread": {"type": "integer"},
+                "window_expires_at": nullable_time, "window_open": {"type": "boolean"}, "last_message_at": time, "last_inbound_at": nullable_time,
+                "created_at": time, "updated_at": time}}),
+        ),
+        (
+            "ConversationPage",
+            json!({"type": "object", "properties": {"data": {"type": "array", "items": reference("Conversation")}, "next_before": nullable_time}}),
+        ),
+        ("AssignRequest", object(json!({"agent": nullable_text}), &[])),
+        ("NoteInput", object(json!({"body": text}), &["body"])),
+        (
+            "MessagingSettings",
+            object(
+                json!({"opt_out_keywords": {"type": "array", "items": text}, "opt_in_keywords": {"type": "array", "items": text}}),
+                &["opt_out_keywords", "opt_in_keywords"],
+            ),
+        ),
+        (
+            "TemplateSpec",
+            json!({"type": "object", "properties": {"name": text, "language": text, "category": {"type": "string", "enum": ["MARKETING", "UTILITY", "AUTHENTICATION"]},
+                "header": {"type": "object", "properties": {"format": {"type": "string", "enum": ["text", "image", "video", "document", "location"]}, "text": text, "example": text}},
+                "body": {"type": "object", "properties": {"text": text, "examples": {"type": "array", "items": text}}},
+                "footer": text, "buttons": {"type": "array", "items": {"type": "object"}}}, "required": ["name", "language", "category", "body"]}),
+        ),
+        ("TemplateInput", object(json!({"install_id": text, "template": reference("TemplateSpec")}), &["install_id", "template"])),
+        ("TemplateLint", object(json!({"template": reference("TemplateSpec")}), &["template"])),
+        ("TemplateView", json!({"type": "object", "properties": {"template": {"type": "object"}, "findings": {"type": "array", "items": {"type": "object"}}}})),
+        (
+            "EndpointInput",
+            object(json!({"url": text, "description": text, "events": {"type": "array", "items": text}}), &["url", "events"]),
         ),
     ];
     pairs
