@@ -198,7 +198,10 @@ impl Jobs {
             }
             if now_ms() - last_sweep > 600_000 {
                 last_sweep = now_ms();
-                if let Err(error) = inner.storage.sweep_finished_jobs(now_ms() - 86_400_000).await
+                if let Err(error) = inner
+                    .storage
+                    .sweep_finished_jobs(now_ms() - 86_400_000)
+                    .await
                 {
                     tracing::warn!(%error, "sweeping finished jobs failed");
                 }
@@ -379,7 +382,9 @@ mod tests {
             loop {
                 let flaky = db.storage.job(&flaky).await?.expect("job");
                 let broken = db.storage.job(&broken).await?.expect("job");
-                if runs.load(Ordering::SeqCst) == 20 && flaky.state == "done" && broken.state == "dead"
+                if runs.load(Ordering::SeqCst) == 20
+                    && flaky.state == "done"
+                    && broken.state == "dead"
                 {
                     assert_eq!(flaky.attempts, 2, "{}", db.label);
                     assert_eq!(broken.attempts, 1, "{}: permanent is not retried", db.label);

@@ -34,10 +34,10 @@ use semver::{Version, VersionReq};
 use serde_json::{Map, Value, json};
 
 use crate::ids::{InstallId, TenantId};
+use crate::runtime::abi::{channel_types, types};
 use crate::runtime::{
     CallContext, CallLimits, Grants, LoadedPlugin, PluginConfig, PluginError, Runtime,
 };
-use crate::runtime::abi::{channel_types, types};
 use crate::secrets::SecretKeys;
 use crate::storage::{Install, Storage, StorageError, TenantDb, now_ms};
 
@@ -770,20 +770,30 @@ impl Marketplace {
     }
 
     /// Opens what [`Marketplace::seal_text`] sealed.
-    pub fn open_text(&self, scope: &str, name: &str, text: &str) -> Result<String, MarketplaceError> {
+    pub fn open_text(
+        &self,
+        scope: &str,
+        name: &str,
+        text: &str,
+    ) -> Result<String, MarketplaceError> {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
         let mut parts = text.splitn(3, '.');
-        let (Some(key_id), Some(nonce), Some(ciphertext)) = (parts.next(), parts.next(), parts.next())
+        let (Some(key_id), Some(nonce), Some(ciphertext)) =
+            (parts.next(), parts.next(), parts.next())
         else {
-            return Err(MarketplaceError::SecretsUnavailable(format!("{name}: not a sealed value")));
+            return Err(MarketplaceError::SecretsUnavailable(format!(
+                "{name}: not a sealed value"
+            )));
         };
         let sealed = crate::secrets::Sealed {
             key_id: key_id.to_string(),
-            nonce: b64.decode(nonce).map_err(|error| MarketplaceError::SecretsUnavailable(format!("{name}: {error}")))?,
-            ciphertext: b64
-                .decode(ciphertext)
-                .map_err(|error| MarketplaceError::SecretsUnavailable(format!("{name}: {error}")))?,
+            nonce: b64.decode(nonce).map_err(|error| {
+                MarketplaceError::SecretsUnavailable(format!("{name}: {error}"))
+            })?,
+            ciphertext: b64.decode(ciphertext).map_err(|error| {
+                MarketplaceError::SecretsUnavailable(format!("{name}: {error}"))
+            })?,
         };
         self.inner
             .secrets
@@ -794,7 +804,11 @@ impl Marketplace {
     /// A ready-to-call handle on a messaging-channel install of this tenant: checks it
     /// exists, is enabled, implements the messaging-channel world and its circuit is not
     /// open. Calls through the handle count in the install's health like any other.
-    pub async fn channel(&self, db: &TenantDb, id: &str) -> Result<ChannelHandle, MarketplaceError> {
+    pub async fn channel(
+        &self,
+        db: &TenantDb,
+        id: &str,
+    ) -> Result<ChannelHandle, MarketplaceError> {
         let active = self.active(db, id).await?;
         active.last_used.store(now_ms(), Ordering::Relaxed);
         if !active.install.enabled {
@@ -1193,7 +1207,10 @@ impl ChannelHandle {
     }
 
     /// `channel.send`.
-    pub async fn send(&self, message: &channel_types::OutboundMessage) -> ChannelResult<channel_types::SendReceipt> {
+    pub async fn send(
+        &self,
+        message: &channel_types::OutboundMessage,
+    ) -> ChannelResult<channel_types::SendReceipt> {
         let result = self
             .runtime()
             .channel_send(&self.active.loaded.plugin, &self.active.context, message)
@@ -1202,7 +1219,10 @@ impl ChannelHandle {
     }
 
     /// `channel.verify-webhook`.
-    pub async fn verify_webhook(&self, request: &types::HttpRequest) -> ChannelResult<types::HttpResponse> {
+    pub async fn verify_webhook(
+        &self,
+        request: &types::HttpRequest,
+    ) -> ChannelResult<types::HttpResponse> {
         let result = self
             .runtime()
             .channel_verify_webhook(&self.active.loaded.plugin, &self.active.context, request)
@@ -1211,7 +1231,10 @@ impl ChannelHandle {
     }
 
     /// `channel.handle-webhook`.
-    pub async fn handle_webhook(&self, request: &types::HttpRequest) -> ChannelResult<channel_types::WebhookOutcome> {
+    pub async fn handle_webhook(
+        &self,
+        request: &types::HttpRequest,
+    ) -> ChannelResult<channel_types::WebhookOutcome> {
         let result = self
             .runtime()
             .channel_handle_webhook(&self.active.loaded.plugin, &self.active.context, request)
@@ -1220,7 +1243,10 @@ impl ChannelHandle {
     }
 
     /// `channel.submit-template`.
-    pub async fn submit_template(&self, template: &channel_types::TemplateDefinition) -> ChannelResult<channel_types::TemplateInfo> {
+    pub async fn submit_template(
+        &self,
+        template: &channel_types::TemplateDefinition,
+    ) -> ChannelResult<channel_types::TemplateInfo> {
         let result = self
             .runtime()
             .channel_submit_template(&self.active.loaded.plugin, &self.active.context, template)
@@ -1241,7 +1267,11 @@ impl ChannelHandle {
     pub async fn mark_read(&self, provider_message_id: &str) -> ChannelResult<()> {
         let result = self
             .runtime()
-            .channel_mark_read(&self.active.loaded.plugin, &self.active.context, provider_message_id)
+            .channel_mark_read(
+                &self.active.loaded.plugin,
+                &self.active.context,
+                provider_message_id,
+            )
             .await;
         self.finish(result)
     }

@@ -65,7 +65,9 @@ pub enum SendError {
         details: Value,
     },
     /// The idempotency key was used for a different request.
-    #[error("the Idempotency-Key was already used for a different request (message {0}); use a new key")]
+    #[error(
+        "the Idempotency-Key was already used for a different request (message {0}); use a new key"
+    )]
     KeyConflict(String),
     /// The channel install cannot be used.
     #[error(transparent)]
@@ -270,7 +272,9 @@ fn inbound_content(content: &ct::InboundContent) -> (String, Value) {
                 "address": location.address,
             }}),
         ),
-        ct::InboundContent::Contacts(cards) => ("contacts".into(), json!({ "contacts": parse(cards) })),
+        ct::InboundContent::Contacts(cards) => {
+            ("contacts".into(), json!({ "contacts": parse(cards) }))
+        }
         ct::InboundContent::InteractiveReply(choice) => (
             "interactive_reply".into(),
             json!({ "interactive_reply": { "id": choice.id, "title": choice.title } }),
@@ -283,7 +287,9 @@ fn inbound_content(content: &ct::InboundContent) -> (String, Value) {
             "reaction".into(),
             json!({ "reaction": { "message_id": reaction.message_id, "emoji": reaction.emoji } }),
         ),
-        ct::InboundContent::Unsupported(raw) => ("unsupported".into(), json!({ "unsupported": parse(raw) })),
+        ct::InboundContent::Unsupported(raw) => {
+            ("unsupported".into(), json!({ "unsupported": parse(raw) }))
+        }
     }
 }
 
@@ -300,7 +306,9 @@ fn keyword_text(content: &ct::InboundContent) -> Option<&str> {
 
 fn matches_keyword(text: &str, keywords: &[String]) -> bool {
     let text = text.trim();
-    keywords.iter().any(|keyword| keyword.trim().eq_ignore_ascii_case(text))
+    keywords
+        .iter()
+        .any(|keyword| keyword.trim().eq_ignore_ascii_case(text))
 }
 
 impl Messaging {
@@ -348,7 +356,11 @@ impl Messaging {
         }
     }
 
-    async fn hook(&self, install_id: &str, request: HookRequest) -> Result<HookResponse, HookResponse> {
+    async fn hook(
+        &self,
+        install_id: &str,
+        request: HookRequest,
+    ) -> Result<HookResponse, HookResponse> {
         let storage = &self.inner.storage;
         let tenant = storage
             .install_tenant(install_id)
@@ -380,7 +392,11 @@ impl Messaging {
             })?;
         let wit_request = types::HttpRequest {
             method: request.method.to_ascii_uppercase(),
-            path: if request.path.is_empty() { "/".into() } else { request.path },
+            path: if request.path.is_empty() {
+                "/".into()
+            } else {
+                request.path
+            },
             query: request.query,
             headers: request.headers,
             body: request.body,
@@ -390,7 +406,11 @@ impl Messaging {
             HookResponse::text(502, format!("the channel connector failed: {error}"))
         };
         if wit_request.method == "GET" {
-            return match handle.verify_webhook(&wit_request).await.map_err(plugin_failed)? {
+            return match handle
+                .verify_webhook(&wit_request)
+                .await
+                .map_err(plugin_failed)?
+            {
                 Ok(response) => Ok(HookResponse {
                     status: response.status,
                     headers: response.headers,
@@ -400,9 +420,16 @@ impl Messaging {
             };
         }
         if wit_request.method != "POST" {
-            return Ok(HookResponse::text(405, "use GET (verification) or POST (events)"));
+            return Ok(HookResponse::text(
+                405,
+                "use GET (verification) or POST (events)",
+            ));
         }
-        let outcome = match handle.handle_webhook(&wit_request).await.map_err(plugin_failed)? {
+        let outcome = match handle
+            .handle_webhook(&wit_request)
+            .await
+            .map_err(plugin_failed)?
+        {
             Ok(outcome) => outcome,
             Err(error) => return Ok(channel_error_response(&error, 401)),
         };
@@ -502,8 +529,15 @@ impl Messaging {
             ct::InboundEvent::Status(update) => {
                 let status = status_name(update.status);
                 let error = update.error.as_ref().map(provider_error_json);
-                self.apply_status(db, install_id, &update.provider_message_id, status, Some(update.timestamp_ms), error.as_ref())
-                    .await?;
+                self.apply_status(
+                    db,
+                    install_id,
+                    &update.provider_message_id,
+                    status,
+                    Some(update.timestamp_ms),
+                    error.as_ref(),
+                )
+                .await?;
             }
             ct::InboundEvent::Template(update) => {
                 let changed = db
@@ -569,7 +603,11 @@ impl Messaging {
             },
         )
         .await?;
-        let kind = if status == "opted_out" { "contact.opted_out" } else { "contact.opted_in" };
+        let kind = if status == "opted_out" {
+            "contact.opted_out"
+        } else {
+            "contact.opted_in"
+        };
         let data = json!({ "contact_id": contact_id, "channel": channel, "keyword": text.trim() });
         self.inner.webhooks.emit(db, kind, data.clone()).await?;
         self.publish(db.tenant_id().as_str(), kind, data);
@@ -588,12 +626,23 @@ impl Messaging {
         let subscribed = self.inner.webhooks.subscriptions(db).await?;
         let tenant = db.tenant_id().as_str().to_string();
         let applied = db
-            .apply_status(install_id, provider_message_id, status, provider_at, error, |message, changed| {
-                if !changed {
-                    return Vec::new();
-                }
-                subscribed.fanout(&tenant, &format!("message.{status}"), message_event(message))
-            })
+            .apply_status(
+                install_id,
+                provider_message_id,
+                status,
+                provider_at,
+                error,
+                |message, changed| {
+                    if !changed {
+                        return Vec::new();
+                    }
+                    subscribed.fanout(
+                        &tenant,
+                        &format!("message.{status}"),
+                        message_event(message),
+                    )
+                },
+            )
             .await?;
         if let Some((message, true)) = applied {
             self.publish(&tenant, "message.status", message_event(&message));
@@ -645,7 +694,11 @@ impl Messaging {
                 )));
             }
         };
-        let handle = self.inner.marketplace.channel(db, &request.install_id).await?;
+        let handle = self
+            .inner
+            .marketplace
+            .channel(db, &request.install_id)
+            .await?;
         let channel = channel_of(handle.plugin());
         let contact = match (&request.contact_id, &request.to) {
             (Some(id), None) => db
@@ -653,9 +706,8 @@ impl Messaging {
                 .await?
                 .ok_or_else(|| SendError::NotFound(format!("no contact {id}")))?,
             (None, Some(to)) => {
-                let phone = normalize_phone(to, "US").map_err(|error| {
-                    SendError::Invalid(format!("`to`: {error}"))
-                })?;
+                let phone = normalize_phone(to, "US")
+                    .map_err(|error| SendError::Invalid(format!("`to`: {error}")))?;
                 match db.contact_by_phone(&phone).await? {
                     Some(contact) => contact,
                     None => db
@@ -702,7 +754,10 @@ impl Messaging {
                     text.body.chars().count()
                 )));
             }
-            ("text", json!({ "text": { "body": text.body, "preview_url": text.preview_url } }))
+            (
+                "text",
+                json!({ "text": { "body": text.body, "preview_url": text.preview_url } }),
+            )
         } else if let Some(media) = &request.media {
             if parse_media_kind(&media.kind).is_none() {
                 return Err(SendError::Invalid(format!(
@@ -725,7 +780,9 @@ impl Messaging {
             ("interactive", json!({ "interactive": interactive }))
         } else {
             let template = request.template.as_ref().ok_or_else(|| {
-                SendError::Invalid("give exactly one of `text`, `template`, `media` or `interactive`".into())
+                SendError::Invalid(
+                    "give exactly one of `text`, `template`, `media` or `interactive`".into(),
+                )
             })?;
             let stored = db
                 .template_by_name(&request.install_id, &template.name, &template.language)
@@ -746,7 +803,11 @@ impl Messaging {
                         stored.name,
                         stored.language,
                         stored.status,
-                        stored.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+                        stored
+                            .reason
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
                     ),
                     details: json!({ "status": stored.status, "reason": stored.reason }),
                 });
@@ -760,12 +821,14 @@ impl Messaging {
                 })?,
             };
             let components = crate::template_model::send_components(&stored.spec, &variables)
-                .map_err(|problems| SendError::Invalid(format!(
-                    "template {} ({}): {}",
-                    stored.name,
-                    stored.language,
-                    problems.join("; ")
-                )))?;
+                .map_err(|problems| {
+                    SendError::Invalid(format!(
+                        "template {} ({}): {}",
+                        stored.name,
+                        stored.language,
+                        problems.join("; ")
+                    ))
+                })?;
             if stored.category == "MARKETING" {
                 purpose = "marketing";
             }
@@ -783,7 +846,11 @@ impl Messaging {
         };
         if purpose == "marketing" {
             let consent = db.current_consent(&contact.id).await?;
-            if consent.get(channel.as_str()).map(|entry| entry.status.as_str()) == Some("opted_out") {
+            if consent
+                .get(channel.as_str())
+                .map(|entry| entry.status.as_str())
+                == Some("opted_out")
+            {
                 return Err(SendError::Refused {
                     code: "opted-out",
                     message: format!(
@@ -822,7 +889,9 @@ impl Messaging {
             .await?
             .and_then(|tenant| crate::plans::Plan::parse(&tenant.plan))
             .unwrap_or(crate::plans::Plan::Starter);
-        let used = db.messages_sent(&crate::storage::month_of(now_ms())).await?;
+        let used = db
+            .messages_sent(&crate::storage::month_of(now_ms()))
+            .await?;
         if used >= plan.monthly_messages() {
             return Err(SendError::Refused {
                 code: "quota-exceeded",
@@ -860,7 +929,11 @@ impl Messaging {
         match db.queue_outbound(&record, &job).await? {
             Queued::New(message) => {
                 self.inner.jobs.wake();
-                self.publish(db.tenant_id().as_str(), "message.queued", message_event(&message));
+                self.publish(
+                    db.tenant_id().as_str(),
+                    "message.queued",
+                    message_event(&message),
+                );
                 Ok((message, false))
             }
             Queued::Replayed(message) => Ok((message, true)),
@@ -887,7 +960,11 @@ impl Messaging {
     }
 
     fn recipient_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<i64>> {
-        let mut recipients = self.inner.recipients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recipients = self
+            .inner
+            .recipients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if recipients.len() > 100_000 {
             recipients.retain(|_, lock| Arc::strong_count(lock) > 1);
         }
@@ -904,7 +981,10 @@ impl Messaging {
             .as_str()
             .ok_or_else(|| JobFailure::permanent("a send job without a message id"))?
             .to_string();
-        let db = self.inner.storage.tenant(&crate::ids::TenantId::new(&tenant));
+        let db = self
+            .inner
+            .storage
+            .tenant(&crate::ids::TenantId::new(&tenant));
         let Some(message) = db.message(&message_id).await? else {
             return Ok(());
         };
@@ -912,27 +992,59 @@ impl Messaging {
             return Ok(()); // sent by an earlier attempt
         }
         let fail = |code: &str, text: String| json!({ "code": code, "message": text });
-        let handle = match self.inner.marketplace.channel(&db, &message.install_id).await {
+        let handle = match self
+            .inner
+            .marketplace
+            .channel(&db, &message.install_id)
+            .await
+        {
             Ok(handle) => handle,
             Err(MarketplaceError::CircuitOpen { until, .. }) => {
                 return Err(JobFailure {
                     retryable: true,
                     message: "the channel connector's circuit is open".into(),
-                    retry_after: Some(Duration::from_millis(u64::try_from((until - now_ms()).max(100)).unwrap_or(1000))),
+                    retry_after: Some(Duration::from_millis(
+                        u64::try_from((until - now_ms()).max(100)).unwrap_or(1000),
+                    )),
                 });
             }
-            Err(error @ (MarketplaceError::NotFound(_) | MarketplaceError::Disabled | MarketplaceError::Invalid(_))) => {
-                self.finish_failed(&db, &message_id, "failed", fail("channel-unavailable", error.to_string())).await?;
+            Err(
+                error @ (MarketplaceError::NotFound(_)
+                | MarketplaceError::Disabled
+                | MarketplaceError::Invalid(_)),
+            ) => {
+                self.finish_failed(
+                    &db,
+                    &message_id,
+                    "failed",
+                    fail("channel-unavailable", error.to_string()),
+                )
+                .await?;
                 return Ok(());
             }
             Err(error) => return Err(JobFailure::retry(error.to_string())),
         };
         let Some(contact) = db.get_contact(&message.contact_id).await? else {
-            self.finish_failed(&db, &message_id, "refused", fail("contact-deleted", "the contact was deleted before sending".into())).await?;
+            self.finish_failed(
+                &db,
+                &message_id,
+                "refused",
+                fail(
+                    "contact-deleted",
+                    "the contact was deleted before sending".into(),
+                ),
+            )
+            .await?;
             return Ok(());
         };
         let Some(phone) = contact.phone.clone() else {
-            self.finish_failed(&db, &message_id, "refused", fail("no-phone", "the contact has no phone number".into())).await?;
+            self.finish_failed(
+                &db,
+                &message_id,
+                "refused",
+                fail("no-phone", "the contact has no phone number".into()),
+            )
+            .await?;
             return Ok(());
         };
         // Checked again at send time: the contact may have opted out, or the window
@@ -941,7 +1053,16 @@ impl Messaging {
             let consent = db.current_consent(&contact.id).await?;
             let channel = channel_of(handle.plugin());
             if consent.get(channel.as_str()).map(|e| e.status.as_str()) == Some("opted_out") {
-                self.finish_failed(&db, &message_id, "refused", fail("opted-out", "the contact opted out before the message was sent".into())).await?;
+                self.finish_failed(
+                    &db,
+                    &message_id,
+                    "refused",
+                    fail(
+                        "opted-out",
+                        "the contact opted out before the message was sent".into(),
+                    ),
+                )
+                .await?;
                 return Ok(());
             }
         }
@@ -951,7 +1072,17 @@ impl Messaging {
                 .await?
                 .is_some_and(|c| c.window_open);
             if !open {
-                self.finish_failed(&db, &message_id, "refused", fail("window-closed", "the 24-hour window closed before the message was sent; send a template".into())).await?;
+                self.finish_failed(
+                    &db,
+                    &message_id,
+                    "refused",
+                    fail(
+                        "window-closed",
+                        "the 24-hour window closed before the message was sent; send a template"
+                            .into(),
+                    ),
+                )
+                .await?;
                 return Ok(());
             }
         }
@@ -981,7 +1112,9 @@ impl Messaging {
         };
         let result = handle.send(&outbound).await;
         match result {
-            Err(error) => Err(JobFailure::retry(format!("the channel plugin failed: {error}"))),
+            Err(error) => Err(JobFailure::retry(format!(
+                "the channel plugin failed: {error}"
+            ))),
             Ok(Ok(receipt)) => {
                 drop(not_before);
                 let now = now_ms();
@@ -989,9 +1122,17 @@ impl Messaging {
                 db.mark_contacted(&contact.id, now).await?;
                 let subscribed = self.inner.webhooks.subscriptions(&db).await?;
                 let accepted = db
-                    .mark_accepted(&message_id, &receipt.provider_message_id, |message, status| {
-                        subscribed.fanout(&tenant, &format!("message.{status}"), message_event(message))
-                    })
+                    .mark_accepted(
+                        &message_id,
+                        &receipt.provider_message_id,
+                        |message, status| {
+                            subscribed.fanout(
+                                &tenant,
+                                &format!("message.{status}"),
+                                message_event(message),
+                            )
+                        },
+                    )
                     .await?;
                 if let Some(updated) = accepted {
                     self.publish(&tenant, "message.status", message_event(&updated));
@@ -1002,7 +1143,9 @@ impl Messaging {
                 let (retry, retry_after, code, text) = classify(&error);
                 if matches!(&error, ct::ChannelError::RateLimited(pe) if pe.code == 131056) {
                     // The pair rate limit: hold further messages to this recipient.
-                    *not_before = now_ms() + i64::try_from(retry_after.unwrap_or(Duration::from_secs(6)).as_millis()).unwrap_or(6000);
+                    *not_before = now_ms()
+                        + i64::try_from(retry_after.unwrap_or(Duration::from_secs(6)).as_millis())
+                            .unwrap_or(6000);
                 }
                 drop(not_before);
                 if retry && job.attempts < job.max_attempts {
@@ -1024,7 +1167,8 @@ impl Messaging {
                     }
                     _ => fail(code, text.clone()),
                 };
-                self.finish_failed(&db, &message_id, "failed", error_json).await?;
+                self.finish_failed(&db, &message_id, "failed", error_json)
+                    .await?;
                 Ok(())
             }
         }
@@ -1069,7 +1213,12 @@ impl Messaging {
         };
         let mut problem = None;
         if let Some(provider_id) = db.last_inbound_provider_id(conversation_id).await? {
-            match self.inner.marketplace.channel(db, &conversation.install_id).await {
+            match self
+                .inner
+                .marketplace
+                .channel(db, &conversation.install_id)
+                .await
+            {
                 Ok(handle) => match handle.mark_read(&provider_id).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => problem = Some(format!("{error:?}")),
@@ -1087,7 +1236,11 @@ impl Messaging {
     }
 
     /// Publishes a conversation change to live subscribers.
-    pub fn conversation_changed(&self, tenant_id: &str, conversation: &crate::storage::Conversation) {
+    pub fn conversation_changed(
+        &self,
+        tenant_id: &str,
+        conversation: &crate::storage::Conversation,
+    ) {
         self.publish(
             tenant_id,
             "conversation.updated",
@@ -1106,10 +1259,20 @@ fn suggest(names: &[String]) -> String {
 
 fn channel_error_response(error: &ct::ChannelError, unauthorized: u16) -> HookResponse {
     match error {
-        ct::ChannelError::Unauthorized(text) => HookResponse::text(unauthorized, format!("unauthorized: {text}")),
-        ct::ChannelError::MalformedWebhook(text) => HookResponse::text(400, format!("malformed webhook: {text}")),
-        ct::ChannelError::NotConfigured(text) => HookResponse::text(503, format!("the channel install is not configured: {text}")),
-        other => HookResponse::text(502, format!("the channel connector refused the webhook: {other:?}")),
+        ct::ChannelError::Unauthorized(text) => {
+            HookResponse::text(unauthorized, format!("unauthorized: {text}"))
+        }
+        ct::ChannelError::MalformedWebhook(text) => {
+            HookResponse::text(400, format!("malformed webhook: {text}"))
+        }
+        ct::ChannelError::NotConfigured(text) => HookResponse::text(
+            503,
+            format!("the channel install is not configured: {text}"),
+        ),
+        other => HookResponse::text(
+            502,
+            format!("the channel connector refused the webhook: {other:?}"),
+        ),
     }
 }
 
@@ -1117,16 +1280,57 @@ fn channel_error_response(error: &ct::ChannelError, unauthorized: u16) -> HookRe
 fn classify(error: &ct::ChannelError) -> (bool, Option<Duration>, &'static str, String) {
     let wait = |pe: &ct::ProviderError| pe.retry_after_ms.map(Duration::from_millis);
     match error {
-        ct::ChannelError::RateLimited(pe) => (true, wait(pe).or(Some(Duration::from_secs(1))), "rate-limited", format!("rate limited ({}): {}", pe.code, pe.message)),
-        ct::ChannelError::Transport(text) => (true, None, "transport", format!("provider unreachable: {text}")),
-        ct::ChannelError::Provider(pe) => (pe.retryable, wait(pe), "provider", format!("provider error {}: {}", pe.code, pe.message)),
-        ct::ChannelError::AuthFailed(pe) => (false, None, "auth-failed", format!("the provider refused the credentials ({}): {}; update the install's access token", pe.code, pe.message)),
-        ct::ChannelError::WindowClosed(pe) => (false, None, "window-closed", format!("the provider says the 24-hour window is closed ({}): {}", pe.code, pe.message)),
-        ct::ChannelError::RecipientUnreachable(pe) => (false, None, "recipient-unreachable", format!("the recipient cannot receive messages ({}): {}", pe.code, pe.message)),
+        ct::ChannelError::RateLimited(pe) => (
+            true,
+            wait(pe).or(Some(Duration::from_secs(1))),
+            "rate-limited",
+            format!("rate limited ({}): {}", pe.code, pe.message),
+        ),
+        ct::ChannelError::Transport(text) => (
+            true,
+            None,
+            "transport",
+            format!("provider unreachable: {text}"),
+        ),
+        ct::ChannelError::Provider(pe) => (
+            pe.retryable,
+            wait(pe),
+            "provider",
+            format!("provider error {}: {}", pe.code, pe.message),
+        ),
+        ct::ChannelError::AuthFailed(pe) => (
+            false,
+            None,
+            "auth-failed",
+            format!(
+                "the provider refused the credentials ({}): {}; update the install's access token",
+                pe.code, pe.message
+            ),
+        ),
+        ct::ChannelError::WindowClosed(pe) => (
+            false,
+            None,
+            "window-closed",
+            format!(
+                "the provider says the 24-hour window is closed ({}): {}",
+                pe.code, pe.message
+            ),
+        ),
+        ct::ChannelError::RecipientUnreachable(pe) => (
+            false,
+            None,
+            "recipient-unreachable",
+            format!(
+                "the recipient cannot receive messages ({}): {}",
+                pe.code, pe.message
+            ),
+        ),
         ct::ChannelError::InvalidMessage(text) => (false, None, "invalid-message", text.clone()),
         ct::ChannelError::NotConfigured(text) => (false, None, "not-configured", text.clone()),
         ct::ChannelError::Unsupported(text) => (false, None, "unsupported", text.clone()),
-        ct::ChannelError::Unauthorized(text) | ct::ChannelError::MalformedWebhook(text) => (false, None, "provider", text.clone()),
+        ct::ChannelError::Unauthorized(text) | ct::ChannelError::MalformedWebhook(text) => {
+            (false, None, "provider", text.clone())
+        }
     }
 }
 
@@ -1141,12 +1345,18 @@ fn outbound_content(content: &Value) -> Result<types::MessageContent, String> {
     if let Some(template) = content.get("template") {
         return Ok(types::MessageContent::Template(types::TemplateMessage {
             name: template["name"].as_str().unwrap_or_default().to_string(),
-            language: template["language"].as_str().unwrap_or_default().to_string(),
+            language: template["language"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             components: template["components"].to_string(),
         }));
     }
     if let Some(media) = content.get("media") {
-        let kind = media["kind"].as_str().and_then(parse_media_kind).ok_or("bad media kind")?;
+        let kind = media["kind"]
+            .as_str()
+            .and_then(parse_media_kind)
+            .ok_or("bad media kind")?;
         return Ok(types::MessageContent::Media(types::MediaMessage {
             kind,
             url: media["url"].as_str().unwrap_or_default().to_string(),
@@ -1195,10 +1405,18 @@ mod tests {
     #[test]
     fn stored_contents_round_trip_to_wit() {
         let text = outbound_content(&json!({"text": {"body": "hi", "preview_url": true}}));
-        assert!(matches!(text, Ok(types::MessageContent::Text(t)) if t.body == "hi" && t.preview_url));
-        let media = outbound_content(&json!({"media": {"kind": "document", "url": "https://x/y.pdf", "filename": "y.pdf"}}));
-        assert!(matches!(media, Ok(types::MessageContent::Media(m)) if m.filename.as_deref() == Some("y.pdf")));
-        assert!(outbound_content(&json!({"media": {"kind": "hologram", "url": "https://x"}})).is_err());
+        assert!(
+            matches!(text, Ok(types::MessageContent::Text(t)) if t.body == "hi" && t.preview_url)
+        );
+        let media = outbound_content(
+            &json!({"media": {"kind": "document", "url": "https://x/y.pdf", "filename": "y.pdf"}}),
+        );
+        assert!(
+            matches!(media, Ok(types::MessageContent::Media(m)) if m.filename.as_deref() == Some("y.pdf"))
+        );
+        assert!(
+            outbound_content(&json!({"media": {"kind": "hologram", "url": "https://x"}})).is_err()
+        );
         assert!(outbound_content(&json!({"nothing": 1})).is_err());
     }
 }

@@ -153,7 +153,11 @@ fn http_overrides() -> anyhow::Result<std::collections::HashMap<String, String>>
     let Ok(text) = std::env::var("POSTDOG_HTTP_OVERRIDES") else {
         return Ok(overrides);
     };
-    for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
         let Some((host, base)) = entry.split_once('=') else {
             anyhow::bail!(
                 "POSTDOG_HTTP_OVERRIDES: `{entry}` is not HOST=BASE_URL (for example graph.facebook.com=http://127.0.0.1:4567)"

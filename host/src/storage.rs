@@ -26,14 +26,14 @@ mod imports;
 mod installs;
 mod jobs;
 mod messaging;
-mod templates;
-mod webhooks;
 mod notes;
 mod plugin_kv;
 mod segments;
 mod sqlite_reads;
+mod templates;
 mod tenants;
 pub mod testing;
+mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -53,8 +53,6 @@ pub use custom_fields::{CustomField, FieldKind};
 pub use imports::{DuplicateStrategy, ImportCounts, ImportJob, ImportRow, RowOutcome};
 pub use installs::Install;
 pub use jobs::{Job, NewJob, QueueDepth};
-pub use templates::TemplateRecord;
-pub use webhooks::{Attempt, Delivery, Endpoint};
 pub use messaging::{
     AssigneeFilter, Conversation, ConversationChange, ConversationFilter, ConversationNote,
     DEFAULT_OPT_IN, DEFAULT_OPT_OUT, InboundRecord, InboundResult, Message, OutboundRecord, Queued,
@@ -63,7 +61,9 @@ pub use messaging::{
 pub use notes::Note;
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
 pub use segments::{Segment, SegmentWriteError};
+pub use templates::TemplateRecord;
 pub use tenants::{Branding, Tenant, TenantWriteError, month_of};
+pub use webhooks::{Attempt, Delivery, Endpoint};
 
 /// Which database a `Storage` talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

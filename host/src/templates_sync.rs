@@ -79,7 +79,10 @@ pub fn register(jobs: &Jobs, marketplace: Marketplace, webhooks: Webhooks) {
                 .tenant_id
                 .clone()
                 .ok_or_else(|| JobFailure::permanent("no tenant"))?;
-            let install_id = job.payload["install_id"].as_str().unwrap_or_default().to_string();
+            let install_id = job.payload["install_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let db = queue.storage().tenant(&crate::ids::TenantId::new(&tenant));
             match sync(&marketplace, &webhooks, &db, &install_id).await {
                 Ok(_) => {}
@@ -87,7 +90,11 @@ pub fn register(jobs: &Jobs, marketplace: Marketplace, webhooks: Webhooks) {
                 Err(SyncError::Storage(error)) => return Err(error.into()),
                 Err(other) => tracing::warn!(?other, install_id, "template poll failed"),
             }
-            if !db.templates(Some(&install_id), Some("PENDING")).await?.is_empty() {
+            if !db
+                .templates(Some(&install_id), Some("PENDING"))
+                .await?
+                .is_empty()
+            {
                 let mut next = NewJob::new(
                     "templates",
                     "templates.poll",
@@ -95,8 +102,10 @@ pub fn register(jobs: &Jobs, marketplace: Marketplace, webhooks: Webhooks) {
                     json!({ "install_id": install_id }),
                 );
                 next.run_at = now_ms() + 5 * 60_000;
-                next.idempotency_key =
-                    Some(format!("templates.poll:{install_id}:{}", next.run_at / (5 * 60_000)));
+                next.idempotency_key = Some(format!(
+                    "templates.poll:{install_id}:{}",
+                    next.run_at / (5 * 60_000)
+                ));
                 queue.enqueue(&next).await?;
             }
             Ok(())

@@ -91,7 +91,10 @@ impl Subscribed {
         wanted
             .into_iter()
             .map(|endpoint_id| {
-                let delivery_id = format!("{event_id}_{}", &endpoint_id.replace('-', "")[..12.min(endpoint_id.len())]);
+                let delivery_id = format!(
+                    "{event_id}_{}",
+                    &endpoint_id.replace('-', "")[..12.min(endpoint_id.len())]
+                );
                 let mut job = NewJob::new(
                     "webhooks",
                     "webhook.deliver",
@@ -165,7 +168,9 @@ fn private(ip: IpAddr) -> bool {
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| private(IpAddr::V4(v4)))
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| private(IpAddr::V4(v4)))
         }
     }
 }
@@ -183,7 +188,12 @@ impl Webhooks {
                     .collect::<Option<Vec<_>>>()
             })
             .filter(|schedule| !schedule.is_empty())
-            .unwrap_or_else(|| RETRY_SCHEDULE.iter().map(|s| Duration::from_secs(*s)).collect());
+            .unwrap_or_else(|| {
+                RETRY_SCHEDULE
+                    .iter()
+                    .map(|s| Duration::from_secs(*s))
+                    .collect()
+            });
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .redirect(reqwest::redirect::Policy::none())
@@ -248,7 +258,12 @@ impl Webhooks {
     }
 
     /// Queues `event_type` with `data` for every subscribed endpoint of the tenant.
-    pub async fn emit(&self, db: &TenantDb, event_type: &str, data: Value) -> Result<(), StorageError> {
+    pub async fn emit(
+        &self,
+        db: &TenantDb,
+        event_type: &str,
+        data: Value,
+    ) -> Result<(), StorageError> {
         let jobs = self
             .subscriptions(db)
             .await?
@@ -288,16 +303,22 @@ impl Webhooks {
         self.seal(tenant_id, secret)
     }
 
-    fn secrets_of(&self, tenant_id: &str, endpoint: &Endpoint) -> Result<Vec<WebhookSecret>, String> {
+    fn secrets_of(
+        &self,
+        tenant_id: &str,
+        endpoint: &Endpoint,
+    ) -> Result<Vec<WebhookSecret>, String> {
         let mut secrets = vec![
             WebhookSecret::parse(&self.open(tenant_id, &endpoint.sealed_secret)?)
                 .map_err(|error| error.to_string())?,
         ];
-        if let (Some(previous), Some(until)) = (&endpoint.sealed_previous, endpoint.previous_expires_at)
+        if let (Some(previous), Some(until)) =
+            (&endpoint.sealed_previous, endpoint.previous_expires_at)
             && until > now_ms()
         {
             secrets.push(
-                WebhookSecret::parse(&self.open(tenant_id, previous)?).map_err(|error| error.to_string())?,
+                WebhookSecret::parse(&self.open(tenant_id, previous)?)
+                    .map_err(|error| error.to_string())?,
             );
         }
         Ok(secrets)
@@ -327,10 +348,14 @@ impl Webhooks {
 
     /// The `webhook.deliver` job: one attempt.
     async fn deliver(&self, job: Job) -> Result<(), JobFailure> {
-        let tenant = job.tenant_id.clone().ok_or_else(|| JobFailure::permanent("no tenant"))?;
+        let tenant = job
+            .tenant_id
+            .clone()
+            .ok_or_else(|| JobFailure::permanent("no tenant"))?;
         let payload = &job.payload;
         let text = |name: &str| payload[name].as_str().unwrap_or_default().to_string();
-        let (delivery_id, endpoint_id, event_type) = (text("delivery_id"), text("endpoint_id"), text("type"));
+        let (delivery_id, endpoint_id, event_type) =
+            (text("delivery_id"), text("endpoint_id"), text("type"));
         let db = self
             .inner
             .jobs
@@ -340,7 +365,9 @@ impl Webhooks {
             return Ok(()); // deleted
         };
         let body = payload["body"].clone();
-        let delivery = db.ensure_delivery(&delivery_id, &endpoint_id, &event_type, &body).await?;
+        let delivery = db
+            .ensure_delivery(&delivery_id, &endpoint_id, &event_type, &body)
+            .await?;
         if delivery.state != "pending" {
             return Ok(());
         }
@@ -353,18 +380,25 @@ impl Webhooks {
                 status_code: None,
                 error: Some(format!(
                     "not sent: the endpoint is disabled ({})",
-                    endpoint.disabled_reason.as_deref().unwrap_or("no reason given")
+                    endpoint
+                        .disabled_reason
+                        .as_deref()
+                        .unwrap_or("no reason given")
                 )),
                 duration_ms: 0,
             };
-            db.record_attempt(&delivery_id, &attempt, "failed", None).await?;
+            db.record_attempt(&delivery_id, &attempt, "failed", None)
+                .await?;
             return Ok(());
         }
         let outcome = self.attempt(&tenant, &endpoint, &delivery_id, &body).await;
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let (status_code, error) = match &outcome {
             Ok(status) if (200..300).contains(status) => (Some(i64::from(*status)), None),
-            Ok(status) => (Some(i64::from(*status)), Some(format!("the endpoint answered {status}"))),
+            Ok(status) => (
+                Some(i64::from(*status)),
+                Some(format!("the endpoint answered {status}")),
+            ),
             Err(error) => (None, Some(error.clone())),
         };
         let attempt = Attempt {
@@ -374,13 +408,16 @@ impl Webhooks {
             duration_ms,
         };
         if error.is_none() {
-            db.record_attempt(&delivery_id, &attempt, "delivered", None).await?;
+            db.record_attempt(&delivery_id, &attempt, "delivered", None)
+                .await?;
             db.set_endpoint_failing(&endpoint_id, false).await?;
             return Ok(());
         }
         if outcome == Ok(410) {
-            db.record_attempt(&delivery_id, &attempt, "failed", None).await?;
-            db.disable_endpoint(&endpoint_id, "the endpoint answered 410 Gone").await?;
+            db.record_attempt(&delivery_id, &attempt, "failed", None)
+                .await?;
+            db.disable_endpoint(&endpoint_id, "the endpoint answered 410 Gone")
+                .await?;
             self.invalidate(&tenant);
             return Ok(());
         }
@@ -388,7 +425,8 @@ impl Webhooks {
         match self.inner.schedule.get(attempt_number) {
             Some(wait) => {
                 let next = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
-                db.record_attempt(&delivery_id, &attempt, "pending", Some(next)).await?;
+                db.record_attempt(&delivery_id, &attempt, "pending", Some(next))
+                    .await?;
                 Err(JobFailure {
                     retryable: true,
                     message: error.unwrap_or_default(),
@@ -396,7 +434,8 @@ impl Webhooks {
                 })
             }
             None => {
-                db.record_attempt(&delivery_id, &attempt, "failed", None).await?;
+                db.record_attempt(&delivery_id, &attempt, "failed", None)
+                    .await?;
                 let reason = format!(
                     "every attempt to deliver {delivery_id} failed for {}; last: {}",
                     describe(self.inner.schedule.iter().sum()),
@@ -423,7 +462,8 @@ impl Webhooks {
         let bytes = serde_json::to_vec(body).map_err(|error| error.to_string())?;
         let timestamp = now_ms() / 1000;
         let refs: Vec<&WebhookSecret> = secrets.iter().collect();
-        let signature = crate::webhook_signing::signature_header(&refs, delivery_id, timestamp, &bytes);
+        let signature =
+            crate::webhook_signing::signature_header(&refs, delivery_id, timestamp, &bytes);
         let response = self
             .inner
             .client
@@ -469,7 +509,16 @@ mod tests {
 
     #[test]
     fn private_addresses_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "fd00::1", "100.64.0.1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.169.254",
+            "::1",
+            "fd00::1",
+            "100.64.0.1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(private(ip.parse().expect("ip")), "{ip}");
         }
         for ip in ["8.8.8.8", "2001:4860:4860::8888"] {

@@ -61,7 +61,14 @@ async fn scenario(server: &PostdogServer) {
         .filter_map(|p| p["name"].as_str())
         .collect();
     names.sort_unstable();
-    assert_eq!(names, ["postdog/echo-channel", "postdog/hello-action"]);
+    assert_eq!(
+        names,
+        [
+            "postdog/echo-channel",
+            "postdog/hello-action",
+            "postdog/whatsapp"
+        ]
+    );
     let (status, first) = other
         .post(
             "/v1/installs",

@@ -52,7 +52,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -76,7 +79,11 @@ async fn whatsapp_end_to_end_on_every_backend() {
 }
 
 async fn scenario(database_url: Option<String>) {
-    let label = if database_url.is_some() { "postgres" } else { "sqlite" };
+    let label = if database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
     let fake = FakeGraph::start(FakeGraphConfig::default()).await;
     let config = fake.config().clone();
     let server = PostdogServer::start_with(
@@ -181,28 +188,61 @@ async fn scenario(database_url: Option<String>) {
         )
         .await;
     assert_eq!(status, 422, "{label}: {refused}");
-    assert_eq!(refused["type"], "https://postdog.dev/problems/window-closed", "{label}: {refused}");
-    assert!(
-        refused["detail"].as_str().unwrap_or_default().contains("template"),
+    assert_eq!(
+        refused["type"], "https://postdog.dev/problems/window-closed",
         "{label}: {refused}"
     );
-    assert_eq!(fake.send_attempts(), attempts_before, "{label}: nothing reached Meta");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("template"),
+        "{label}: {refused}"
+    );
+    assert_eq!(
+        fake.send_attempts(),
+        attempts_before,
+        "{label}: nothing reached Meta"
+    );
 
     // Inbound: stored once however often Meta delivers it.
-    let (wamid, status) = fake.inbound_text(ada, "Ada Lovelace", "Hello there").await.expect("inbound");
+    let (wamid, status) = fake
+        .inbound_text(ada, "Ada Lovelace", "Hello there")
+        .await
+        .expect("inbound");
     assert_eq!(status, 200, "{label}");
-    assert_eq!(fake.redeliver_last().await.expect("redeliver"), 200, "{label}");
+    assert_eq!(
+        fake.redeliver_last().await.expect("redeliver"),
+        200,
+        "{label}"
+    );
     let (_, conversations) = api.get("/v1/conversations?status=open").await;
     let conversation = conversations["data"][0].clone();
-    assert_eq!(conversations["data"].as_array().map(Vec::len), Some(1), "{label}: {conversations}");
+    assert_eq!(
+        conversations["data"].as_array().map(Vec::len),
+        Some(1),
+        "{label}: {conversations}"
+    );
     assert_eq!(conversation["unread"], 1, "{label}: duplicate not counted");
     assert_eq!(conversation["window_open"], true, "{label}");
     let conversation_id = conversation["id"].as_str().expect("id").to_string();
-    let contact_id = conversation["contact_id"].as_str().expect("contact").to_string();
-    let (_, messages) = api.get(&format!("/v1/conversations/{conversation_id}/messages")).await;
-    assert_eq!(messages["data"].as_array().map(Vec::len), Some(1), "{label}: {messages}");
+    let contact_id = conversation["contact_id"]
+        .as_str()
+        .expect("contact")
+        .to_string();
+    let (_, messages) = api
+        .get(&format!("/v1/conversations/{conversation_id}/messages"))
+        .await;
+    assert_eq!(
+        messages["data"].as_array().map(Vec::len),
+        Some(1),
+        "{label}: {messages}"
+    );
     assert_eq!(messages["data"][0]["provider_message_id"], wamid.as_str());
-    assert_eq!(messages["data"][0]["content"]["text"]["body"], "Hello there");
+    assert_eq!(
+        messages["data"][0]["content"]["text"]["body"],
+        "Hello there"
+    );
     let (_, contact) = api.get(&format!("/v1/contacts/{contact_id}")).await;
     assert_eq!(contact["phone"], ada, "{label}");
     assert_eq!(contact["name"], "Ada Lovelace", "{label}");
@@ -218,9 +258,17 @@ async fn scenario(database_url: Option<String>) {
         .await
         .expect("deliver");
     assert_eq!(status, 401, "{label}: forged signature");
-    assert_eq!(fake.deliver_raw(bytes, None).await.expect("deliver"), 401, "{label}: no signature");
+    assert_eq!(
+        fake.deliver_raw(bytes, None).await.expect("deliver"),
+        401,
+        "{label}: no signature"
+    );
     let (_, all) = api.get("/v1/conversations").await;
-    assert_eq!(all["data"].as_array().map(Vec::len), Some(1), "{label}: nothing stored for forged payloads");
+    assert_eq!(
+        all["data"].as_array().map(Vec::len),
+        Some(1),
+        "{label}: nothing stored for forged payloads"
+    );
 
     // The event stream saw the message.
     let first_event = tokio::time::timeout(Duration::from_secs(10), async {
@@ -235,7 +283,10 @@ async fn scenario(database_url: Option<String>) {
     })
     .await
     .expect("an SSE event within 10 s");
-    assert!(first_event.contains("Hello there"), "{label}: {first_event}");
+    assert!(
+        first_event.contains("Hello there"),
+        "{label}: {first_event}"
+    );
 
     // A reply inside the window, idempotent by key.
     let reply = json!({"install_id": install_id, "contact_id": contact_id, "text": {"body": "Hi Ada, how can we help?"}});
@@ -251,23 +302,39 @@ async fn scenario(database_url: Option<String>) {
                 .await
                 .expect("send");
             let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
         }
     };
     let (status, message) = send(reply.clone(), "reply-1").await;
     assert_eq!(status, 202, "{label}: {message}");
     let message_id = message["id"].as_str().expect("id").to_string();
     let (status, again) = send(reply.clone(), "reply-1").await;
-    assert_eq!((status, again["id"].as_str()), (200, Some(message_id.as_str())), "{label}: replay");
-    let (status, conflict) = send(json!({"install_id": install_id, "contact_id": contact_id, "text": {"body": "other"}}), "reply-1").await;
+    assert_eq!(
+        (status, again["id"].as_str()),
+        (200, Some(message_id.as_str())),
+        "{label}: replay"
+    );
+    let (status, conflict) = send(
+        json!({"install_id": install_id, "contact_id": contact_id, "text": {"body": "other"}}),
+        "reply-1",
+    )
+    .await;
     assert_eq!(status, 409, "{label}: {conflict}");
     let sent = eventually("the reply at Meta", || async {
-        fake.sent().into_iter().find(|sent| sent.text() == Some("Hi Ada, how can we help?"))
+        fake.sent()
+            .into_iter()
+            .find(|sent| sent.text() == Some("Hi Ada, how can we help?"))
     })
     .await;
     assert_eq!(sent.to, "14155550123");
     assert_eq!(
-        fake.sent().iter().filter(|s| s.text() == Some("Hi Ada, how can we help?")).count(),
+        fake.sent()
+            .iter()
+            .filter(|s| s.text() == Some("Hi Ada, how can we help?"))
+            .count(),
         1,
         "{label}: sent once"
     );
@@ -296,7 +363,11 @@ async fn scenario(database_url: Option<String>) {
         .filter_map(|entry| entry["status"].as_str())
         .collect();
     for status in ["accepted", "sent", "delivered", "read"] {
-        assert_eq!(history.iter().filter(|s| **s == status).count(), 1, "{label}: {history:?}");
+        assert_eq!(
+            history.iter().filter(|s| **s == status).count(),
+            1,
+            "{label}: {history:?}"
+        );
     }
 
     // Templates: lint, create, refused while pending, approved by webhook, sent.
@@ -311,38 +382,66 @@ async fn scenario(database_url: Option<String>) {
     assert_eq!(status, 200, "{label}: {bad}");
     assert_eq!(bad["submittable"], false, "{label}: {bad}");
     let (status, created) = api
-        .post("/v1/templates", json!({"install_id": install_id, "template": spec}))
+        .post(
+            "/v1/templates",
+            json!({"install_id": install_id, "template": spec}),
+        )
         .await;
     assert_eq!(status, 201, "{label}: {created}");
     let template_id = created["template"]["id"].as_str().expect("id").to_string();
-    let (status, submitted) = api.post(&format!("/v1/templates/{template_id}/submit"), json!({})).await;
+    let (status, submitted) = api
+        .post(&format!("/v1/templates/{template_id}/submit"), json!({}))
+        .await;
     assert_eq!(status, 200, "{label}: {submitted}");
     assert_eq!(submitted["template"]["status"], "PENDING", "{label}");
     let grace = "+14155550199";
     let template_send = json!({"install_id": install_id, "to": grace, "template": {"name": "order_update", "language": "en_US", "variables": {"body": ["Grace", "#2001"]}}});
     let (status, refused) = api.post("/v1/messages", template_send.clone()).await;
     assert_eq!(status, 422, "{label}: {refused}");
-    assert_eq!(refused["type"], "https://postdog.dev/problems/template-not-approved");
-    assert_eq!(fake.approve_template("order_update", "en_US").await.expect("approve"), Some(200));
+    assert_eq!(
+        refused["type"],
+        "https://postdog.dev/problems/template-not-approved"
+    );
+    assert_eq!(
+        fake.approve_template("order_update", "en_US")
+            .await
+            .expect("approve"),
+        Some(200)
+    );
     let (_, approved) = api.get(&format!("/v1/templates/{template_id}")).await;
-    assert_eq!(approved["template"]["status"], "APPROVED", "{label}: {approved}");
+    assert_eq!(
+        approved["template"]["status"], "APPROVED",
+        "{label}: {approved}"
+    );
     // Grace never wrote: free-form refused with the approved template suggested…
     let (status, refused) = api
-        .post("/v1/messages", json!({"install_id": install_id, "to": grace, "text": {"body": "hi"}}))
+        .post(
+            "/v1/messages",
+            json!({"install_id": install_id, "to": grace, "text": {"body": "hi"}}),
+        )
         .await;
     assert_eq!(status, 422, "{label}");
-    assert!(refused["detail"].as_str().unwrap_or_default().contains("order_update"), "{label}: {refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("order_update"),
+        "{label}: {refused}"
+    );
     // …and the template goes through.
     let (status, queued) = api.post("/v1/messages", template_send).await;
     assert_eq!(status, 202, "{label}: {queued}");
     let template_sent = eventually("the template at Meta", || async {
-        fake.sent().into_iter().find(|s| s.template_name() == Some("order_update"))
+        fake.sent()
+            .into_iter()
+            .find(|s| s.template_name() == Some("order_update"))
     })
     .await;
     assert_eq!(template_sent.to, "14155550199");
     assert_eq!(
         template_sent.body["template"]["components"][0]["parameters"][0]["text"], "Grace",
-        "{label}: {}", template_sent.body
+        "{label}: {}",
+        template_sent.body
     );
 
     // A window that closed: Meta delivers a 25-hour-old message late.
@@ -351,27 +450,52 @@ async fn scenario(database_url: Option<String>) {
         .expect("time")
         .as_secs();
     let (_, status) = fake
-        .inbound_message("+14155550142", "Late Larry", json!({"type": "text", "text": {"body": "old"}, "timestamp": old.to_string()}))
+        .inbound_message(
+            "+14155550142",
+            "Late Larry",
+            json!({"type": "text", "text": {"body": "old"}, "timestamp": old.to_string()}),
+        )
         .await
         .expect("inbound");
     assert_eq!(status, 200);
     let (status, refused) = api
-        .post("/v1/messages", json!({"install_id": install_id, "to": "+14155550142", "text": {"body": "hi"}}))
+        .post(
+            "/v1/messages",
+            json!({"install_id": install_id, "to": "+14155550142", "text": {"body": "hi"}}),
+        )
         .await;
     assert_eq!(status, 422, "{label}: {refused}");
-    assert!(refused["detail"].as_str().unwrap_or_default().contains("closed at"), "{label}: {refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("closed at"),
+        "{label}: {refused}"
+    );
 
     // STOP opts Ada out (recorded as consent) and blocks marketing; START opts back in.
-    let (_, status) = fake.inbound_text(ada, "Ada Lovelace", "stop").await.expect("inbound");
+    let (_, status) = fake
+        .inbound_text(ada, "Ada Lovelace", "stop")
+        .await
+        .expect("inbound");
     assert_eq!(status, 200);
     let (_, contact) = api.get(&format!("/v1/contacts/{contact_id}")).await;
-    assert_eq!(contact["consent"]["whatsapp"]["status"], "opted_out", "{label}: {contact}");
-    assert_eq!(contact["consent"]["whatsapp"]["source"], "keyword", "{label}: {contact}");
+    assert_eq!(
+        contact["consent"]["whatsapp"]["status"], "opted_out",
+        "{label}: {contact}"
+    );
+    assert_eq!(
+        contact["consent"]["whatsapp"]["source"], "keyword",
+        "{label}: {contact}"
+    );
     let promo = json!({"install_id": install_id, "contact_id": contact_id, "purpose": "marketing", "text": {"body": "20% off today"}});
     let (status, refused) = api.post("/v1/messages", promo.clone()).await;
     assert_eq!(status, 422, "{label}: {refused}");
     assert_eq!(refused["type"], "https://postdog.dev/problems/opted-out");
-    let (_, status) = fake.inbound_text(ada, "Ada Lovelace", "START").await.expect("inbound");
+    let (_, status) = fake
+        .inbound_text(ada, "Ada Lovelace", "START")
+        .await
+        .expect("inbound");
     assert_eq!(status, 200);
     let (status, accepted) = api.post("/v1/messages", promo).await;
     assert_eq!(status, 202, "{label}: {accepted}");
@@ -379,8 +503,13 @@ async fn scenario(database_url: Option<String>) {
     // Tenant webhooks: signed, retried after the first 500 with the same id.
     let requests = eventually("signed webhooks", || async {
         let requests = received.requests.lock().expect("lock").clone();
-        let read = requests.iter().any(|(_, body, status)| *status == 200 && String::from_utf8_lossy(body).contains("message.read"));
-        let types = requests.iter().filter(|(_, body, _)| String::from_utf8_lossy(body).contains("contact.created")).count();
+        let read = requests.iter().any(|(_, body, status)| {
+            *status == 200 && String::from_utf8_lossy(body).contains("message.read")
+        });
+        let types = requests
+            .iter()
+            .filter(|(_, body, _)| String::from_utf8_lossy(body).contains("contact.created"))
+            .count();
         let first_retried = requests.first().is_some_and(|(first, _, _)| {
             requests.iter().skip(1).any(|(headers, _, status)| {
                 *status == 200 && headers.get("webhook-id") == first.get("webhook-id")
@@ -390,7 +519,13 @@ async fn scenario(database_url: Option<String>) {
     })
     .await;
     for (headers, body, _) in &requests {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
         postdog_host::webhook_signing::verify(
             &[&secret],
             (
@@ -399,17 +534,33 @@ async fn scenario(database_url: Option<String>) {
                 header("webhook-signature").as_str(),
             ),
             body,
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs() as i64,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_secs() as i64,
             300,
         )
-        .unwrap_or_else(|error| panic!("{label}: signature of {}: {error:?}", String::from_utf8_lossy(body)));
+        .unwrap_or_else(|error| {
+            panic!(
+                "{label}: signature of {}: {error:?}",
+                String::from_utf8_lossy(body)
+            )
+        });
     }
     let failed_id = requests[0].0.get("webhook-id").cloned().expect("id");
     assert!(
-        requests.iter().skip(1).any(|(headers, _, status)| headers.get("webhook-id") == Some(&failed_id) && *status == 200),
+        requests
+            .iter()
+            .skip(1)
+            .any(
+                |(headers, _, status)| headers.get("webhook-id") == Some(&failed_id)
+                    && *status == 200
+            ),
         "{label}: the failed delivery was retried with the same webhook-id"
     );
-    let (_, deliveries) = api.get(&format!("/v1/webhooks/{endpoint_id}/deliveries")).await;
+    let (_, deliveries) = api
+        .get(&format!("/v1/webhooks/{endpoint_id}/deliveries"))
+        .await;
     let retried = deliveries["data"]
         .as_array()
         .expect("deliveries")
@@ -418,16 +569,46 @@ async fn scenario(database_url: Option<String>) {
         .cloned()
         .expect("the retried delivery is listed");
     assert_eq!(retried["state"], "delivered", "{label}: {retried}");
-    assert_eq!(retried["attempt_log"][0]["status_code"], 500, "{label}: {retried}");
+    assert_eq!(
+        retried["attempt_log"][0]["status_code"], 500,
+        "{label}: {retried}"
+    );
 
     // Another tenant sees and changes none of it.
     let (_, theirs) = other.get("/v1/conversations").await;
     assert_eq!(theirs["data"].as_array().map(Vec::len), Some(0), "{label}");
-    assert_eq!(other.get(&format!("/v1/messages/{message_id}")).await.0, 404);
-    assert_eq!(other.get(&format!("/v1/conversations/{conversation_id}")).await.0, 404);
-    assert_eq!(other.post(&format!("/v1/conversations/{conversation_id}/close"), json!({})).await.0, 404);
-    assert_eq!(other.get(&format!("/v1/templates/{template_id}")).await.0, 404);
-    assert_eq!(other.get(&format!("/v1/webhooks/{endpoint_id}/deliveries")).await.0, 404);
+    assert_eq!(
+        other.get(&format!("/v1/messages/{message_id}")).await.0,
+        404
+    );
+    assert_eq!(
+        other
+            .get(&format!("/v1/conversations/{conversation_id}"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        other
+            .post(
+                &format!("/v1/conversations/{conversation_id}/close"),
+                json!({})
+            )
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        other.get(&format!("/v1/templates/{template_id}")).await.0,
+        404
+    );
+    assert_eq!(
+        other
+            .get(&format!("/v1/webhooks/{endpoint_id}/deliveries"))
+            .await
+            .0,
+        404
+    );
     let (status, _) = other
         .post("/v1/messages", json!({"install_id": install_id, "to": ada, "template": {"name": "order_update", "language": "en_US", "variables": {"body": ["x", "y"]}}}))
         .await;
@@ -435,18 +616,47 @@ async fn scenario(database_url: Option<String>) {
 
     // Inbox actions.
     let (status, assigned) = api
-        .post(&format!("/v1/conversations/{conversation_id}/assign"), json!({"agent": "agent-7"}))
+        .post(
+            &format!("/v1/conversations/{conversation_id}/assign"),
+            json!({"agent": "agent-7"}),
+        )
         .await;
-    assert_eq!((status.as_u16(), assigned["assignee"].as_str()), (200, Some("agent-7")));
+    assert_eq!(
+        (status.as_u16(), assigned["assignee"].as_str()),
+        (200, Some("agent-7"))
+    );
     let (_, mine) = api.get("/v1/conversations?assignee=agent-7").await;
     assert_eq!(mine["data"].as_array().map(Vec::len), Some(1));
-    let (status, read) = api.post(&format!("/v1/conversations/{conversation_id}/read"), json!({})).await;
-    assert_eq!((status.as_u16(), read["unread"].as_i64()), (200, Some(0)), "{label}: {read}");
-    assert!(!fake.read_receipts().is_empty(), "{label}: Meta told the message was read");
+    let (status, read) = api
+        .post(
+            &format!("/v1/conversations/{conversation_id}/read"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), read["unread"].as_i64()),
+        (200, Some(0)),
+        "{label}: {read}"
+    );
+    assert!(
+        !fake.read_receipts().is_empty(),
+        "{label}: Meta told the message was read"
+    );
     let (status, _) = api
-        .post(&format!("/v1/conversations/{conversation_id}/notes"), json!({"body": "VIP customer"}))
+        .post(
+            &format!("/v1/conversations/{conversation_id}/notes"),
+            json!({"body": "VIP customer"}),
+        )
         .await;
     assert_eq!(status, 201);
-    let (status, closed) = api.post(&format!("/v1/conversations/{conversation_id}/close"), json!({})).await;
-    assert_eq!((status.as_u16(), closed["status"].as_str()), (200, Some("closed")));
+    let (status, closed) = api
+        .post(
+            &format!("/v1/conversations/{conversation_id}/close"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), closed["status"].as_str()),
+        (200, Some("closed"))
+    );
 }

@@ -33,7 +33,10 @@ pub(super) fn router() -> Router<AppState> {
         .route("/v1/messages/{id}", get(show_message))
         .route("/v1/conversations", get(list_conversations))
         .route("/v1/conversations/{id}", get(show_conversation))
-        .route("/v1/conversations/{id}/messages", get(conversation_messages))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(conversation_messages),
+        )
         .route("/v1/conversations/{id}/assign", post(assign))
         .route("/v1/conversations/{id}/close", post(close))
         .route("/v1/conversations/{id}/reopen", post(reopen))
@@ -47,13 +50,17 @@ pub(super) fn router() -> Router<AppState> {
         .route("/v1/templates/sync", post(sync_templates))
         .route(
             "/v1/templates/{id}",
-            get(show_template).put(update_template).delete(delete_template),
+            get(show_template)
+                .put(update_template)
+                .delete(delete_template),
         )
         .route("/v1/templates/{id}/submit", post(submit_template))
         .route("/v1/webhooks", get(list_endpoints).post(create_endpoint))
         .route(
             "/v1/webhooks/{id}",
-            get(show_endpoint).patch(update_endpoint).delete(delete_endpoint),
+            get(show_endpoint)
+                .patch(update_endpoint)
+                .delete(delete_endpoint),
         )
         .route("/v1/webhooks/{id}/secret", get(endpoint_secret))
         .route("/v1/webhooks/{id}/rotate-secret", post(rotate_secret))
@@ -67,8 +74,7 @@ pub(super) fn router() -> Router<AppState> {
 /// The public provider webhook ingress (no API key: the plugin checks the provider's
 /// signature).
 pub(super) fn hooks_router() -> Router<AppState> {
-    Router::new()
-        .route("/hooks/{install_id}", get(hook).post(hook))
+    Router::new().route("/hooks/{install_id}", get(hook).post(hook))
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {
@@ -90,7 +96,12 @@ fn invalid(detail: impl Into<String>) -> ApiError {
 }
 
 fn invalid_query(detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid-query", "Invalid query", detail)
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-query",
+        "Invalid query",
+        detail,
+    )
 }
 
 fn limit_of(limit: Option<i64>) -> Result<i64, ApiError> {
@@ -292,10 +303,7 @@ async fn change(
         .messaging
         .conversation_changed(db.tenant_id().as_str(), &conversation);
     if let Some(event) = event {
-        state
-            .webhooks
-            .emit(db, event, json!(conversation))
-            .await?;
+        state.webhooks.emit(db, event, json!(conversation)).await?;
     }
     Ok(Json(json!(conversation)))
 }
@@ -308,7 +316,9 @@ async fn assign(
 ) -> Result<Json<Value>, ApiError> {
     let agent = match request.agent.map(|agent| agent.trim().to_string()) {
         Some(agent) if agent.is_empty() || agent.chars().count() > 200 => {
-            return Err(invalid("`agent` is 1 to 200 characters, or null to unassign"));
+            return Err(invalid(
+                "`agent` is 1 to 200 characters, or null to unassign",
+            ));
         }
         other => other,
     };
@@ -431,7 +441,11 @@ async fn events(
                 Ok(event) if event.tenant_id == tenant => {
                     let data = json!({ "type": event.kind, "data": event.data });
                     if sender
-                        .send(Event::default().event(event.kind.clone()).data(data.to_string()))
+                        .send(
+                            Event::default()
+                                .event(event.kind.clone())
+                                .data(data.to_string()),
+                        )
                         .await
                         .is_err()
                     {
@@ -502,15 +516,19 @@ async fn save_settings(
     };
     let opt_out = clean(request.opt_out_keywords, "opt_out_keywords")?;
     let opt_in = clean(request.opt_in_keywords, "opt_in_keywords")?;
-    if let Some(both) = opt_out
-        .iter()
-        .find(|keyword| opt_in.iter().any(|other| other.eq_ignore_ascii_case(keyword)))
-    {
+    if let Some(both) = opt_out.iter().find(|keyword| {
+        opt_in
+            .iter()
+            .any(|other| other.eq_ignore_ascii_case(keyword))
+    }) {
         return Err(invalid(format!(
             "`{both}` is both an opt-out and an opt-in keyword"
         )));
     }
-    caller.db().set_messaging_keywords(&opt_out, &opt_in).await?;
+    caller
+        .db()
+        .set_messaging_keywords(&opt_out, &opt_in)
+        .await?;
     Ok(Json(
         json!({ "opt_out_keywords": opt_out, "opt_in_keywords": opt_in }),
     ))
@@ -778,13 +796,18 @@ async fn sync_templates(
     ApiJson(request): ApiJson<SyncRequest>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&WRITERS)?;
-    let changed = crate::templates_sync::sync(&state.marketplace, &state.webhooks, caller.db(), &request.install_id)
-        .await
-        .map_err(|error| match error {
-            crate::templates_sync::SyncError::Marketplace(error) => ApiError::from(error),
-            crate::templates_sync::SyncError::Storage(error) => ApiError::from(error),
-            crate::templates_sync::SyncError::Provider(error) => channel_error(error),
-        })?;
+    let changed = crate::templates_sync::sync(
+        &state.marketplace,
+        &state.webhooks,
+        caller.db(),
+        &request.install_id,
+    )
+    .await
+    .map_err(|error| match error {
+        crate::templates_sync::SyncError::Marketplace(error) => ApiError::from(error),
+        crate::templates_sync::SyncError::Storage(error) => ApiError::from(error),
+        crate::templates_sync::SyncError::Provider(error) => channel_error(error),
+    })?;
     Ok(Json(json!({ "changed": changed })))
 }
 
@@ -836,7 +859,12 @@ async fn create_endpoint(
         .map_err(|error| ApiError::internal(&error))?;
     let endpoint = caller
         .db()
-        .create_endpoint(&request.url, request.description.trim(), &request.events, &sealed)
+        .create_endpoint(
+            &request.url,
+            request.description.trim(),
+            &request.events,
+            &sealed,
+        )
         .await?;
     state.webhooks.invalidate(&tenant);
     let mut view = json!(endpoint);

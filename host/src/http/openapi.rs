@@ -838,7 +838,10 @@ fn schemas() -> Map<String, Value> {
             json!({"type": "object", "properties": {"ok": {}, "error": {}}}),
         ),
         ("AnyObject", json!({"type": "object"})),
-        ("AnyList", json!({"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}}, "required": ["data"]})),
+        (
+            "AnyList",
+            json!({"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}}, "required": ["data"]}),
+        ),
         (
             "Message",
             json!({"type": "object", "properties": {"id": text, "conversation_id": text, "contact_id": text, "install_id": text,
@@ -871,7 +874,10 @@ fn schemas() -> Map<String, Value> {
             "ConversationPage",
             json!({"type": "object", "properties": {"data": {"type": "array", "items": reference("Conversation")}, "next_before": nullable_time}}),
         ),
-        ("AssignRequest", object(json!({"agent": nullable_text}), &[])),
+        (
+            "AssignRequest",
+            object(json!({"agent": nullable_text}), &[]),
+        ),
         ("NoteInput", object(json!({"body": text}), &["body"])),
         (
             "MessagingSettings",
@@ -887,12 +893,30 @@ fn schemas() -> Map<String, Value> {
                 "body": {"type": "object", "properties": {"text": text, "examples": {"type": "array", "items": text}}},
                 "footer": text, "buttons": {"type": "array", "items": {"type": "object"}}}, "required": ["name", "language", "category", "body"]}),
         ),
-        ("TemplateInput", object(json!({"install_id": text, "template": reference("TemplateSpec")}), &["install_id", "template"])),
-        ("TemplateLint", object(json!({"template": reference("TemplateSpec")}), &["template"])),
-        ("TemplateView", json!({"type": "object", "properties": {"template": {"type": "object"}, "findings": {"type": "array", "items": {"type": "object"}}}})),
+        (
+            "TemplateInput",
+            object(
+                json!({"install_id": text, "template": reference("TemplateSpec")}),
+                &["install_id", "template"],
+            ),
+        ),
+        (
+            "TemplateLint",
+            object(
+                json!({"template": reference("TemplateSpec")}),
+                &["template"],
+            ),
+        ),
+        (
+            "TemplateView",
+            json!({"type": "object", "properties": {"template": {"type": "object"}, "findings": {"type": "array", "items": {"type": "object"}}}}),
+        ),
         (
             "EndpointInput",
-            object(json!({"url": text, "description": text, "events": {"type": "array", "items": text}}), &["url", "events"]),
+            object(
+                json!({"url": text, "description": text, "events": {"type": "array", "items": text}}),
+                &["url", "events"],
+            ),
         ),
     ];
     pairs

@@ -162,7 +162,9 @@ pub struct QueueDepth {
 impl Storage {
     /// Enqueues a job; its id, or `None` if its idempotency key was used already.
     pub async fn enqueue_job(&self, job: &NewJob) -> Result<Option<String>, StorageError> {
-        insert_job(self.pool(), job).await.context("enqueueing a job")
+        insert_job(self.pool(), job)
+            .await
+            .context("enqueueing a job")
     }
 
     /// Claims up to `limit` due jobs for `owner` with a lease of `lease_ms`.
@@ -333,11 +335,13 @@ impl Storage {
 
     /// One job by id, whatever its tenant (for workers).
     pub async fn job(&self, id: &str) -> Result<Option<Job>, StorageError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM jobs WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .context("reading a job")?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM jobs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .context("reading a job")?;
         row.as_ref()
             .map(decode)
             .transpose()
@@ -448,7 +452,11 @@ mod tests {
             job.idempotency_key = Some("once".into());
             job.max_attempts = 2;
             let id = storage.enqueue_job(&job).await?.expect("first insert");
-            assert_eq!(storage.enqueue_job(&job).await?, None, "{label}: key reused");
+            assert_eq!(
+                storage.enqueue_job(&job).await?,
+                None,
+                "{label}: key reused"
+            );
 
             let claimed = storage.claim_jobs("a", 60_000, 10).await?;
             assert_eq!(claimed.len(), 1, "{label}");
@@ -485,7 +493,10 @@ mod tests {
                 "{label}"
             );
             assert!(storage.cancel_job(None, &id).await?, "{label}");
-            assert!(storage.claim_jobs("e", 60_000, 10).await?.is_empty(), "{label}");
+            assert!(
+                storage.claim_jobs("e", 60_000, 10).await?.is_empty(),
+                "{label}"
+            );
         }
         Ok(())
     }

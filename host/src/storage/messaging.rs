@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 
+use super::filter_sql::{Bind, Sql};
 use super::jobs::insert_job;
 use super::{Backend, NewJob, QueryContext, Storage, StorageError, TenantDb, now_ms};
 
@@ -533,14 +534,12 @@ impl TenantDb {
         }
         .await;
         match outcome {
-            Ok(()) => Ok(Queued::New(
-                self.message(&record.message_id)
-                    .await?
-                    .ok_or(StorageError::Query {
-                        context: "reading a queued message",
-                        source: sqlx::Error::RowNotFound,
-                    })?,
-            )),
+            Ok(()) => Ok(Queued::New(self.message(&record.message_id).await?.ok_or(
+                StorageError::Query {
+                    context: "reading a queued message",
+                    source: sqlx::Error::RowNotFound,
+                },
+            )?)),
             Err(error) if is_unique_violation(&error) && record.idempotency_key.is_some() => {
                 let key = record.idempotency_key.as_deref().unwrap_or_default();
                 match self.message_by_idempotency_key(key).await? {
@@ -758,7 +757,9 @@ impl TenantDb {
         let mut latest = Some(message.clone());
         for row in &early {
             let status: String = row.try_get("status").context("decoding early status")?;
-            let at: Option<i64> = row.try_get("provider_at").context("decoding early status")?;
+            let at: Option<i64> = row
+                .try_get("provider_at")
+                .context("decoding early status")?;
             let error = json_column(row, "error").context("decoding early status")?;
             if let Some((message, _)) = self
                 .apply_status(
@@ -909,45 +910,46 @@ impl TenantDb {
         &self,
         filter: &ConversationFilter,
     ) -> Result<Vec<Conversation>, StorageError> {
-        let mut builder = sqlx::QueryBuilder::<sqlx::Any>::new(format!(
+        let mut sql = Sql::new(&format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = "
         ));
-        builder.push_bind(self.tenant_id().as_str().to_string());
+        let tenant = sql.bind(Bind::Text(self.tenant_id().as_str().to_string()));
+        sql.push(&tenant);
+        let equals = |sql: &mut Sql, column: &str, value: &str| {
+            let placeholder = sql.bind(Bind::Text(value.to_string()));
+            sql.push(&format!(" AND {column} = {placeholder}"));
+        };
         if let Some(status) = &filter.status {
-            builder.push(" AND status = ").push_bind(status.clone());
+            equals(&mut sql, "status", status);
         }
         match &filter.assignee {
-            Some(AssigneeFilter::Unassigned) => {
-                builder.push(" AND assignee IS NULL");
-            }
-            Some(AssigneeFilter::Assigned) => {
-                builder.push(" AND assignee IS NOT NULL");
-            }
-            Some(AssigneeFilter::Agent(agent)) => {
-                builder.push(" AND assignee = ").push_bind(agent.clone());
-            }
+            Some(AssigneeFilter::Unassigned) => sql.push(" AND assignee IS NULL"),
+            Some(AssigneeFilter::Assigned) => sql.push(" AND assignee IS NOT NULL"),
+            Some(AssigneeFilter::Agent(agent)) => equals(&mut sql, "assignee", agent),
             None => {}
         }
         if filter.unread {
-            builder.push(" AND unread > 0");
+            sql.push(" AND unread > 0");
         }
         if let Some(channel) = &filter.channel {
-            builder.push(" AND channel = ").push_bind(channel.clone());
+            equals(&mut sql, "channel", channel);
         }
         if let Some(install) = &filter.install_id {
-            builder.push(" AND install_id = ").push_bind(install.clone());
+            equals(&mut sql, "install_id", install);
         }
         if let Some(contact) = &filter.contact_id {
-            builder.push(" AND contact_id = ").push_bind(contact.clone());
+            equals(&mut sql, "contact_id", contact);
         }
         if let Some(before) = filter.before {
-            builder.push(" AND last_message_at < ").push_bind(before);
+            let placeholder = sql.bind(Bind::Int(before));
+            sql.push(&format!(" AND last_message_at < {placeholder}"));
         }
-        builder
-            .push(" ORDER BY last_message_at DESC, id DESC LIMIT ")
-            .push_bind(filter.limit);
-        let rows = builder
-            .build()
+        let limit = sql.bind(Bind::Int(filter.limit));
+        sql.push(&format!(
+            " ORDER BY last_message_at DESC, id DESC LIMIT {limit}"
+        ));
+        let rows = sql
+            .into_query()
             .fetch_all(self.storage().pool())
             .await
             .context("listing conversations")?;
@@ -991,24 +993,31 @@ impl TenantDb {
         id: &str,
         change: &ConversationChange,
     ) -> Result<Option<Conversation>, StorageError> {
-        let mut builder = sqlx::QueryBuilder::<sqlx::Any>::new("UPDATE conversations SET updated_at = ");
-        builder.push_bind(now_ms());
-        if let Some(assignee) = &change.assignee {
-            builder.push(", assignee = ").push_bind(assignee.clone());
+        let mut sql = Sql::new("UPDATE conversations SET updated_at = ");
+        let now = sql.bind(Bind::Int(now_ms()));
+        sql.push(&now);
+        match &change.assignee {
+            Some(Some(agent)) => {
+                let placeholder = sql.bind(Bind::Text(agent.clone()));
+                sql.push(&format!(", assignee = {placeholder}"));
+            }
+            Some(None) => sql.push(", assignee = NULL"),
+            None => {}
         }
         if let Some(status) = &change.status {
-            builder.push(", status = ").push_bind(status.clone());
+            let placeholder = sql.bind(Bind::Text(status.clone()));
+            sql.push(&format!(", status = {placeholder}"));
         }
         if change.mark_read {
-            builder.push(", unread = 0");
+            sql.push(", unread = 0");
         }
-        builder
-            .push(" WHERE tenant_id = ")
-            .push_bind(self.tenant_id().as_str().to_string())
-            .push(" AND id = ")
-            .push_bind(id.to_string());
-        let updated = builder
-            .build()
+        let tenant = sql.bind(Bind::Text(self.tenant_id().as_str().to_string()));
+        let id_placeholder = sql.bind(Bind::Text(id.to_string()));
+        sql.push(&format!(
+            " WHERE tenant_id = {tenant} AND id = {id_placeholder}"
+        ));
+        let updated = sql
+            .into_query()
             .execute(self.storage().pool())
             .await
             .context("updating a conversation")?

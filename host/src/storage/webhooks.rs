@@ -111,8 +111,7 @@ fn decode_endpoint(row: &sqlx::any::AnyRow) -> Result<Endpoint, sqlx::Error> {
     })
 }
 
-const DELIVERY_COLUMNS: &str =
-    "id, endpoint_id, event_type, payload, state, attempts, next_attempt_at, created_at, updated_at";
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_type, payload, state, attempts, next_attempt_at, created_at, updated_at";
 
 fn decode_delivery(row: &sqlx::any::AnyRow) -> Result<Delivery, sqlx::Error> {
     let payload: String = row.try_get("payload")?;
