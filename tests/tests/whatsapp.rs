@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use postdog_tests::fake_graph::{FakeGraph, FakeGraphConfig};
+use postdog_tests::fake_graph::{Failure, FakeGraph, FakeGraphConfig};
 use postdog_tests::{Api, FakeServer, PostdogServer};
 use serde_json::{Value, json};
 
@@ -499,6 +499,60 @@ async fn scenario(database_url: Option<String>) {
     assert_eq!(status, 200);
     let (status, accepted) = api.post("/v1/messages", promo).await;
     assert_eq!(status, 202, "{label}: {accepted}");
+
+    // A malformed payload with a valid signature: 400, nothing stored.
+    let garbage = b"{\"object\": \"whatsapp_business_account\", \"entry\": 7}".to_vec();
+    let signature = fake.sign(&garbage);
+    assert_eq!(
+        fake.deliver_raw(garbage, Some(signature))
+            .await
+            .expect("deliver"),
+        400,
+        "{label}"
+    );
+
+    // Provider throttling is retried (Retry-After honoured) and sent exactly once;
+    // a permanent error fails the message at once, with the provider's code.
+    eventually("the promo at Meta", || async {
+        fake.sent()
+            .into_iter()
+            .find(|s| s.text() == Some("20% off today"))
+    })
+    .await;
+    let attempts = fake.send_attempts();
+    fake.fail_next(1, Failure::retry_after(1));
+    let (status, throttled) = api
+        .post("/v1/messages", json!({"install_id": install_id, "contact_id": contact_id, "text": {"body": "after a 429"}}))
+        .await;
+    assert_eq!(status, 202, "{label}: {throttled}");
+    eventually("the retried send", || async {
+        fake.sent()
+            .into_iter()
+            .find(|s| s.text() == Some("after a 429"))
+    })
+    .await;
+    assert_eq!(
+        fake.send_attempts(),
+        attempts + 2,
+        "{label}: one 429, one success"
+    );
+    fake.fail_next(1, Failure::graph(131026));
+    let (_, doomed) = api
+        .post("/v1/messages", json!({"install_id": install_id, "contact_id": contact_id, "text": {"body": "undeliverable"}}))
+        .await;
+    let doomed_id = doomed["id"].as_str().expect("id").to_string();
+    let failed = eventually("the failure", || async {
+        let (_, message) = api.get(&format!("/v1/messages/{doomed_id}")).await;
+        (message["status"] == "failed").then_some(message)
+    })
+    .await;
+    assert_eq!(failed["error"]["code"], 131026, "{label}: {failed}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.send_attempts(),
+        attempts + 3,
+        "{label}: a permanent error is not retried"
+    );
 
     // Tenant webhooks: signed, retried after the first 500 with the same id.
     let requests = eventually("signed webhooks", || async {
