@@ -66,8 +66,6 @@ pub struct JobCounters {
     pub failed: AtomicU64,
     /// Jobs dead-lettered.
     pub dead: AtomicU64,
-    /// Sum of milliseconds from due to start, over started jobs.
-    pub wait_ms_total: AtomicU64,
     /// Jobs started.
     pub started: AtomicU64,
 }

@@ -52,6 +52,40 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// The durable job queue: list, retry dead jobs, cancel.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List jobs of every tenant, newest first, as JSON lines.
+    List {
+        /// Only jobs in this state: queued, running, done, dead or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Put a dead or cancelled job back in the queue, due now.
+    Retry {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Cancel a job that has not finished.
+    Cancel {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 /// Where the data lives.
@@ -291,6 +325,51 @@ async fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
     }
 }
 
+async fn jobs_command(command: JobsCommand) -> anyhow::Result<()> {
+    let (database, action) = match &command {
+        JobsCommand::List { database, .. } => (database, "list"),
+        JobsCommand::Retry { database, .. } => (database, "retry"),
+        JobsCommand::Cancel { database, .. } => (database, "cancel"),
+    };
+    let storage = server::migrate(&database.data_dir, database.database_url.as_deref()).await?;
+    let outcome = match command {
+        JobsCommand::List { state, limit, .. } => {
+            if let Some(state) = &state
+                && !["queued", "running", "done", "dead", "cancelled"].contains(&state.as_str())
+            {
+                anyhow::bail!("--state is queued, running, done, dead or cancelled, not `{state}`");
+            }
+            for job in storage
+                .all_jobs(state.as_deref(), limit.clamp(1, 10_000))
+                .await?
+            {
+                println!("{}", serde_json::to_string(&job)?);
+            }
+            Ok(())
+        }
+        JobsCommand::Retry { id, .. } => {
+            if storage.retry_job(None, &id).await? {
+                println!("job {id} is queued again");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "job {id} does not exist or is not dead or cancelled"
+                ))
+            }
+        }
+        JobsCommand::Cancel { id, .. } => {
+            if storage.cancel_job(None, &id).await? {
+                println!("job {id} is cancelled");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("job {id} does not exist or has finished"))
+            }
+        }
+    };
+    storage.close().await;
+    outcome.map_err(|error| error.context(format!("postdog jobs {action}")))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     init_tracing();
@@ -327,6 +406,7 @@ async fn main() -> ExitCode {
                 },
         } => create_tenant(&name, plan, parent, &database).await,
         Command::Plugin { command } => plugin_command(command).await,
+        Command::Jobs { command } => jobs_command(command).await,
         Command::Registry {
             command:
                 RegistryCommand::Serve {

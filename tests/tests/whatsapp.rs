@@ -26,19 +26,21 @@ struct Received {
 async fn receiver() -> (FakeServer, Received) {
     let received = Received::default();
     let state = received.clone();
-    let router = axum::Router::new().route(
-        "/events",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let state = state.clone();
-            async move {
-                let mut requests = state.requests.lock().expect("lock");
-                // The very first delivery fails, to prove retries.
-                let status = if requests.is_empty() { 500 } else { 200 };
-                requests.push((headers, body, status));
-                StatusCode::from_u16(status).expect("status")
-            }
-        }),
-    );
+    let router = axum::Router::new()
+        .route("/down", post(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+        .route(
+            "/events",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move {
+                    let mut requests = state.requests.lock().expect("lock");
+                    // The very first delivery fails, to prove retries.
+                    let status = if requests.is_empty() { 500 } else { 200 };
+                    requests.push((headers, body, status));
+                    StatusCode::from_u16(status).expect("status")
+                }
+            }),
+        );
     (FakeServer::start(router).await, received)
 }
 
@@ -163,6 +165,14 @@ async fn scenario(database_url: Option<String>) {
         .await;
     assert_eq!(status, 201, "{label}: {endpoint}");
     let endpoint_id = endpoint["id"].as_str().expect("id").to_string();
+    let (status, down) = api
+        .post(
+            "/v1/webhooks",
+            json!({"url": format!("{}/down", events_server.base_url()), "events": ["message.received"], "description": "always 503"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {down}");
+    let down_id = down["id"].as_str().expect("id").to_string();
     let secret = postdog_host::webhook_signing::WebhookSecret::parse(
         endpoint["secret"].as_str().expect("secret shown once"),
     )
@@ -628,6 +638,41 @@ async fn scenario(database_url: Option<String>) {
         "{label}: {retried}"
     );
 
+    // An endpoint that keeps failing through its whole retry schedule (shortened to
+    // five 1-second waits here; a day in production) is disabled, with the reason and
+    // every attempt visible.
+    let disabled = eventually("the failing endpoint disabled", || async {
+        let (_, endpoint) = api.get(&format!("/v1/webhooks/{down_id}")).await;
+        (endpoint["enabled"] == false).then_some(endpoint)
+    })
+    .await;
+    assert!(
+        disabled["disabled_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("failed"),
+        "{label}: {disabled}"
+    );
+    let (_, down_deliveries) = api.get(&format!("/v1/webhooks/{down_id}/deliveries")).await;
+    let exhausted = down_deliveries["data"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .find(|d| d["attempts"] == 6)
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("{label}: a delivery tried 6 times (first try + 5 retries): {down_deliveries}")
+        });
+    assert_eq!(exhausted["state"], "failed", "{label}: {exhausted}");
+    assert!(
+        exhausted["attempt_log"]
+            .as_array()
+            .expect("log")
+            .iter()
+            .all(|a| a["status_code"] == 503),
+        "{label}: {exhausted}"
+    );
+
     // Another tenant sees and changes none of it.
     let (_, theirs) = other.get("/v1/conversations").await;
     assert_eq!(theirs["data"].as_array().map(Vec::len), Some(0), "{label}");
@@ -667,6 +712,42 @@ async fn scenario(database_url: Option<String>) {
         .post("/v1/messages", json!({"install_id": install_id, "to": ada, "template": {"name": "order_update", "language": "en_US", "variables": {"body": ["x", "y"]}}}))
         .await;
     assert_eq!(status, 404, "{label}: another tenant's install cannot send");
+
+    // The queue is observable: Prometheus metrics, `/v1/jobs`, `postdog jobs list`.
+    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("postdog_jobs_queued{queue=\"messages\"}"),
+        "{label}: {metrics}"
+    );
+    let completed: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("postdog_jobs_completed_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("completed counter");
+    assert!(completed >= 5, "{label}: {metrics}");
+    let (_, jobs) = api.get("/v1/jobs?queue=messages&state=done").await;
+    assert!(
+        jobs["data"].as_array().is_some_and(|jobs| jobs.len() >= 4),
+        "{label}: {jobs}"
+    );
+    let (_, their_jobs) = other.get("/v1/jobs").await;
+    assert_eq!(
+        their_jobs["data"].as_array().map(Vec::len),
+        Some(0),
+        "{label}"
+    );
+    let listed = server.cli(&["jobs", "list", "--state", "done", "--limit", "1000"]);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.contains("\"kind\":\"message.send\"")),
+        "{label}: {listed}"
+    );
 
     // Inbox actions.
     let (status, assigned) = api

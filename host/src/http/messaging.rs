@@ -74,7 +74,9 @@ pub(super) fn router() -> Router<AppState> {
 /// The public provider webhook ingress (no API key: the plugin checks the provider's
 /// signature).
 pub(super) fn hooks_router() -> Router<AppState> {
-    Router::new().route("/hooks/{install_id}", get(hook).post(hook))
+    Router::new()
+        .route("/hooks/{install_id}", get(hook).post(hook))
+        .route("/metrics", get(metrics))
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {
@@ -1126,4 +1128,81 @@ async fn hook(
     builder
         .body(axum::body::Body::from(response.body))
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// `GET /metrics`: Prometheus text exposition of the job queue (depth, age of the oldest
+/// due job, and this process's counters). Aggregates only; no tenant data.
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering;
+    let depths = state.storage.queue_depths().await?;
+    let mut out = String::new();
+    let gauges: [(&str, &str, fn(&crate::storage::QueueDepth) -> f64); 4] = [
+        (
+            "postdog_jobs_queued",
+            "Jobs waiting (due or scheduled), by queue.",
+            |d| d.queued as f64,
+        ),
+        (
+            "postdog_jobs_running",
+            "Jobs leased by a worker now, by queue.",
+            |d| d.running as f64,
+        ),
+        ("postdog_jobs_dead", "Dead-lettered jobs, by queue.", |d| {
+            d.dead as f64
+        }),
+        (
+            "postdog_jobs_oldest_due_seconds",
+            "How long the oldest due job has waited, by queue.",
+            |d| d.oldest_due_ms as f64 / 1000.0,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for depth in &depths {
+            let _ = writeln!(
+                out,
+                "{name}{{queue=\"{}\"}} {}",
+                depth.queue.replace(['"', '\\', '\n'], "_"),
+                value(depth)
+            );
+        }
+    }
+    let counters = state.jobs.counters();
+    for (name, help, value) in [
+        (
+            "postdog_jobs_started_total",
+            "Job attempts started by this process.",
+            &counters.started,
+        ),
+        (
+            "postdog_jobs_completed_total",
+            "Jobs completed by this process.",
+            &counters.completed,
+        ),
+        (
+            "postdog_jobs_failed_total",
+            "Job attempts that failed in this process.",
+            &counters.failed,
+        ),
+        (
+            "postdog_jobs_dead_lettered_total",
+            "Jobs this process dead-lettered.",
+            &counters.dead,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
 }

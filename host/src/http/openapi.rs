@@ -383,6 +383,8 @@ fn operations() -> Vec<Operation> {
             .error(401, "unauthorized")
             .error(404, "not-found")
             .error(503, "unavailable"),
+        op("get", "/metrics", "System", "Prometheus metrics of the job queue", Public)
+            .ok(200, "text/plain; version=0.0.4", None),
         op("post", "/v1/messages", "Messages", "Send a message through a channel install (outbox)", Tenant(WRITERS))
             .describe("Exactly one of text, template, media, interactive; `contact_id` or `to`. Free-form messages need an open 24-hour window (else 422 window-closed with approved templates suggested); templates must be APPROVED; marketing is never sent to opted-out contacts. Send `Idempotency-Key` to make retries safe: a repeat returns the first message (200, `Idempotent-Replayed: true`), a different body with the same key is 409.")
             .body("SendRequest")

@@ -312,7 +312,7 @@ impl Storage {
                     SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS running, \
                     SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS dead, \
                     MIN(CASE WHEN state = 'queued' AND run_at <= $1 THEN run_at ELSE NULL END) AS oldest \
-             FROM jobs WHERE state IN ('queued', 'running', 'dead') GROUP BY queue ORDER BY queue",
+             FROM jobs GROUP BY queue ORDER BY queue",
         )
         .bind(now)
         .fetch_all(self.pool())
