@@ -154,7 +154,13 @@ struct Inner {
     live: broadcast::Sender<Arc<LiveEvent>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     recipients: Mutex<HashMap<String, Arc<tokio::sync::Mutex<i64>>>>,
+    /// Install id → tenant id (an install never changes tenant).
+    install_tenants: Mutex<HashMap<String, String>>,
+    /// Tenant → (read at, opt-out keywords, opt-in keywords), re-read after a second.
+    keywords: Mutex<HashMap<String, KeywordEntry>>,
 }
+
+type KeywordEntry = (Instant, Arc<(Vec<String>, Vec<String>)>);
 
 /// The messaging service. Cheap to clone.
 #[derive(Clone)]
@@ -324,6 +330,8 @@ impl Messaging {
                 live,
                 buckets: Mutex::default(),
                 recipients: Mutex::default(),
+                install_tenants: Mutex::default(),
+                keywords: Mutex::default(),
             }),
         };
         let this = messaging.clone();
@@ -362,14 +370,36 @@ impl Messaging {
         request: HookRequest,
     ) -> Result<HookResponse, HookResponse> {
         let storage = &self.inner.storage;
-        let tenant = storage
-            .install_tenant(install_id)
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "webhook: reading the install failed");
-                HookResponse::text(503, "temporarily unavailable; retry later")
-            })?
-            .ok_or_else(|| HookResponse::text(404, "no such webhook endpoint"))?;
+        let cached = self
+            .inner
+            .install_tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(install_id)
+            .cloned();
+        let tenant = match cached {
+            Some(tenant) => tenant,
+            None => {
+                let tenant = storage
+                    .install_tenant(install_id)
+                    .await
+                    .map_err(|error| {
+                        tracing::error!(%error, "webhook: reading the install failed");
+                        HookResponse::text(503, "temporarily unavailable; retry later")
+                    })?
+                    .ok_or_else(|| HookResponse::text(404, "no such webhook endpoint"))?;
+                let mut map = self
+                    .inner
+                    .install_tenants
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if map.len() > 100_000 {
+                    map.clear();
+                }
+                map.insert(install_id.to_string(), tenant.clone());
+                tenant
+            }
+        };
         let db = storage.tenant(&crate::ids::TenantId::new(&tenant));
         let handle = self
             .inner
@@ -575,10 +605,14 @@ impl Messaging {
         record: &InboundRecord,
         text: &str,
     ) -> Result<(), StorageError> {
-        let (opt_out, opt_in) = db.messaging_keywords().await?;
-        let status = if matches_keyword(text, &opt_out) {
+        if text.trim().chars().count() > 50 {
+            return Ok(()); // longer than any keyword may be
+        }
+        let keywords = self.keywords(db).await?;
+        let (opt_out, opt_in) = (&keywords.0, &keywords.1);
+        let status = if matches_keyword(text, opt_out) {
             "opted_out"
-        } else if matches_keyword(text, &opt_in) {
+        } else if matches_keyword(text, opt_in) {
             "opted_in"
         } else {
             return Ok(());
@@ -612,6 +646,43 @@ impl Messaging {
         self.inner.webhooks.emit(db, kind, data.clone()).await?;
         self.publish(db.tenant_id().as_str(), kind, data);
         Ok(())
+    }
+
+    async fn keywords(
+        &self,
+        db: &TenantDb,
+    ) -> Result<Arc<(Vec<String>, Vec<String>)>, StorageError> {
+        let tenant = db.tenant_id().as_str();
+        if let Some((at, keywords)) = self
+            .inner
+            .keywords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(keywords.clone());
+        }
+        let keywords = Arc::new(db.messaging_keywords().await?);
+        let mut map = self
+            .inner
+            .keywords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.clear();
+        }
+        map.insert(tenant.to_string(), (Instant::now(), keywords.clone()));
+        Ok(keywords)
+    }
+
+    /// Forgets a tenant's cached keywords (after they changed).
+    pub fn keywords_changed(&self, tenant_id: &str) {
+        self.inner
+            .keywords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant_id);
     }
 
     async fn apply_status(

@@ -794,4 +794,45 @@ async fn scenario(database_url: Option<String>) {
         (status.as_u16(), closed["status"].as_str()),
         (200, Some("closed"))
     );
+
+    // Keywords are the tenant's to choose.
+    let (status, settings) = api
+        .put(
+            "/v1/messaging/settings",
+            json!({"opt_out_keywords": ["STOP", "Basta"], "opt_in_keywords": ["START", "Ciao"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{label}: {settings}");
+    let (status, _) = api
+        .put(
+            "/v1/messaging/settings",
+            json!({"opt_out_keywords": ["X"], "opt_in_keywords": ["x"]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{label}: one word cannot mean both");
+    let (_, status) = fake
+        .inbound_text(ada, "Ada Lovelace", "BASTA")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200);
+    let (_, contact) = api.get(&format!("/v1/contacts/{contact_id}")).await;
+    assert_eq!(
+        contact["consent"]["whatsapp"]["status"], "opted_out",
+        "{label}: {contact}"
+    );
+    let (_, status) = fake
+        .inbound_text(ada, "Ada Lovelace", "unsubscribe")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200);
+    let (_, status) = fake
+        .inbound_text(ada, "Ada Lovelace", "ciao")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200);
+    let (_, contact) = api.get(&format!("/v1/contacts/{contact_id}")).await;
+    assert_eq!(
+        contact["consent"]["whatsapp"]["status"], "opted_in",
+        "{label}: UNSUBSCRIBE is no longer a keyword, Ciao is: {contact}"
+    );
 }

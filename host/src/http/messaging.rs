@@ -499,6 +499,7 @@ async fn settings(Extension(caller): Extension<Caller>) -> Result<Json<Value>, A
 }
 
 async fn save_settings(
+    State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(request): ApiJson<Settings>,
 ) -> Result<Json<Value>, ApiError> {
@@ -531,6 +532,9 @@ async fn save_settings(
         .db()
         .set_messaging_keywords(&opt_out, &opt_in)
         .await?;
+    state
+        .messaging
+        .keywords_changed(caller.db().tenant_id().as_str());
     Ok(Json(
         json!({ "opt_out_keywords": opt_out, "opt_in_keywords": opt_in }),
     ))
