@@ -1,0 +1,163 @@
+//! Two `postdog serve` nodes on one PostgreSQL database share the durable job queue:
+//! 300 template messages queued through both nodes are claimed by the workers of both
+//! (`FOR UPDATE SKIP LOCKED`) and each reaches the loopback Graph API exactly once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postdog_tests::fake_graph::{FakeGraph, FakeGraphConfig};
+use postdog_tests::{Api, PostdogServer};
+use serde_json::json;
+
+fn completed(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("postdog_jobs_completed_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_send_every_queued_message_exactly_once() {
+    let Some(database) = postdog_host::storage::testing::postgres()
+        .await
+        .expect("a PostgreSQL test database")
+    else {
+        return;
+    };
+    let fake = FakeGraph::start(FakeGraphConfig::default()).await;
+    let config = fake.config().clone();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let env = [
+        (
+            "POSTDOG_REGISTRY",
+            shared.path().join("registry").display().to_string(),
+        ),
+        (
+            "POSTDOG_OPERATOR_KEY_FILE",
+            shared.path().join("operator.key").display().to_string(),
+        ),
+        (
+            "POSTDOG_SECRETS_KEY",
+            postdog_host::secrets::SecretKeys::generate_base64(),
+        ),
+        (
+            "POSTDOG_HTTP_OVERRIDES",
+            format!("graph.facebook.com={}", fake.base_url()),
+        ),
+    ];
+    let first = PostdogServer::start_with(Some(database.url.clone()), &env).await;
+    let second = PostdogServer::start_with(Some(database.url.clone()), &env).await;
+    let (a, _) = Api::tenant(&first, "business").await;
+    let b = Api::new(&second, &a.key);
+
+    let (status, install) = a
+        .post(
+            "/v1/installs",
+            json!({
+                "plugin": "postdog/whatsapp",
+                "grants": ["http:graph.facebook.com", "webhook"],
+                "config": {"phone_number_id": config.phone_number_id, "waba_id": config.waba_id, "throughput_per_second": 1000},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{install}");
+    let install_id = install["id"].as_str().expect("id").to_string();
+    for (name, value) in [
+        ("access_token", config.access_token.as_str()),
+        ("app_secret", config.app_secret.as_str()),
+        ("verify_token", "v"),
+    ] {
+        let (status, body) = a
+            .put(
+                &format!("/v1/installs/{install_id}/secrets/{name}"),
+                json!({ "value": value }),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+    }
+    fake.set_webhook_target(format!("{}/hooks/{install_id}", first.base_url));
+    let (status, created) = a
+        .post(
+            "/v1/templates",
+            json!({"install_id": install_id, "template": {
+                "name": "shipping_notice", "language": "en_US", "category": "UTILITY",
+                "body": {"text": "Hello {{1}}, your parcel is on its way.", "examples": ["Ada"]}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let template_id = created["template"]["id"].as_str().expect("id").to_string();
+    let (status, submitted) = a
+        .post(&format!("/v1/templates/{template_id}/submit"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{submitted}");
+    assert_eq!(
+        fake.approve_template("shipping_notice", "en_US")
+            .await
+            .expect("approve"),
+        Some(200)
+    );
+
+    // Queue 300 messages, alternating nodes.
+    let total = 300;
+    let mut ids = Vec::new();
+    for n in 0..total {
+        let api = if n % 2 == 0 { &a } else { &b };
+        let (status, message) = api
+            .post(
+                "/v1/messages",
+                json!({"install_id": install_id, "to": format!("+1415556{n:04}"),
+                       "template": {"name": "shipping_notice", "language": "en_US", "variables": {"body": [format!("Customer {n}")]}}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{message}");
+        ids.push(message["id"].as_str().expect("id").to_string());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while fake.sent_count() < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {total} sent",
+            fake.sent_count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let any duplicate arrive before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut per_message: HashMap<String, usize> = HashMap::new();
+    for sent in fake.sent() {
+        let id = sent.body["biz_opaque_callback_data"]
+            .as_str()
+            .expect("PostDog's message id travels with the send")
+            .to_string();
+        *per_message.entry(id).or_default() += 1;
+    }
+    assert_eq!(per_message.len(), total, "every message reached Meta");
+    assert!(
+        per_message.values().all(|count| *count == 1),
+        "a message was sent twice: {:?}",
+        per_message
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .collect::<Vec<_>>()
+    );
+    for id in &ids {
+        assert!(per_message.contains_key(id), "{id} never sent");
+    }
+    // Both nodes' workers took part.
+    let mut per_node = Vec::new();
+    for server in [&first, &second] {
+        let metrics = reqwest::get(format!("{}/metrics", server.base_url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        per_node.push(completed(&metrics));
+    }
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "both nodes ran jobs: {per_node:?}"
+    );
+    eprintln!("jobs completed per node: {per_node:?}");
+}
