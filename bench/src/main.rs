@@ -3,16 +3,17 @@
 //! out. Nothing here asserts on time.
 //!
 //! `cargo run --release -p postdog-bench -- plugin-call | csv-import | api-read | hot-swap
-//! | tenant-density`
+//! | tenant-density | inbound`
 //!
-//! `csv-import`, `api-read`, `hot-swap` and `tenant-density` build and start the real
-//! `postdog` binary as a child process (`server_process`), so its memory is measured on
-//! its own.
+//! `csv-import`, `api-read`, `hot-swap`, `tenant-density` and `inbound` build and start
+//! the real `postdog` binary as a child process (`server_process`), so its memory is
+//! measured on its own.
 
 mod api_read;
 mod csv_import;
 mod hot_swap;
 mod http_load;
+mod inbound;
 mod plugin_call;
 mod server_process;
 mod tenant_density;
@@ -40,6 +41,9 @@ enum Scenario {
     HotSwap(hot_swap::Options),
     /// Many tenants each installing and calling a few plugins: the server's memory.
     TenantDensity(tenant_density::Options),
+    /// Signed WhatsApp inbound-message webhooks stored durably vs a bare axum handler that
+    /// only verifies the HMAC.
+    Inbound(inbound::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::ApiRead(options) => api_read::run(options),
         Scenario::HotSwap(options) => hot_swap::run(options),
         Scenario::TenantDensity(options) => tenant_density::run(options),
+        Scenario::Inbound(options) => inbound::run(options),
     }
 }
