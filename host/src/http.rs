@@ -6,6 +6,7 @@ mod admin;
 mod api_keys;
 pub mod auth;
 mod contacts;
+mod flows;
 mod health;
 mod imports;
 pub mod json;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub messaging: crate::messaging::Messaging,
     /// Outbound webhooks to tenants.
     pub webhooks: crate::webhooks::Webhooks,
+    /// Automation flows.
+    pub flows: crate::flows::Flows,
 }
 
 /// The whole API.
@@ -58,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(imports::router())
         .merge(marketplace::router())
         .merge(messaging::router())
+        .merge(flows::router())
         .merge(segments::router())
         .merge(sub_tenants::router())
         .merge(tenant::router())

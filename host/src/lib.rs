@@ -3,6 +3,7 @@
 
 pub mod contacts;
 pub mod first_party;
+pub mod flows;
 pub mod http;
 pub mod ids;
 pub mod imports;

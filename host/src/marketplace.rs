@@ -809,14 +809,36 @@ impl Marketplace {
         db: &TenantDb,
         id: &str,
     ) -> Result<ChannelHandle, MarketplaceError> {
+        self.handle(
+            db,
+            id,
+            crate::runtime::World::MessagingChannel,
+            "a messaging channel",
+        )
+        .await
+    }
+
+    /// As [`Marketplace::channel`], for a flow-action install.
+    pub async fn action(&self, db: &TenantDb, id: &str) -> Result<ChannelHandle, MarketplaceError> {
+        self.handle(db, id, crate::runtime::World::FlowAction, "a flow action")
+            .await
+    }
+
+    async fn handle(
+        &self,
+        db: &TenantDb,
+        id: &str,
+        world: crate::runtime::World,
+        what: &str,
+    ) -> Result<ChannelHandle, MarketplaceError> {
         let active = self.active(db, id).await?;
         active.last_used.store(now_ms(), Ordering::Relaxed);
         if !active.install.enabled {
             return Err(MarketplaceError::Disabled);
         }
-        if active.loaded.plugin.world() != crate::runtime::World::MessagingChannel {
+        if active.loaded.plugin.world() != world {
             return Err(MarketplaceError::Invalid(format!(
-                "install {id} is {} {}, a {} plugin, not a messaging channel",
+                "install {id} is {} {}, a {} plugin, not {what}",
                 active.install.plugin,
                 active.install.version,
                 active.loaded.plugin.world()
@@ -1274,6 +1296,40 @@ impl ChannelHandle {
             )
             .await;
         self.finish(result)
+    }
+
+    /// `action.describe`.
+    pub async fn describe(
+        &self,
+    ) -> Result<crate::runtime::abi::action_types::Descriptor, MarketplaceError> {
+        let result = self
+            .runtime()
+            .action_describe(&self.active.loaded.plugin, &self.active.context)
+            .await;
+        self.finish(result)
+    }
+
+    /// `action.run`.
+    pub async fn run_action(
+        &self,
+        input: &crate::runtime::abi::action_types::ActionInput,
+    ) -> Result<
+        Result<
+            crate::runtime::abi::action_types::ActionResult,
+            crate::runtime::abi::action_types::ActionError,
+        >,
+        MarketplaceError,
+    > {
+        let result = self
+            .runtime()
+            .action_run(&self.active.loaded.plugin, &self.active.context, input)
+            .await;
+        self.finish(result)
+    }
+
+    /// The artifact's digest (changes with the version).
+    pub fn digest(&self) -> &str {
+        &self.active.install.digest
     }
 
     /// `channel.account-status` (JSON text).

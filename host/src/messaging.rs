@@ -158,6 +158,8 @@ struct Inner {
     install_tenants: Mutex<HashMap<String, String>>,
     /// Tenant → (read at, opt-out keywords, opt-in keywords), re-read after a second.
     keywords: Mutex<HashMap<String, KeywordEntry>>,
+    /// The flow engine, told about inbound messages.
+    flows: crate::flows::FlowsLink,
 }
 
 type KeywordEntry = (Instant, Arc<(Vec<String>, Vec<String>)>);
@@ -332,6 +334,7 @@ impl Messaging {
                 recipients: Mutex::default(),
                 install_tenants: Mutex::default(),
                 keywords: Mutex::default(),
+                flows: crate::flows::FlowsLink::default(),
             }),
         };
         let this = messaging.clone();
@@ -340,6 +343,11 @@ impl Messaging {
             async move { this.run_send(job).await }
         });
         messaging
+    }
+
+    /// Connects the flow engine (triggers and replies on inbound messages).
+    pub fn set_flows(&self, flows: crate::flows::Flows) {
+        self.inner.flows.set(flows);
     }
 
     /// Subscribes to live events (all tenants; filter by `tenant_id`).
@@ -543,6 +551,24 @@ impl Messaging {
                 if let Some(text) = keyword_text(&message.content) {
                     self.apply_keywords(db, &result.contact_id, &record, text)
                         .await?;
+                }
+                if let Some(flows) = self.inner.flows.get() {
+                    let text = keyword_text(&message.content);
+                    if let Err(error) = flows
+                        .on_inbound(
+                            db,
+                            install_id,
+                            &result.conversation_id,
+                            &result.contact_id,
+                            &result.message_id,
+                            text,
+                        )
+                        .await
+                    {
+                        // The message is stored; Meta's redelivery would be a duplicate,
+                        // so report instead of failing the webhook.
+                        tracing::error!(%error, "flows: reacting to an inbound message failed");
+                    }
                 }
                 self.publish(
                     &tenant,

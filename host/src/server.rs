@@ -109,6 +109,7 @@ pub async fn serve(
         webhooks.clone(),
     );
     crate::templates_sync::register(&jobs, marketplace.clone(), webhooks.clone());
+    let flows = crate::flows::Flows::new(marketplace.clone(), jobs.clone(), messaging.clone());
     let workers = tokio::spawn(
         jobs.clone()
             .run(watch_stopped, std::time::Duration::from_secs(10)),
@@ -128,6 +129,7 @@ pub async fn serve(
         jobs,
         messaging,
         webhooks,
+        flows,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

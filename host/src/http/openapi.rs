@@ -385,6 +385,50 @@ fn operations() -> Vec<Operation> {
             .error(503, "unavailable"),
         op("get", "/metrics", "System", "Prometheus metrics of the job queue", Public)
             .ok(200, "text/plain; version=0.0.4", None),
+        op("get", "/v1/flows", "Flows", "Automation flows", Tenant(ANY_ROLE))
+            .ok(200, "Flows", Some("AnyList")),
+        op("post", "/v1/flows", "Flows", "Create a flow with a draft graph", Tenant(WRITERS))
+            .describe("A graph is `{triggers, nodes, edges, settings}`: triggers (`inbound_message`, `keyword` with exact/contains/regex, `api`, `manual`) lead to action nodes (`action`: an installed flow-action plugin, `version`, `config`), edges leave named ports.")
+            .body("FlowInput")
+            .ok(201, "The flow", Some("AnyObject"))
+            .error(422, "invalid-body"),
+        op("get", "/v1/flows/{id}", "Flows", "A flow and its draft", Tenant(ANY_ROLE))
+            .ok(200, "The flow", Some("AnyObject"))
+            .error(404, "not-found"),
+        op("put", "/v1/flows/{id}", "Flows", "Change the draft, name or enabled (runs keep their version)", Tenant(WRITERS))
+            .body("AnyObject")
+            .ok(200, "The flow", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(422, "invalid-body"),
+        op("delete", "/v1/flows/{id}", "Flows", "Delete a flow", Tenant(WRITERS))
+            .ok(204, "Deleted", None)
+            .error(404, "not-found"),
+        op("post", "/v1/flows/{id}/validate", "Flows", "Validate the draft: every problem with its node", Tenant(ANY_ROLE))
+            .ok(200, "valid and problems", Some("AnyObject"))
+            .error(404, "not-found"),
+        op("post", "/v1/flows/{id}/publish", "Flows", "Publish the draft as an immutable version", Tenant(WRITERS))
+            .ok(201, "The version", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(422, "invalid-flow"),
+        op("get", "/v1/flows/{id}/versions/{version}", "Flows", "A published version", Tenant(ANY_ROLE))
+            .ok(200, "The version", Some("AnyObject"))
+            .error(404, "not-found"),
+        op("get", "/v1/flows/{id}/runs", "Flows", "Runs of a flow, newest first", Tenant(ANY_ROLE))
+            .query("status", "string", "running, waiting, completed, failed or cancelled.")
+            .query("limit", "integer", "1 to 500, default 50.")
+            .ok(200, "Runs", Some("AnyList")),
+        op("post", "/v1/flows/{id}/runs", "Flows", "Start a run (api or manual trigger)", Tenant(WRITERS))
+            .body("AnyObject")
+            .ok(201, "The run", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(409, "run-active")
+            .error(422, "invalid-body,flow-not-startable"),
+        op("get", "/v1/flows/{id}/runs/{run}", "Flows", "A run with each step's input, output, effects, timing and error", Tenant(ANY_ROLE))
+            .ok(200, "The run", Some("AnyObject"))
+            .error(404, "not-found"),
+        op("post", "/v1/flows/{id}/runs/{run}/cancel", "Flows", "Cancel an active run", Tenant(WRITERS))
+            .ok(200, "The run", Some("AnyObject"))
+            .error(409, "run-not-active"),
         op("post", "/v1/messages", "Messages", "Send a message through a channel install (outbox)", Tenant(WRITERS))
             .describe("Exactly one of text, template, media, interactive; `contact_id` or `to`. Free-form messages need an open 24-hour window (else 422 window-closed with approved templates suggested); templates must be APPROVED; marketing is never sent to opted-out contacts. Send `Idempotency-Key` to make retries safe: a repeat returns the first message (200, `Idempotent-Replayed: true`), a different body with the same key is 409.")
             .body("SendRequest")
@@ -840,6 +884,13 @@ fn schemas() -> Map<String, Value> {
             json!({"type": "object", "properties": {"ok": {}, "error": {}}}),
         ),
         ("AnyObject", json!({"type": "object"})),
+        (
+            "FlowInput",
+            object(
+                json!({"name": text, "graph": {"type": "object"}}),
+                &["name"],
+            ),
+        ),
         (
             "AnyList",
             json!({"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}}, "required": ["data"]}),

@@ -1,0 +1,1787 @@
+//! Automation flows: a JSON graph of triggers, action nodes (installed flow-action
+//! plugins) and edges from named output ports; validation that names the node of every
+//! problem; immutable published versions (a run stays on the version it started with);
+//! and the engine, which runs each step as a durable job.
+//!
+//! A step job calls the node's action plugin, applies the effects it returns (sends go
+//! through the messaging outbox with an idempotency key per run, step and effect, so a
+//! step that runs twice sends once), records the step and moves the run in one
+//! transaction guarded by the run's visit counter, and queues the next step: at once,
+//! after a wait (the job's `run_at` *is* the wait, so it survives restarts), or — for
+//! wait-for-reply — when the contact's next message arrives or a timeout job fires.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::jobs::{JobFailure, Jobs};
+use crate::marketplace::{Marketplace, MarketplaceError};
+use crate::messaging::{Messaging, SendError, SendRequest};
+use crate::runtime::abi::{action_types as at, types};
+use crate::storage::{
+    FlowVersion, Job, NewJob, Run, RunChange, Step, StorageError, TenantDb, now_ms,
+};
+
+/// One problem found by validation.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// The trigger or node it concerns, if one.
+    pub node: Option<String>,
+    /// Where in the graph (a JSON Pointer).
+    pub path: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+fn problem(node: Option<&str>, path: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        node: node.map(str::to_string),
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// How a keyword trigger matches.
+#[derive(Debug, Clone)]
+pub enum KeywordMatch {
+    /// The whole message equals the keyword.
+    Exact(String),
+    /// The message contains the keyword.
+    Contains(String),
+    /// The message matches a regular expression (linear-time engine).
+    Regex(regex::Regex),
+}
+
+/// What starts runs.
+#[derive(Debug, Clone)]
+pub enum TriggerKind {
+    /// Any inbound message (optionally on one channel install).
+    InboundMessage {
+        /// Only messages through this install.
+        install: Option<String>,
+    },
+    /// An inbound message matching a keyword.
+    Keyword {
+        /// Only messages through this install.
+        install: Option<String>,
+        /// The match.
+        pattern: KeywordMatch,
+        /// Case-sensitive matching (default: no).
+        case_sensitive: bool,
+    },
+    /// `POST /v1/flows/{id}/runs`.
+    Api,
+    /// Started by an agent from the inbox (also `POST /v1/flows/{id}/runs`).
+    Manual,
+}
+
+/// A trigger.
+#[derive(Debug, Clone)]
+pub struct TriggerDef {
+    /// Its id (edges leave from it).
+    pub id: String,
+    /// What it reacts to.
+    pub kind: TriggerKind,
+}
+
+/// An action node.
+#[derive(Debug, Clone)]
+pub struct NodeDef {
+    /// Its id.
+    pub id: String,
+    /// The action plugin's name, e.g. `postdog/send-message`.
+    pub action: String,
+    /// A version requirement on the plugin.
+    pub version: semver::VersionReq,
+    /// Its configuration.
+    pub config: Value,
+}
+
+/// An edge from a trigger or a node's port to a node.
+#[derive(Debug, Clone)]
+pub struct EdgeDef {
+    /// The trigger or node it leaves.
+    pub from: String,
+    /// The port (`next` for triggers).
+    pub port: String,
+    /// The node it enters.
+    pub to: String,
+}
+
+/// A parsed flow graph.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    /// Triggers.
+    pub triggers: Vec<TriggerDef>,
+    /// Nodes.
+    pub nodes: Vec<NodeDef>,
+    /// Edges.
+    pub edges: Vec<EdgeDef>,
+    /// Whether a contact may be in several runs of the flow at once.
+    pub reentry: bool,
+}
+
+impl Graph {
+    /// The node with this id.
+    pub fn node(&self, id: &str) -> Option<&NodeDef> {
+        self.nodes.iter().find(|node| node.id == id)
+    }
+
+    /// Where `port` of `from` leads.
+    pub fn target(&self, from: &str, port: &str) -> Option<&str> {
+        self.edges
+            .iter()
+            .find(|edge| edge.from == from && edge.port == port)
+            .map(|edge| edge.to.as_str())
+    }
+}
+
+fn text_field(object: &Map<String, Value>, key: &str) -> Option<String> {
+    object.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn is_id(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Parses a graph, reporting every structural problem (shape, ids, trigger options,
+/// edges). Action-dependent checks are in [`Flows::validate`].
+pub fn parse_graph(value: &Value) -> Result<Graph, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let Some(root) = value.as_object() else {
+        return Err(vec![problem(
+            None,
+            "",
+            "a flow graph is a JSON object with `triggers`, `nodes` and `edges`",
+        )]);
+    };
+    for key in root.keys() {
+        if !["triggers", "nodes", "edges", "settings"].contains(&key.as_str()) {
+            problems.push(problem(
+                None,
+                format!("/{key}"),
+                format!("unknown key `{key}`; a graph has triggers, nodes, edges and settings"),
+            ));
+        }
+    }
+    let list = |key: &str, problems: &mut Vec<Problem>| -> Vec<Value> {
+        match root.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items.clone(),
+            Some(_) => {
+                problems.push(problem(
+                    None,
+                    format!("/{key}"),
+                    format!("`{key}` is a list"),
+                ));
+                Vec::new()
+            }
+        }
+    };
+    let mut ids = HashSet::new();
+    let mut triggers = Vec::new();
+    for (index, item) in list("triggers", &mut problems).iter().enumerate() {
+        let path = format!("/triggers/{index}");
+        let Some(object) = item.as_object() else {
+            problems.push(problem(
+                None,
+                path,
+                "a trigger is an object with `id` and `type`",
+            ));
+            continue;
+        };
+        let Some(id) = text_field(object, "id").filter(|id| is_id(id)) else {
+            problems.push(problem(
+                None,
+                format!("{path}/id"),
+                "a trigger needs an `id` of 1-64 letters, digits, - or _",
+            ));
+            continue;
+        };
+        if !ids.insert(id.clone()) {
+            problems.push(problem(
+                Some(&id),
+                format!("{path}/id"),
+                format!("the id `{id}` is used twice"),
+            ));
+        }
+        let install = text_field(object, "channel_install");
+        let kind = match object.get("type").and_then(Value::as_str) {
+            Some("inbound_message") => Some(TriggerKind::InboundMessage { install }),
+            Some("keyword") => {
+                let keyword = text_field(object, "keyword").unwrap_or_default();
+                let case_sensitive = object
+                    .get("case_sensitive")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let mode = object
+                    .get("match")
+                    .and_then(Value::as_str)
+                    .unwrap_or("exact");
+                if keyword.trim().is_empty() {
+                    problems.push(problem(
+                        Some(&id),
+                        format!("{path}/keyword"),
+                        "a keyword trigger needs a non-empty `keyword`",
+                    ));
+                    None
+                } else {
+                    let pattern = match mode {
+                        "exact" => Some(KeywordMatch::Exact(keyword.trim().to_string())),
+                        "contains" => Some(KeywordMatch::Contains(keyword.clone())),
+                        "regex" => match regex::RegexBuilder::new(&keyword)
+                            .case_insensitive(!case_sensitive)
+                            .size_limit(1 << 20)
+                            .build()
+                        {
+                            Ok(regex) => Some(KeywordMatch::Regex(regex)),
+                            Err(error) => {
+                                problems.push(problem(
+                                    Some(&id),
+                                    format!("{path}/keyword"),
+                                    format!("the regular expression does not compile: {error}"),
+                                ));
+                                None
+                            }
+                        },
+                        other => {
+                            problems.push(problem(
+                                Some(&id),
+                                format!("{path}/match"),
+                                format!("`match` is exact, contains or regex, not `{other}`"),
+                            ));
+                            None
+                        }
+                    };
+                    pattern.map(|pattern| TriggerKind::Keyword {
+                        install,
+                        pattern,
+                        case_sensitive,
+                    })
+                }
+            }
+            Some("api") => Some(TriggerKind::Api),
+            Some("manual") => Some(TriggerKind::Manual),
+            Some(other @ ("webhook" | "contact_event" | "schedule")) => {
+                problems.push(problem(Some(&id), format!("{path}/type"), format!("`{other}` triggers are not available yet; use inbound_message, keyword, api or manual")));
+                None
+            }
+            Some(other) => {
+                problems.push(problem(Some(&id), format!("{path}/type"), format!("unknown trigger type `{other}`; use inbound_message, keyword, api or manual")));
+                None
+            }
+            None => {
+                problems.push(problem(
+                    Some(&id),
+                    format!("{path}/type"),
+                    "a trigger needs a `type`",
+                ));
+                None
+            }
+        };
+        if let Some(kind) = kind {
+            triggers.push(TriggerDef { id, kind });
+        }
+    }
+    let mut nodes = Vec::new();
+    for (index, item) in list("nodes", &mut problems).iter().enumerate() {
+        let path = format!("/nodes/{index}");
+        let Some(object) = item.as_object() else {
+            problems.push(problem(
+                None,
+                path,
+                "a node is an object with `id`, `action` and `config`",
+            ));
+            continue;
+        };
+        let Some(id) = text_field(object, "id").filter(|id| is_id(id)) else {
+            problems.push(problem(
+                None,
+                format!("{path}/id"),
+                "a node needs an `id` of 1-64 letters, digits, - or _",
+            ));
+            continue;
+        };
+        if !ids.insert(id.clone()) {
+            problems.push(problem(
+                Some(&id),
+                format!("{path}/id"),
+                format!("the id `{id}` is used twice"),
+            ));
+        }
+        for key in object.keys() {
+            if !["id", "action", "version", "config", "title", "position"].contains(&key.as_str()) {
+                problems.push(problem(
+                    Some(&id),
+                    format!("{path}/{key}"),
+                    format!("unknown key `{key}`"),
+                ));
+            }
+        }
+        let Some(action) = text_field(object, "action").filter(|a| a.contains('/')) else {
+            problems.push(problem(Some(&id), format!("{path}/action"), "a node needs an `action`: an installed flow-action plugin such as postdog/send-message"));
+            continue;
+        };
+        let requirement = text_field(object, "version").unwrap_or_else(|| "*".into());
+        let version = match semver::VersionReq::parse(&requirement) {
+            Ok(version) => version,
+            Err(error) => {
+                problems.push(problem(
+                    Some(&id),
+                    format!("{path}/version"),
+                    format!("`{requirement}` is not a version requirement: {error}"),
+                ));
+                continue;
+            }
+        };
+        let config = object.get("config").cloned().unwrap_or_else(|| json!({}));
+        if !config.is_object() {
+            problems.push(problem(
+                Some(&id),
+                format!("{path}/config"),
+                "`config` is an object",
+            ));
+            continue;
+        }
+        nodes.push(NodeDef {
+            id,
+            action,
+            version,
+            config,
+        });
+    }
+    let mut edges = Vec::new();
+    for (index, item) in list("edges", &mut problems).iter().enumerate() {
+        let path = format!("/edges/{index}");
+        let Some(object) = item.as_object() else {
+            problems.push(problem(
+                None,
+                path,
+                "an edge is an object with `from`, `port` and `to`",
+            ));
+            continue;
+        };
+        let (Some(from), Some(to)) = (text_field(object, "from"), text_field(object, "to")) else {
+            problems.push(problem(None, path, "an edge needs `from` and `to`"));
+            continue;
+        };
+        let port = text_field(object, "port").unwrap_or_else(|| "next".into());
+        edges.push(EdgeDef { from, port, to });
+    }
+    let reentry = root
+        .get("settings")
+        .and_then(|settings| settings.get("reentry"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if triggers.is_empty() && problems.is_empty() {
+        problems.push(problem(
+            None,
+            "/triggers",
+            "a flow needs at least one trigger",
+        ));
+    }
+    if nodes.is_empty() && problems.is_empty() {
+        problems.push(problem(None, "/nodes", "a flow needs at least one node"));
+    }
+    if problems.is_empty() {
+        Ok(Graph {
+            triggers,
+            nodes,
+            edges,
+            reentry,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Whether an action pauses the run (so a cycle through it is not a busy loop).
+fn waits(action: &str) -> bool {
+    action.ends_with("/wait") || action.ends_with("/wait-for-reply")
+}
+
+/// Checks a node config against the subset of JSON Schema action descriptors use
+/// (type, required, properties, enum, minimum, maximum, additionalProperties, items).
+pub fn check_schema(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+    let Some(schema) = schema.as_object() else {
+        return;
+    };
+    if let Some(kind) = schema.get("type") {
+        let kinds: Vec<&str> = match kind {
+            Value::String(kind) => vec![kind.as_str()],
+            Value::Array(kinds) => kinds.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let matches = kinds.iter().any(|kind| match *kind {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "null" => value.is_null(),
+            _ => true,
+        });
+        if !kinds.is_empty() && !matches {
+            out.push(format!(
+                "{} must be {}",
+                if path.is_empty() { "the config" } else { path },
+                kinds.join(" or ")
+            ));
+            return;
+        }
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        out.push(format!(
+            "{path} must be one of {}",
+            Value::Array(options.clone())
+        ));
+    }
+    if let Some(number) = value.as_f64() {
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && number < min
+        {
+            out.push(format!("{path} must be at least {min}"));
+        }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+            && number > max
+        {
+            out.push(format!("{path} must be at most {max}"));
+        }
+    }
+    if let Some(text) = value.as_str()
+        && let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && (text.chars().count() as u64) < min
+    {
+        out.push(format!("{path} must have at least {min} characters"));
+    }
+    if let Some(object) = value.as_object() {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for required in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(key) = required.as_str()
+                && !object.contains_key(key)
+            {
+                out.push(format!("{path}/{key} is required"));
+            }
+        }
+        for (key, item) in object {
+            match properties.and_then(|properties| properties.get(key)) {
+                Some(property) => check_schema(property, item, &format!("{path}/{key}"), out),
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    out.push(format!("{path}/{key} is not a known setting"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (index, item) in array.iter().enumerate() {
+            check_schema(items, item, &format!("{path}/{index}"), out);
+        }
+    }
+}
+
+/// An action resolved for validation: the install and its descriptor.
+#[derive(Clone, Debug)]
+struct ResolvedAction {
+    install_id: String,
+    ports: Vec<String>,
+    schema: Value,
+}
+
+struct Inner {
+    marketplace: Marketplace,
+    jobs: Jobs,
+    messaging: Messaging,
+    descriptors: Mutex<HashMap<String, (Vec<String>, Value)>>,
+    live: Mutex<HashMap<String, (Instant, Arc<Vec<(FlowVersion, Graph)>>)>>,
+}
+
+/// The flow service. Cheap to clone.
+#[derive(Clone)]
+pub struct Flows {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Flows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flows").finish_non_exhaustive()
+    }
+}
+
+/// Why a run could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The flow or contact does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The flow cannot be started this way.
+    #[error("{0}")]
+    Invalid(String),
+    /// The contact is in an active run of this flow and re-entry is off.
+    #[error("the contact is already in an active run of this flow (re-entry is off)")]
+    AlreadyRunning,
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+fn step_job(db: &TenantDb, run_id: &str, node: &str, visit: i64, run_at: i64) -> NewJob {
+    let mut job = NewJob::new(
+        "flows",
+        "flow.step",
+        Some(db.tenant_id()),
+        json!({ "run_id": run_id, "node": node, "visit": visit }),
+    );
+    job.run_at = run_at;
+    job.max_attempts = 5;
+    job.idempotency_key = Some(format!("flow.step:{run_id}:{visit}"));
+    job
+}
+
+fn timeout_job(db: &TenantDb, run_id: &str, node: &str, visit: i64, run_at: i64) -> NewJob {
+    let mut job = NewJob::new(
+        "flows",
+        "flow.timeout",
+        Some(db.tenant_id()),
+        json!({ "run_id": run_id, "node": node, "visit": visit }),
+    );
+    job.run_at = run_at;
+    job.idempotency_key = Some(format!("flow.timeout:{run_id}:{visit}"));
+    job
+}
+
+fn ms(wait: u64) -> i64 {
+    i64::try_from(wait)
+        .unwrap_or(i64::MAX / 4)
+        .min(i64::MAX / 4)
+}
+
+impl Flows {
+    /// The service; registers the `flow.step` and `flow.timeout` jobs and listens to
+    /// inbound messages.
+    pub fn new(marketplace: Marketplace, jobs: Jobs, messaging: Messaging) -> Self {
+        let flows = Self {
+            inner: Arc::new(Inner {
+                marketplace,
+                jobs: jobs.clone(),
+                messaging: messaging.clone(),
+                descriptors: Mutex::default(),
+                live: Mutex::default(),
+            }),
+        };
+        let this = flows.clone();
+        jobs.register("flow.step", move |job| {
+            let this = this.clone();
+            async move { this.run_step(job).await }
+        });
+        let this = flows.clone();
+        jobs.register("flow.timeout", move |job| {
+            let this = this.clone();
+            async move { this.run_timeout(job).await }
+        });
+        messaging.set_flows(flows.clone());
+        flows
+    }
+
+    fn storage_db(&self, tenant: &str) -> TenantDb {
+        self.inner
+            .jobs
+            .storage()
+            .tenant(&crate::ids::TenantId::new(tenant))
+    }
+
+    /// Forgets the tenant's cached live flows (after a publish or a change).
+    pub fn invalidate(&self, tenant_id: &str) {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant_id);
+    }
+
+    async fn describe(
+        &self,
+        db: &TenantDb,
+        install_id: &str,
+    ) -> Result<(Vec<String>, Value), MarketplaceError> {
+        let handle = self.inner.marketplace.action(db, install_id).await?;
+        if let Some(known) = self
+            .inner
+            .descriptors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(handle.digest())
+        {
+            return Ok(known.clone());
+        }
+        let descriptor = handle.describe().await?;
+        let ports: Vec<String> = descriptor
+            .ports
+            .iter()
+            .map(|port| port.name.clone())
+            .collect();
+        let schema: Value = serde_json::from_str(&descriptor.config_schema).unwrap_or(json!({}));
+        self.inner
+            .descriptors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle.digest().to_string(), (ports.clone(), schema.clone()));
+        Ok((ports, schema))
+    }
+
+    /// Validates a graph against this tenant's installs: every problem, each with the
+    /// node it concerns; on success the parsed graph and node id → install id.
+    pub async fn validate(
+        &self,
+        db: &TenantDb,
+        value: &Value,
+    ) -> Result<Result<(Graph, BTreeMap<String, String>), Vec<Problem>>, StorageError> {
+        let graph = match parse_graph(value) {
+            Ok(graph) => graph,
+            Err(problems) => return Ok(Err(problems)),
+        };
+        let mut problems = Vec::new();
+        let installs = db.list_installs().await?;
+        let mut resolved: BTreeMap<String, ResolvedAction> = BTreeMap::new();
+        for (index, node) in graph.nodes.iter().enumerate() {
+            let path = format!("/nodes/{index}");
+            let candidates: Vec<_> = installs
+                .iter()
+                .filter(|install| install.plugin == node.action)
+                .collect();
+            let Some(install) = candidates.iter().find(|install| {
+                semver::Version::parse(&install.version)
+                    .is_ok_and(|version| node.version.matches(&version))
+            }) else {
+                let message = if candidates.is_empty() {
+                    format!(
+                        "unknown action `{}`: install it from the marketplace first",
+                        node.action
+                    )
+                } else {
+                    format!(
+                        "`{}` is installed at {}, which does not match `{}`",
+                        node.action,
+                        candidates
+                            .iter()
+                            .map(|i| i.version.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        node.version
+                    )
+                };
+                problems.push(problem(Some(&node.id), format!("{path}/action"), message));
+                continue;
+            };
+            match self.describe(db, &install.id).await {
+                Ok((ports, schema)) => {
+                    let mut errors = Vec::new();
+                    check_schema(&schema, &node.config, "", &mut errors);
+                    for error in errors {
+                        problems.push(problem(
+                            Some(&node.id),
+                            format!("{path}/config"),
+                            format!("config{error}"),
+                        ));
+                    }
+                    resolved.insert(
+                        node.id.clone(),
+                        ResolvedAction {
+                            install_id: install.id.clone(),
+                            ports,
+                            schema,
+                        },
+                    );
+                }
+                Err(error) => problems.push(problem(
+                    Some(&node.id),
+                    format!("{path}/action"),
+                    format!("the action `{}` cannot be used: {error}", node.action),
+                )),
+            }
+        }
+        let trigger_ids: HashSet<&str> = graph.triggers.iter().map(|t| t.id.as_str()).collect();
+        let mut used_ports: HashMap<(String, String), usize> = HashMap::new();
+        for (index, edge) in graph.edges.iter().enumerate() {
+            let path = format!("/edges/{index}");
+            if graph.node(&edge.to).is_none() {
+                problems.push(problem(
+                    Some(&edge.from),
+                    format!("{path}/to"),
+                    format!("the edge leads to `{}`, which is not a node", edge.to),
+                ));
+            }
+            if trigger_ids.contains(edge.from.as_str()) {
+                if edge.port != "next" {
+                    problems.push(problem(
+                        Some(&edge.from),
+                        format!("{path}/port"),
+                        "edges from a trigger leave from port `next`",
+                    ));
+                }
+            } else if let Some(action) = resolved.get(&edge.from) {
+                if !action.ports.contains(&edge.port) {
+                    problems.push(problem(
+                        Some(&edge.from),
+                        format!("{path}/port"),
+                        format!(
+                            "node `{}` has no port `{}`; its ports are {}",
+                            edge.from,
+                            edge.port,
+                            action.ports.join(", ")
+                        ),
+                    ));
+                }
+            } else if graph.node(&edge.from).is_none() {
+                problems.push(problem(
+                    None,
+                    format!("{path}/from"),
+                    format!(
+                        "the edge leaves `{}`, which is neither a trigger nor a node",
+                        edge.from
+                    ),
+                ));
+            }
+            *used_ports
+                .entry((edge.from.clone(), edge.port.clone()))
+                .or_default() += 1;
+        }
+        for ((from, port), count) in &used_ports {
+            if *count > 1 {
+                problems.push(problem(
+                    Some(from),
+                    "/edges",
+                    format!(
+                        "port `{port}` of `{from}` has {count} edges; a port leads to one node"
+                    ),
+                ));
+            }
+        }
+        for trigger in &graph.triggers {
+            if !used_ports.contains_key(&(trigger.id.clone(), "next".to_string())) {
+                problems.push(problem(
+                    Some(&trigger.id),
+                    "/edges",
+                    format!("trigger `{}` is not connected to a node", trigger.id),
+                ));
+            }
+        }
+        for node in &graph.nodes {
+            if let Some(action) = resolved.get(&node.id) {
+                for port in &action.ports {
+                    if port != "error" && !used_ports.contains_key(&(node.id.clone(), port.clone()))
+                    {
+                        problems.push(problem(
+                            Some(&node.id),
+                            "/edges",
+                            format!("port `{port}` of node `{}` is not connected", node.id),
+                        ));
+                    }
+                }
+            }
+        }
+        // Reachability from the triggers.
+        let mut reached: HashSet<&str> = HashSet::new();
+        let mut frontier: Vec<&str> = graph.triggers.iter().map(|t| t.id.as_str()).collect();
+        while let Some(at) = frontier.pop() {
+            for edge in graph.edges.iter().filter(|edge| edge.from == at) {
+                if reached.insert(edge.to.as_str()) {
+                    frontier.push(edge.to.as_str());
+                }
+            }
+        }
+        for node in &graph.nodes {
+            if !reached.contains(node.id.as_str()) {
+                problems.push(problem(
+                    Some(&node.id),
+                    "/nodes",
+                    format!("node `{}` cannot be reached from any trigger", node.id),
+                ));
+            }
+        }
+        // Cycles must contain a wait.
+        for cycle in cycles(&graph) {
+            if !cycle
+                .iter()
+                .any(|id| graph.node(id).is_some_and(|node| waits(&node.action)))
+            {
+                problems.push(problem(
+                    cycle.first().map(String::as_str),
+                    "/edges",
+                    format!(
+                        "the loop {} has no wait in it and would run without pause",
+                        cycle.join(" → ")
+                    ),
+                ));
+            }
+        }
+        let _ = resolved.values().map(|action| &action.schema).count();
+        if problems.is_empty() {
+            let actions = resolved
+                .into_iter()
+                .map(|(node, action)| (node, action.install_id))
+                .collect();
+            Ok(Ok((graph, actions)))
+        } else {
+            Ok(Err(problems))
+        }
+    }
+
+    async fn live(&self, db: &TenantDb) -> Result<Arc<Vec<(FlowVersion, Graph)>>, StorageError> {
+        let tenant = db.tenant_id().as_str();
+        if let Some((at, live)) = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(live.clone());
+        }
+        let live: Arc<Vec<(FlowVersion, Graph)>> = Arc::new(
+            db.live_flows()
+                .await?
+                .into_iter()
+                .filter_map(|version| {
+                    let graph = parse_graph(&version.graph).ok()?;
+                    Some((version, graph))
+                })
+                .collect(),
+        );
+        let mut map = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.clear();
+        }
+        map.insert(tenant.to_string(), (Instant::now(), live.clone()));
+        Ok(live)
+    }
+
+    /// Starts a run of `version` for `contact_id` from `trigger_id`.
+    async fn start(
+        &self,
+        db: &TenantDb,
+        version: &FlowVersion,
+        graph: &Graph,
+        trigger_id: &str,
+        contact_id: Option<&str>,
+        trigger: Value,
+    ) -> Result<Option<Run>, StorageError> {
+        let first = graph.target(trigger_id, "next").map(str::to_string);
+        let run = db
+            .start_run(
+                &version.flow_id,
+                version.version,
+                contact_id,
+                !graph.reentry,
+                &trigger,
+                first.as_deref(),
+                |run_id| match &first {
+                    Some(node) => vec![step_job(db, run_id, node, 0, now_ms())],
+                    None => Vec::new(),
+                },
+            )
+            .await?;
+        if run.is_some() {
+            self.inner.jobs.wake();
+        }
+        Ok(run)
+    }
+
+    /// Starts a run through the API (`api` or `manual` trigger).
+    pub async fn start_by_api(
+        &self,
+        db: &TenantDb,
+        flow_id: &str,
+        contact_id: Option<&str>,
+        payload: Value,
+        source: &str,
+    ) -> Result<Run, StartError> {
+        let flow = db
+            .flow(flow_id)
+            .await?
+            .ok_or_else(|| StartError::NotFound(format!("no flow {flow_id}")))?;
+        let version_number = flow.published_version.ok_or_else(|| {
+            StartError::Invalid("the flow has no published version; publish it first".into())
+        })?;
+        let version = db
+            .flow_version(flow_id, version_number)
+            .await?
+            .ok_or_else(|| StartError::NotFound(format!("no version {version_number}")))?;
+        let graph = parse_graph(&version.graph)
+            .map_err(|_| StartError::Invalid("the published graph is unreadable".into()))?;
+        let trigger = graph
+            .triggers
+            .iter()
+            .find(|trigger| match trigger.kind {
+                TriggerKind::Api => source == "api",
+                TriggerKind::Manual => source == "manual",
+                _ => false,
+            })
+            .or_else(|| {
+                graph
+                    .triggers
+                    .iter()
+                    .find(|t| matches!(t.kind, TriggerKind::Api | TriggerKind::Manual))
+            })
+            .ok_or_else(|| {
+                StartError::Invalid("the flow has no `api` or `manual` trigger".into())
+            })?;
+        if let Some(contact_id) = contact_id
+            && db.get_contact(contact_id).await?.is_none()
+        {
+            return Err(StartError::NotFound(format!("no contact {contact_id}")));
+        }
+        let trigger_payload =
+            json!({ "type": source, "trigger_id": trigger.id, "payload": payload });
+        self.start(
+            db,
+            &version,
+            &graph,
+            &trigger.id,
+            contact_id,
+            trigger_payload,
+        )
+        .await?
+        .ok_or(StartError::AlreadyRunning)
+    }
+
+    /// Reacts to a stored inbound message: resumes runs waiting for the contact's reply
+    /// and starts runs of flows whose triggers match.
+    pub async fn on_inbound(
+        &self,
+        db: &TenantDb,
+        install_id: &str,
+        conversation_id: &str,
+        contact_id: &str,
+        message_id: &str,
+        text: Option<&str>,
+    ) -> Result<(), StorageError> {
+        for run in db.runs_waiting_for_reply(contact_id).await? {
+            let Some(node) = run.current_node.clone() else {
+                continue;
+            };
+            let Some(version) = db.flow_version(&run.flow_id, run.version).await? else {
+                continue;
+            };
+            let Ok(graph) = parse_graph(&version.graph) else {
+                continue;
+            };
+            let mut variables = run.variables.clone();
+            variables[node.as_str()] =
+                json!({ "reply": text.unwrap_or_default(), "message_id": message_id });
+            let target = graph.target(&node, "reply").map(str::to_string);
+            let jobs: Vec<NewJob> = target
+                .iter()
+                .map(|target| step_job(db, &run.id, target, run.visit, now_ms()))
+                .collect();
+            if db
+                .resume_run(&run.id, run.visit, &variables, target.as_deref(), &jobs)
+                .await?
+            {
+                self.inner.jobs.wake();
+            }
+        }
+        for (version, graph) in self.live(db).await?.iter() {
+            for trigger in &graph.triggers {
+                let matched = match &trigger.kind {
+                    TriggerKind::InboundMessage { install } => {
+                        install.as_deref().is_none_or(|i| i == install_id)
+                    }
+                    TriggerKind::Keyword {
+                        install,
+                        pattern,
+                        case_sensitive,
+                    } => {
+                        install.as_deref().is_none_or(|i| i == install_id)
+                            && text
+                                .is_some_and(|text| keyword_matches(pattern, *case_sensitive, text))
+                    }
+                    _ => false,
+                };
+                if !matched {
+                    continue;
+                }
+                let payload = json!({
+                    "type": "inbound_message",
+                    "trigger_id": trigger.id,
+                    "install_id": install_id,
+                    "conversation_id": conversation_id,
+                    "message_id": message_id,
+                    "text": text,
+                });
+                // At most one run per flow per message, whichever trigger matched first.
+                self.start(db, version, graph, &trigger.id, Some(contact_id), payload)
+                    .await?;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn contact_json(
+        &self,
+        db: &TenantDb,
+        contact_id: Option<&str>,
+    ) -> Result<Option<Value>, StorageError> {
+        let Some(id) = contact_id else {
+            return Ok(None);
+        };
+        Ok(db.get_contact(id).await?.map(|contact| {
+            json!({
+                "id": contact.id, "name": contact.name, "phone": contact.phone, "email": contact.email,
+                "tags": contact.tags, "fields": contact.fields,
+            })
+        }))
+    }
+
+    /// The `flow.step` job.
+    async fn run_step(&self, job: Job) -> Result<(), JobFailure> {
+        let tenant = job
+            .tenant_id
+            .clone()
+            .ok_or_else(|| JobFailure::permanent("no tenant"))?;
+        let run_id = job.payload["run_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let node_id = job.payload["node"].as_str().unwrap_or_default().to_string();
+        let visit = job.payload["visit"].as_i64().unwrap_or(-1);
+        let db = self.storage_db(&tenant);
+        let Some(run) = db.run(&run_id).await? else {
+            return Ok(());
+        };
+        if run.visit != visit
+            || !matches!(run.status.as_str(), "running" | "waiting")
+            || run.waiting_for.as_deref() == Some("reply")
+        {
+            return Ok(()); // done by an earlier attempt, or cancelled
+        }
+        let version = db
+            .flow_version(&run.flow_id, run.version)
+            .await?
+            .ok_or_else(|| JobFailure::permanent("the run's flow version is gone"))?;
+        let graph =
+            parse_graph(&version.graph).map_err(|_| JobFailure::permanent("unreadable graph"))?;
+        let node = graph
+            .node(&node_id)
+            .cloned()
+            .ok_or_else(|| JobFailure::permanent(format!("no node {node_id}")))?;
+        let install_id = version.actions[node_id.as_str()]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let contact = self.contact_json(&db, run.contact_id.as_deref()).await?;
+        let mut variables = run.variables.clone();
+        if !variables.is_object() {
+            variables = json!({});
+        }
+        let mut visible = variables.clone();
+        visible["_now_ms"] = json!(now_ms());
+        let input = at::ActionInput {
+            run_id: run.id.clone(),
+            step_id: node_id.clone(),
+            config: node.config.to_string(),
+            contact: contact.as_ref().map(Value::to_string),
+            trigger: run.trigger.to_string(),
+            variables: visible.to_string(),
+        };
+        let input_json = json!({ "config": node.config, "contact": contact, "trigger": run.trigger, "variables": variables });
+        let started = now_ms();
+        let last_attempt = job.attempts >= job.max_attempts;
+        let outcome = match self.inner.marketplace.action(&db, &install_id).await {
+            Ok(handle) => handle.run_action(&input).await,
+            Err(error) => Err(error),
+        };
+        let result = match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(at::ActionError::Retryable(message))) if !last_attempt => {
+                return Err(JobFailure::retry(format!(
+                    "the action asked to retry: {message}"
+                )));
+            }
+            Err(
+                error @ (MarketplaceError::Plugin(_)
+                | MarketplaceError::CircuitOpen { .. }
+                | MarketplaceError::Storage(_)
+                | MarketplaceError::Registry(_)),
+            ) if !last_attempt => {
+                return Err(JobFailure::retry(format!("the action failed: {error}")));
+            }
+            Ok(Err(error)) => {
+                let message = action_error_text(&error);
+                return self
+                    .fail_step(&db, &run, &graph, &node_id, input_json, started, message)
+                    .await;
+            }
+            Err(error) => {
+                return self
+                    .fail_step(
+                        &db,
+                        &run,
+                        &graph,
+                        &node_id,
+                        input_json,
+                        started,
+                        format!("the action cannot run: {error}"),
+                    )
+                    .await;
+            }
+        };
+        let output: Value = serde_json::from_str(&result.output).unwrap_or(Value::Null);
+        let mut reports = Vec::new();
+        for (index, effect) in result.effects.iter().enumerate() {
+            match self.apply_effect(&db, &run, visit, index, effect).await {
+                Ok(report) => reports.push(report),
+                Err(EffectError::Retry(message)) if !last_attempt => {
+                    return Err(JobFailure::retry(message));
+                }
+                Err(EffectError::Retry(message) | EffectError::Failed(message)) => {
+                    reports.push(json!({ "error": message }));
+                    return self
+                        .fail_step_with(
+                            &db,
+                            &run,
+                            &graph,
+                            &node_id,
+                            input_json,
+                            started,
+                            message,
+                            Some(Value::Array(reports)),
+                        )
+                        .await;
+                }
+            }
+        }
+        variables[node_id.as_str()] = output.clone();
+        let now = now_ms();
+        let (change, jobs, outcome_json) = match &result.outcome {
+            at::Outcome::Next(port) => match graph.target(&node_id, port) {
+                Some(target) => (
+                    RunChange {
+                        status: "running".into(),
+                        current_node: Some(target.into()),
+                        variables,
+                        waiting_for: None,
+                        wait_until: None,
+                        error: None,
+                    },
+                    vec![step_job(&db, &run.id, target, visit + 1, now)],
+                    json!({ "next": port }),
+                ),
+                None => (
+                    RunChange {
+                        status: "completed".into(),
+                        current_node: None,
+                        variables,
+                        waiting_for: None,
+                        wait_until: None,
+                        error: None,
+                    },
+                    Vec::new(),
+                    json!({ "next": port }),
+                ),
+            },
+            at::Outcome::Wait(wait) => {
+                let until = now + ms(*wait);
+                match graph.target(&node_id, "next") {
+                    Some(target) => (
+                        RunChange {
+                            status: "waiting".into(),
+                            current_node: Some(target.into()),
+                            variables,
+                            waiting_for: Some("time".into()),
+                            wait_until: Some(until),
+                            error: None,
+                        },
+                        vec![step_job(&db, &run.id, target, visit + 1, until)],
+                        json!({ "wait_ms": wait }),
+                    ),
+                    None => (
+                        RunChange {
+                            status: "completed".into(),
+                            current_node: None,
+                            variables,
+                            waiting_for: None,
+                            wait_until: None,
+                            error: None,
+                        },
+                        Vec::new(),
+                        json!({ "wait_ms": wait }),
+                    ),
+                }
+            }
+            at::Outcome::WaitForReply(timeout) => {
+                let until = now + ms(*timeout);
+                (
+                    RunChange {
+                        status: "waiting".into(),
+                        current_node: Some(node_id.clone()),
+                        variables,
+                        waiting_for: Some("reply".into()),
+                        wait_until: Some(until),
+                        error: None,
+                    },
+                    vec![timeout_job(&db, &run.id, &node_id, visit + 1, until)],
+                    json!({ "wait_for_reply_ms": timeout }),
+                )
+            }
+            at::Outcome::End => (
+                RunChange {
+                    status: "completed".into(),
+                    current_node: None,
+                    variables,
+                    waiting_for: None,
+                    wait_until: None,
+                    error: None,
+                },
+                Vec::new(),
+                json!("end"),
+            ),
+        };
+        let step = Step {
+            node_id: node_id.clone(),
+            visit,
+            status: "ok".into(),
+            input: input_json,
+            output: Some(output),
+            outcome: Some(outcome_json),
+            effects: Some(Value::Array(reports)),
+            error: None,
+            started_at: started,
+            finished_at: now_ms(),
+        };
+        if db.record_step(&run.id, &step, &change, &jobs).await? {
+            self.inner.jobs.wake();
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fail_step(
+        &self,
+        db: &TenantDb,
+        run: &Run,
+        graph: &Graph,
+        node_id: &str,
+        input: Value,
+        started: i64,
+        message: String,
+    ) -> Result<(), JobFailure> {
+        self.fail_step_with(db, run, graph, node_id, input, started, message, None)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fail_step_with(
+        &self,
+        db: &TenantDb,
+        run: &Run,
+        graph: &Graph,
+        node_id: &str,
+        input: Value,
+        started: i64,
+        message: String,
+        effects: Option<Value>,
+    ) -> Result<(), JobFailure> {
+        let mut variables = run.variables.clone();
+        if !variables.is_object() {
+            variables = json!({});
+        }
+        variables[node_id] = json!({ "error": message });
+        let (change, jobs) = match graph.target(node_id, "error") {
+            Some(target) => (
+                RunChange {
+                    status: "running".into(),
+                    current_node: Some(target.into()),
+                    variables,
+                    waiting_for: None,
+                    wait_until: None,
+                    error: None,
+                },
+                vec![step_job(db, &run.id, target, run.visit + 1, now_ms())],
+            ),
+            None => (
+                RunChange {
+                    status: "failed".into(),
+                    current_node: Some(node_id.into()),
+                    variables,
+                    waiting_for: None,
+                    wait_until: None,
+                    error: Some(format!("step {node_id}: {message}")),
+                },
+                Vec::new(),
+            ),
+        };
+        let step = Step {
+            node_id: node_id.to_string(),
+            visit: run.visit,
+            status: "failed".into(),
+            input,
+            output: None,
+            outcome: Some(json!({ "error_port": change.status == "running" })),
+            effects,
+            error: Some(message),
+            started_at: started,
+            finished_at: now_ms(),
+        };
+        if db.record_step(&run.id, &step, &change, &jobs).await? {
+            self.inner.jobs.wake();
+        }
+        Ok(())
+    }
+
+    /// The `flow.timeout` job: a wait-for-reply that got no reply.
+    async fn run_timeout(&self, job: Job) -> Result<(), JobFailure> {
+        let tenant = job
+            .tenant_id
+            .clone()
+            .ok_or_else(|| JobFailure::permanent("no tenant"))?;
+        let run_id = job.payload["run_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let node_id = job.payload["node"].as_str().unwrap_or_default().to_string();
+        let visit = job.payload["visit"].as_i64().unwrap_or(-1);
+        let db = self.storage_db(&tenant);
+        let Some(run) = db.run(&run_id).await? else {
+            return Ok(());
+        };
+        if run.visit != visit || run.waiting_for.as_deref() != Some("reply") {
+            return Ok(()); // the reply came first
+        }
+        let Some(version) = db.flow_version(&run.flow_id, run.version).await? else {
+            return Ok(());
+        };
+        let Ok(graph) = parse_graph(&version.graph) else {
+            return Ok(());
+        };
+        let mut variables = run.variables.clone();
+        variables[node_id.as_str()] = json!({ "timed_out": true });
+        let target = graph.target(&node_id, "timeout").map(str::to_string);
+        let jobs: Vec<NewJob> = target
+            .iter()
+            .map(|t| step_job(&db, &run.id, t, visit, now_ms()))
+            .collect();
+        if db
+            .resume_run(&run.id, visit, &variables, target.as_deref(), &jobs)
+            .await?
+        {
+            self.inner.jobs.wake();
+        }
+        Ok(())
+    }
+
+    async fn apply_effect(
+        &self,
+        db: &TenantDb,
+        run: &Run,
+        visit: i64,
+        index: usize,
+        effect: &types::Effect,
+    ) -> Result<Value, EffectError> {
+        let contact_of = |explicit: &Option<String>| -> Result<String, EffectError> {
+            explicit
+                .clone()
+                .or_else(|| run.contact_id.clone())
+                .ok_or_else(|| EffectError::Failed("the run has no contact".into()))
+        };
+        match effect {
+            types::Effect::SendMessage(send) => {
+                let contact_id = contact_of(&send.contact_id)?;
+                let install_id = send
+                    .channel_install
+                    .clone()
+                    .or_else(|| run.trigger["install_id"].as_str().map(str::to_string))
+                    .ok_or_else(|| EffectError::Failed("no channel install: set `channel_install` on the node (the run was not started by a message)".into()))?;
+                let mut request = SendRequest {
+                    install_id,
+                    contact_id: Some(contact_id),
+                    to: None,
+                    text: None,
+                    template: None,
+                    media: None,
+                    interactive: None,
+                    reply_to: None,
+                    purpose: None,
+                };
+                match &send.content {
+                    types::MessageContent::Text(text) => {
+                        request.text = Some(crate::messaging::TextContent {
+                            body: text.body.clone(),
+                            preview_url: text.preview_url,
+                        });
+                    }
+                    types::MessageContent::Template(template) => {
+                        let components: Value =
+                            serde_json::from_str(&template.components).unwrap_or(Value::Null);
+                        request.template = Some(crate::messaging::TemplateContent {
+                            name: template.name.clone(),
+                            language: template.language.clone(),
+                            variables: components.get("variables").cloned(),
+                        });
+                    }
+                    types::MessageContent::Media(media) => {
+                        request.media = Some(crate::messaging::MediaContent {
+                            kind: format!("{:?}", media.kind).to_ascii_lowercase(),
+                            url: media.url.clone(),
+                            caption: media.caption.clone(),
+                            filename: media.filename.clone(),
+                        });
+                    }
+                    types::MessageContent::Interactive(json) => {
+                        request.interactive =
+                            Some(serde_json::from_str(json).unwrap_or(Value::Null));
+                    }
+                }
+                let key = format!("flow:{}:{visit}:{index}", run.id);
+                match self
+                    .inner
+                    .messaging
+                    .send(db, request, Some(key), None)
+                    .await
+                {
+                    Ok((message, _)) => Ok(json!({ "send_message": { "message_id": message.id } })),
+                    Err(SendError::Storage(error)) => Err(EffectError::Retry(error.to_string())),
+                    Err(SendError::Marketplace(MarketplaceError::CircuitOpen { .. })) => {
+                        Err(EffectError::Retry("the channel's circuit is open".into()))
+                    }
+                    Err(error) => Err(EffectError::Failed(format!("send refused: {error}"))),
+                }
+            }
+            types::Effect::SetField(set) => {
+                let contact_id = contact_of(&set.contact_id)?;
+                let value: Value = serde_json::from_str(&set.value).unwrap_or(Value::Null);
+                self.change_contact(db, &contact_id, |data| {
+                    if let Some(fields) = data.fields.as_object_mut() {
+                        if value.is_null() {
+                            fields.remove(&set.field);
+                        } else {
+                            fields.insert(set.field.clone(), value.clone());
+                        }
+                    }
+                })
+                .await?;
+                Ok(json!({ "set_field": { "field": set.field, "value": value } }))
+            }
+            types::Effect::AddTag(tag) | types::Effect::RemoveTag(tag) => {
+                let add = matches!(effect, types::Effect::AddTag(_));
+                let contact_id = contact_of(&tag.contact_id)?;
+                let normalized = crate::contacts::normalize_tag(&tag.tag)
+                    .map_err(|error| EffectError::Failed(format!("tag `{}`: {error}", tag.tag)))?;
+                self.change_contact(db, &contact_id, |data| {
+                    data.tags.retain(|existing| existing != &normalized);
+                    if add {
+                        data.tags.push(normalized.clone());
+                    }
+                })
+                .await?;
+                Ok(json!({ if add { "add_tag" } else { "remove_tag" }: normalized }))
+            }
+            types::Effect::Assign(assign) => {
+                let Some(agent) = assign.agent_id.clone() else {
+                    return Err(EffectError::Failed(
+                        "assigning to a team is not supported yet; give `agent_id`".into(),
+                    ));
+                };
+                let install = run.trigger["install_id"].as_str().unwrap_or_default();
+                let contact_id = contact_of(&None)?;
+                let conversation = db
+                    .conversation_of(install, &contact_id)
+                    .await
+                    .map_err(|error| EffectError::Retry(error.to_string()))?
+                    .ok_or_else(|| {
+                        EffectError::Failed("the run has no conversation to assign".into())
+                    })?;
+                db.update_conversation(
+                    &conversation.id,
+                    &crate::storage::ConversationChange {
+                        assignee: Some(Some(agent.clone())),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|error| EffectError::Retry(error.to_string()))?;
+                Ok(json!({ "assign": { "conversation_id": conversation.id, "agent_id": agent } }))
+            }
+            types::Effect::HttpCall(_) => Err(EffectError::Failed(
+                "deferred HTTP calls are not supported yet; use the http-request action".into(),
+            )),
+        }
+    }
+
+    async fn change_contact(
+        &self,
+        db: &TenantDb,
+        contact_id: &str,
+        change: impl FnOnce(&mut crate::storage::ContactData),
+    ) -> Result<(), EffectError> {
+        let contact = db
+            .get_contact(contact_id)
+            .await
+            .map_err(|error| EffectError::Retry(error.to_string()))?
+            .ok_or_else(|| EffectError::Failed(format!("contact {contact_id} no longer exists")))?;
+        let mut data = crate::storage::ContactData {
+            name: contact.name,
+            phone: contact.phone,
+            email: contact.email,
+            tags: contact.tags,
+            fields: contact.fields,
+        };
+        change(&mut data);
+        db.update_contact(contact_id, &data)
+            .await
+            .map_err(|error| EffectError::Failed(error.to_string()))?;
+        Ok(())
+    }
+}
+
+enum EffectError {
+    Retry(String),
+    Failed(String),
+}
+
+fn action_error_text(error: &at::ActionError) -> String {
+    match error {
+        at::ActionError::InvalidConfig(text) => format!("invalid config: {text}"),
+        at::ActionError::InvalidInput(text) => format!("invalid input: {text}"),
+        at::ActionError::Retryable(text) => format!("failed after retries: {text}"),
+        at::ActionError::Failed(text) => text.clone(),
+    }
+}
+
+fn keyword_matches(pattern: &KeywordMatch, case_sensitive: bool, text: &str) -> bool {
+    match pattern {
+        KeywordMatch::Exact(keyword) => {
+            if case_sensitive {
+                text.trim() == keyword
+            } else {
+                text.trim().to_lowercase() == keyword.to_lowercase()
+            }
+        }
+        KeywordMatch::Contains(keyword) => {
+            if case_sensitive {
+                text.contains(keyword.as_str())
+            } else {
+                text.to_lowercase().contains(&keyword.to_lowercase())
+            }
+        }
+        KeywordMatch::Regex(regex) => regex.is_match(text),
+    }
+}
+
+/// The node cycles of a graph (strongly connected components with a loop), by Tarjan.
+fn cycles(graph: &Graph) -> Vec<Vec<String>> {
+    let ids: Vec<&str> = graph.nodes.iter().map(|node| node.id.as_str()).collect();
+    let index_of: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let mut adjacency = vec![Vec::new(); ids.len()];
+    for edge in &graph.edges {
+        if let (Some(&from), Some(&to)) = (
+            index_of.get(edge.from.as_str()),
+            index_of.get(edge.to.as_str()),
+        ) {
+            adjacency[from].push(to);
+        }
+    }
+    struct State {
+        index: Vec<Option<usize>>,
+        low: Vec<usize>,
+        on_stack: Vec<bool>,
+        stack: Vec<usize>,
+        next: usize,
+        components: Vec<Vec<usize>>,
+    }
+    fn connect(v: usize, adjacency: &[Vec<usize>], state: &mut State) {
+        state.index[v] = Some(state.next);
+        state.low[v] = state.next;
+        state.next += 1;
+        state.stack.push(v);
+        state.on_stack[v] = true;
+        for &w in &adjacency[v] {
+            match state.index[w] {
+                None => {
+                    connect(w, adjacency, state);
+                    state.low[v] = state.low[v].min(state.low[w]);
+                }
+                Some(index) if state.on_stack[w] => state.low[v] = state.low[v].min(index),
+                Some(_) => {}
+            }
+        }
+        if Some(state.low[v]) == state.index[v] {
+            let mut component = Vec::new();
+            while let Some(w) = state.stack.pop() {
+                state.on_stack[w] = false;
+                component.push(w);
+                if w == v {
+                    break;
+                }
+            }
+            state.components.push(component);
+        }
+    }
+    let mut state = State {
+        index: vec![None; ids.len()],
+        low: vec![0; ids.len()],
+        on_stack: vec![false; ids.len()],
+        stack: Vec::new(),
+        next: 0,
+        components: Vec::new(),
+    };
+    for v in 0..ids.len() {
+        if state.index[v].is_none() {
+            connect(v, &adjacency, &mut state);
+        }
+    }
+    state
+        .components
+        .into_iter()
+        .filter(|component| {
+            component.len() > 1
+                || component
+                    .first()
+                    .is_some_and(|&v| adjacency[v].contains(&v))
+        })
+        .map(|component| {
+            let mut names: Vec<String> =
+                component.into_iter().map(|v| ids[v].to_string()).collect();
+            names.sort();
+            names
+        })
+        .collect()
+}
+
+/// A lazily set link from messaging to flows (they need each other).
+#[derive(Default, Debug)]
+pub struct FlowsLink(OnceLock<Flows>);
+
+impl FlowsLink {
+    /// Sets the link once.
+    pub fn set(&self, flows: Flows) {
+        let _ = self.0.set(flows);
+    }
+
+    /// The flows service, once set.
+    pub fn get(&self) -> Option<&Flows> {
+        self.0.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(value: Value) -> Result<Graph, Vec<Problem>> {
+        parse_graph(&value)
+    }
+
+    #[test]
+    fn structural_problems_name_their_node() {
+        let problems = graph(json!({
+            "triggers": [{"id": "t", "type": "keyword", "keyword": "(", "match": "regex"}, {"id": "t", "type": "sms"}],
+            "nodes": [{"id": "n", "action": "nope"}, {"id": "m", "action": "postdog/end", "version": "banana"}],
+            "edges": [{"from": "t"}],
+            "bogus": 1
+        }))
+        .expect_err("invalid");
+        let text = serde_json::to_string(&problems).expect("json");
+        for expected in [
+            "unknown key `bogus`",
+            "regular expression",
+            "used twice",
+            "unknown trigger type `sms`",
+            "needs an `action`",
+            "not a version requirement",
+            "needs `from` and `to`",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        assert!(problems.iter().any(|p| p.node.as_deref() == Some("m")));
+    }
+
+    #[test]
+    fn finds_cycles() {
+        let g = graph(json!({
+            "triggers": [{"id": "t", "type": "api"}],
+            "nodes": [{"id": "a", "action": "p/x"}, {"id": "b", "action": "p/wait"}, {"id": "c", "action": "p/y"}, {"id": "d", "action": "p/z"}],
+            "edges": [{"from": "t", "to": "a"}, {"from": "a", "to": "b"}, {"from": "b", "to": "a"}, {"from": "a", "port": "no", "to": "c"}, {"from": "c", "to": "d"}, {"from": "d", "to": "c"}]
+        }))
+        .expect("parses");
+        let found = cycles(&g);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.contains(&vec!["a".to_string(), "b".to_string()]));
+        assert!(found.contains(&vec!["c".to_string(), "d".to_string()]));
+    }
+
+    #[test]
+    fn keywords_match_as_configured() {
+        assert!(keyword_matches(
+            &KeywordMatch::Exact("Hello".into()),
+            false,
+            " hello "
+        ));
+        assert!(!keyword_matches(
+            &KeywordMatch::Exact("Hello".into()),
+            true,
+            "hello"
+        ));
+        assert!(keyword_matches(
+            &KeywordMatch::Contains("price".into()),
+            false,
+            "What's the PRICE?"
+        ));
+        let regex = regex::RegexBuilder::new(r"^order\s+#?\d+$")
+            .case_insensitive(true)
+            .build()
+            .expect("regex");
+        assert!(keyword_matches(
+            &KeywordMatch::Regex(regex.clone()),
+            false,
+            "ORDER #1042"
+        ));
+        assert!(!keyword_matches(
+            &KeywordMatch::Regex(regex),
+            false,
+            "my order"
+        ));
+    }
+
+    #[test]
+    fn schema_subset_reports_each_problem() {
+        let schema = json!({"type": "object", "required": ["tag"], "additionalProperties": false,
+            "properties": {"tag": {"type": "string", "minLength": 1}, "n": {"type": "integer", "minimum": 1, "maximum": 5}, "mode": {"enum": ["a", "b"]}}});
+        let mut out = Vec::new();
+        check_schema(
+            &schema,
+            &json!({"n": 9, "mode": "c", "extra": true}),
+            "",
+            &mut out,
+        );
+        let text = out.join("; ");
+        for expected in [
+            "/tag is required",
+            "/n must be at most 5",
+            "/mode must be one of",
+            "/extra is not a known setting",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        let mut ok = Vec::new();
+        check_schema(&schema, &json!({"tag": "vip", "n": 2}), "", &mut ok);
+        assert!(ok.is_empty(), "{ok:?}");
+    }
+}
