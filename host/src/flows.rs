@@ -1551,6 +1551,267 @@ impl Flows {
     }
 }
 
+/// One scripted event of a simulation.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SimEvent {
+    /// The contact sends a message.
+    Message {
+        /// Its text.
+        text: String,
+    },
+    /// Time passes.
+    Elapse {
+        /// How long, in milliseconds.
+        ms: u64,
+    },
+}
+
+impl Flows {
+    /// Runs `graph` for a (real or hypothetical) `contact` against scripted `events`
+    /// without sending or writing anything: actions run with no grants, effects are
+    /// described (tags and fields are applied to the simulated contact only), waits
+    /// consume elapsed time, wait-for-reply consumes the next message. The trace, or the
+    /// graph's problems.
+    pub async fn simulate(
+        &self,
+        db: &TenantDb,
+        graph_value: &Value,
+        mut contact: Value,
+        events: Vec<SimEvent>,
+        payload: Value,
+    ) -> Result<Result<Value, Vec<Problem>>, StorageError> {
+        let (graph, actions) = match self.validate(db, graph_value).await? {
+            Ok(resolved) => resolved,
+            Err(problems) => return Ok(Err(problems)),
+        };
+        let mut events: std::collections::VecDeque<SimEvent> = events.into();
+        let mut clock = now_ms();
+        let mut trace = Vec::new();
+        // The trigger: a message event that matches one, else an api/manual trigger.
+        let (trigger_id, trigger_payload) = match events.front() {
+            Some(SimEvent::Message { text }) => {
+                let text = text.clone();
+                let matched = graph.triggers.iter().find(|trigger| match &trigger.kind {
+                    TriggerKind::InboundMessage { .. } => true,
+                    TriggerKind::Keyword {
+                        pattern,
+                        case_sensitive,
+                        ..
+                    } => keyword_matches(pattern, *case_sensitive, &text),
+                    _ => false,
+                });
+                match matched {
+                    Some(trigger) => {
+                        events.pop_front();
+                        (
+                            trigger.id.clone(),
+                            json!({"type": "inbound_message", "trigger_id": trigger.id, "text": text}),
+                        )
+                    }
+                    None => {
+                        return Ok(Ok(
+                            json!({"started": false, "reason": format!("no trigger matches the message `{text}`"), "steps": []}),
+                        ));
+                    }
+                }
+            }
+            _ => match graph
+                .triggers
+                .iter()
+                .find(|t| matches!(t.kind, TriggerKind::Api | TriggerKind::Manual))
+            {
+                Some(trigger) => (
+                    trigger.id.clone(),
+                    json!({"type": "api", "trigger_id": trigger.id, "payload": payload}),
+                ),
+                None => {
+                    return Ok(Ok(
+                        json!({"started": false, "reason": "the flow has no api or manual trigger and the script does not start with a message", "steps": []}),
+                    ));
+                }
+            },
+        };
+        let mut variables = json!({});
+        let mut at = graph.target(&trigger_id, "next").map(str::to_string);
+        let mut status = "completed";
+        while let Some(node_id) = at.take() {
+            if trace.len() >= 200 {
+                status = "stopped after 200 steps";
+                break;
+            }
+            let Some(node) = graph.node(&node_id) else {
+                break;
+            };
+            let mut visible = variables.clone();
+            visible["_now_ms"] = json!(clock);
+            let input = at::ActionInput {
+                run_id: "simulation".into(),
+                step_id: node_id.clone(),
+                config: node.config.to_string(),
+                contact: Some(contact.to_string()),
+                trigger: trigger_payload.to_string(),
+                variables: visible.to_string(),
+            };
+            let install = actions.get(&node_id).cloned().unwrap_or_default();
+            let result = match self.inner.marketplace.action(db, &install).await {
+                Ok(handle) => handle.run_action_isolated(&input).await,
+                Err(error) => Err(error),
+            };
+            let result = match result {
+                Ok(Ok(result)) => result,
+                Ok(Err(error)) => {
+                    let message = action_error_text(&error);
+                    trace.push(json!({"node": node_id, "error": message, "at_ms": clock}));
+                    variables[node_id.as_str()] = json!({"error": message});
+                    match graph.target(&node_id, "error") {
+                        Some(target) => {
+                            at = Some(target.to_string());
+                            continue;
+                        }
+                        None => {
+                            status = "failed";
+                            break;
+                        }
+                    }
+                }
+                Err(error) => {
+                    trace
+                        .push(json!({"node": node_id, "error": error.to_string(), "at_ms": clock}));
+                    status = "failed";
+                    break;
+                }
+            };
+            let output: Value = serde_json::from_str(&result.output).unwrap_or(Value::Null);
+            let effects: Vec<Value> = result
+                .effects
+                .iter()
+                .map(|effect| describe_effect(effect, &mut contact))
+                .collect();
+            variables[node_id.as_str()] = output.clone();
+            let mut entry = json!({"node": node_id, "action": node.action, "at_ms": clock, "output": output, "effects": effects});
+            match &result.outcome {
+                at::Outcome::Next(port) => {
+                    entry["outcome"] = json!({"next": port});
+                    at = graph.target(&node_id, port).map(str::to_string);
+                }
+                at::Outcome::Wait(wait) => {
+                    entry["outcome"] = json!({"wait_ms": wait});
+                    let mut remaining = ms(*wait);
+                    while remaining > 0 {
+                        match events.front() {
+                            Some(SimEvent::Elapse { ms: elapsed }) => {
+                                let elapsed = ms(*elapsed);
+                                if elapsed > remaining {
+                                    events[0] = SimEvent::Elapse {
+                                        ms: u64::try_from(elapsed - remaining).unwrap_or(0),
+                                    };
+                                    clock += remaining;
+                                    remaining = 0;
+                                } else {
+                                    events.pop_front();
+                                    clock += elapsed;
+                                    remaining -= elapsed;
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
+                    if remaining > 0 {
+                        trace.push(entry);
+                        status = "waiting";
+                        break;
+                    }
+                    at = graph.target(&node_id, "next").map(str::to_string);
+                }
+                at::Outcome::WaitForReply(timeout) => {
+                    entry["outcome"] = json!({"wait_for_reply_ms": timeout});
+                    let mut waited = 0;
+                    let mut resumed = None;
+                    while let Some(event) = events.pop_front() {
+                        match event {
+                            SimEvent::Message { text } => {
+                                resumed = Some(("reply", json!({"reply": text})));
+                                break;
+                            }
+                            SimEvent::Elapse { ms: elapsed } => {
+                                waited += ms(elapsed);
+                                clock += ms(elapsed);
+                                if waited >= ms(*timeout) {
+                                    resumed = Some(("timeout", json!({"timed_out": true})));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    match resumed {
+                        Some((port, value)) => {
+                            variables[node_id.as_str()] = value;
+                            at = graph.target(&node_id, port).map(str::to_string);
+                        }
+                        None => {
+                            trace.push(entry);
+                            status = "waiting for a reply";
+                            break;
+                        }
+                    }
+                }
+                at::Outcome::End => entry["outcome"] = json!("end"),
+            }
+            trace.push(entry);
+        }
+        Ok(Ok(
+            json!({"started": true, "trigger": trigger_id, "status": status, "steps": trace, "contact": contact, "variables": variables}),
+        ))
+    }
+}
+
+/// Describes an effect for the simulator and applies tag/field changes to the
+/// simulated contact.
+fn describe_effect(effect: &types::Effect, contact: &mut Value) -> Value {
+    match effect {
+        types::Effect::SendMessage(send) => {
+            let content = match &send.content {
+                types::MessageContent::Text(text) => json!({"text": text.body}),
+                types::MessageContent::Template(template) => {
+                    json!({"template": {"name": template.name, "language": template.language, "components": serde_json::from_str::<Value>(&template.components).unwrap_or(Value::Null)}})
+                }
+                types::MessageContent::Media(media) => {
+                    json!({"media": {"url": media.url, "caption": media.caption}})
+                }
+                types::MessageContent::Interactive(json) => {
+                    json!({"interactive": serde_json::from_str::<Value>(json).unwrap_or(Value::Null)})
+                }
+            };
+            json!({"send_message": {"channel_install": send.channel_install, "content": content}})
+        }
+        types::Effect::SetField(set) => {
+            let value: Value = serde_json::from_str(&set.value).unwrap_or(Value::Null);
+            if !contact["fields"].is_object() {
+                contact["fields"] = json!({});
+            }
+            contact["fields"][set.field.as_str()] = value.clone();
+            json!({"set_field": {"field": set.field, "value": value}})
+        }
+        types::Effect::AddTag(tag) | types::Effect::RemoveTag(tag) => {
+            let add = matches!(effect, types::Effect::AddTag(_));
+            let mut tags: Vec<Value> = contact["tags"].as_array().cloned().unwrap_or_default();
+            tags.retain(|existing| existing != &json!(tag.tag));
+            if add {
+                tags.push(json!(tag.tag));
+            }
+            contact["tags"] = Value::Array(tags);
+            json!({ if add { "add_tag" } else { "remove_tag" }: tag.tag })
+        }
+        types::Effect::Assign(assign) => {
+            json!({"assign": {"agent_id": assign.agent_id, "team_id": assign.team_id}})
+        }
+        types::Effect::HttpCall(call) => {
+            json!({"http_call": {"method": call.method, "url": call.url}})
+        }
+    }
+}
+
 enum EffectError {
     Retry(String),
     Failed(String),

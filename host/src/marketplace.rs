@@ -1327,6 +1327,30 @@ impl ChannelHandle {
         self.finish(result)
     }
 
+    /// `action.run` with no grants at all (no http, kv or contacts): the flow simulator's
+    /// call, which must not reach anything outside the sandbox.
+    pub async fn run_action_isolated(
+        &self,
+        input: &crate::runtime::abi::action_types::ActionInput,
+    ) -> Result<
+        Result<
+            crate::runtime::abi::action_types::ActionResult,
+            crate::runtime::abi::action_types::ActionError,
+        >,
+        MarketplaceError,
+    > {
+        let context = Arc::new(
+            (*self.active.context)
+                .clone()
+                .with_grants(crate::runtime::Grants::none()),
+        );
+        let result = self
+            .runtime()
+            .action_run(&self.active.loaded.plugin, &context, input)
+            .await;
+        result.map_err(MarketplaceError::Plugin)
+    }
+
     /// The artifact's digest (changes with the version).
     pub fn digest(&self) -> &str {
         &self.active.install.digest

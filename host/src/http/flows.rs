@@ -23,6 +23,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/v1/flows/{id}", get(show).put(replace).delete(remove))
         .route("/v1/flows/{id}/validate", post(validate))
         .route("/v1/flows/{id}/publish", post(publish))
+        .route("/v1/flows/{id}/simulate", post(simulate))
         .route("/v1/flows/{id}/versions/{version}", get(version))
         .route("/v1/flows/{id}/runs", get(runs).post(start))
         .route("/v1/flows/{id}/runs/{run}", get(run))
@@ -304,4 +305,80 @@ async fn cancel(
         .await?
         .ok_or_else(|| not_found("run", &run_id))?;
     Ok(Json(json!(run)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimulateRequest {
+    /// A stored contact…
+    contact_id: Option<String>,
+    /// …or a hypothetical one (`name`, `phone`, `tags`, `fields`).
+    contact: Option<Value>,
+    #[serde(default)]
+    events: Vec<crate::flows::SimEvent>,
+    #[serde(default)]
+    payload: Value,
+    /// `draft` (default) or a published version number.
+    version: Option<Value>,
+}
+
+async fn simulate(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<SimulateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let db = caller.db();
+    let flow = db.flow(&id).await?.ok_or_else(|| not_found("flow", &id))?;
+    let graph = match &request.version {
+        None => flow.draft.clone(),
+        Some(Value::String(text)) if text == "draft" => flow.draft.clone(),
+        Some(Value::Number(number)) => {
+            let version = number.as_i64().unwrap_or(0);
+            db.flow_version(&id, version)
+                .await?
+                .ok_or_else(|| not_found("flow version", &format!("{id}/{version}")))?
+                .graph
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "`version` is \"draft\" or a version number, not {other}"
+            )));
+        }
+    };
+    let contact = match (&request.contact_id, request.contact) {
+        (Some(contact_id), None) => {
+            let contact = db
+                .get_contact(contact_id)
+                .await?
+                .ok_or_else(|| not_found("contact", contact_id))?;
+            json!({"id": contact.id, "name": contact.name, "phone": contact.phone, "email": contact.email, "tags": contact.tags, "fields": contact.fields})
+        }
+        (None, Some(contact)) if contact.is_object() => {
+            let mut contact = contact;
+            if contact.get("tags").is_none() {
+                contact["tags"] = json!([]);
+            }
+            if contact.get("fields").is_none() {
+                contact["fields"] = json!({});
+            }
+            contact
+        }
+        (None, None) => json!({"id": null, "name": null, "tags": [], "fields": {}}),
+        _ => return Err(invalid("give `contact_id` or a `contact` object, not both")),
+    };
+    match state
+        .flows
+        .simulate(db, &graph, contact, request.events, request.payload)
+        .await?
+    {
+        Ok(trace) => Ok(Json(trace)),
+        Err(problems) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-flow",
+            "The flow has problems",
+            format!("{} problem(s); fix them to simulate", problems.len()),
+        )
+        .with("problems", json!(problems))),
+    }
 }

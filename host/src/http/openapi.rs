@@ -410,6 +410,12 @@ fn operations() -> Vec<Operation> {
             .ok(201, "The version", Some("AnyObject"))
             .error(404, "not-found")
             .error(422, "invalid-flow"),
+        op("post", "/v1/flows/{id}/simulate", "Flows", "Simulate a run against scripted events; sends and writes nothing", Tenant(ANY_ROLE))
+            .describe("`events`: `{\"type\":\"message\",\"text\":…}` and `{\"type\":\"elapse\",\"ms\":…}`; `contact_id` or a hypothetical `contact`; `version`: draft (default) or a number. Returns each step's output, outcome and the effects it would have had.")
+            .body("AnyObject")
+            .ok(200, "The trace", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(422, "invalid-body,invalid-flow"),
         op("get", "/v1/flows/{id}/versions/{version}", "Flows", "A published version", Tenant(ANY_ROLE))
             .ok(200, "The version", Some("AnyObject"))
             .error(404, "not-found"),
