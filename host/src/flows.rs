@@ -508,7 +508,15 @@ struct Inner {
     jobs: Jobs,
     messaging: Messaging,
     descriptors: Mutex<HashMap<String, (Vec<String>, Value)>>,
-    live: Mutex<HashMap<String, (Instant, Arc<Vec<(FlowVersion, Graph)>>)>>,
+    live: Mutex<HashMap<String, (Instant, Arc<LiveFlows>)>>,
+}
+
+/// A tenant's live flows, cached for a second.
+struct LiveFlows {
+    /// Whether the tenant has any flow (if not, no run can wait for a reply).
+    any: bool,
+    /// The published version of each enabled flow, parsed.
+    published: Vec<(FlowVersion, Graph)>,
 }
 
 /// The flow service. Cheap to clone.
@@ -842,7 +850,7 @@ impl Flows {
         }
     }
 
-    async fn live(&self, db: &TenantDb) -> Result<Arc<Vec<(FlowVersion, Graph)>>, StorageError> {
+    async fn live(&self, db: &TenantDb) -> Result<Arc<LiveFlows>, StorageError> {
         let tenant = db.tenant_id().as_str();
         if let Some((at, live)) = self
             .inner
@@ -854,7 +862,8 @@ impl Flows {
         {
             return Ok(live.clone());
         }
-        let live: Arc<Vec<(FlowVersion, Graph)>> = Arc::new(
+        let any = db.has_flows().await?;
+        let published = if any {
             db.live_flows()
                 .await?
                 .into_iter()
@@ -862,8 +871,11 @@ impl Flows {
                     let graph = parse_graph(&version.graph).ok()?;
                     Some((version, graph))
                 })
-                .collect(),
-        );
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let live = Arc::new(LiveFlows { any, published });
         let mut map = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
             map.clear();
@@ -972,6 +984,10 @@ impl Flows {
         message_id: &str,
         text: Option<&str>,
     ) -> Result<(), StorageError> {
+        let live = self.live(db).await?;
+        if !live.any {
+            return Ok(());
+        }
         for run in db.runs_waiting_for_reply(contact_id).await? {
             let Some(node) = run.current_node.clone() else {
                 continue;
@@ -997,7 +1013,7 @@ impl Flows {
                 self.inner.jobs.wake();
             }
         }
-        for (version, graph) in self.live(db).await?.iter() {
+        for (version, graph) in &live.published {
             for trigger in &graph.triggers {
                 let matched = match &trigger.kind {
                     TriggerKind::InboundMessage { install } => {

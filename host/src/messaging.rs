@@ -516,10 +516,12 @@ impl Messaging {
                     content,
                     reply_to: message.context_message_id.clone(),
                 };
-                let webhooks = self.inner.webhooks.clone();
-                let subscribed = webhooks.subscriptions(db).await?;
+                let subscribed = self.inner.webhooks.subscriptions(db).await?;
+                let event_record = record.clone();
+                let event_tenant = tenant.clone();
                 let result = db
-                    .record_inbound(&record, |result| {
+                    .record_inbound(&record, move |result| {
+                        let record = event_record;
                         let data = json!({
                             "message_id": result.message_id,
                             "conversation_id": result.conversation_id,
@@ -536,12 +538,12 @@ impl Messaging {
                         let mut jobs = Vec::new();
                         if result.contact_created {
                             jobs.extend(subscribed.fanout(
-                                &tenant,
+                                &event_tenant,
                                 "contact.created",
                                 json!({ "contact_id": result.contact_id, "phone": record.phone, "name": record.profile_name, "source": record.channel }),
                             ));
                         }
-                        jobs.extend(subscribed.fanout(&tenant, "message.received", data));
+                        jobs.extend(subscribed.fanout(&event_tenant, "message.received", data));
                         jobs
                     })
                     .await?;

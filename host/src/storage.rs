@@ -24,6 +24,7 @@ mod custom_fields;
 mod filter_sql;
 mod flows;
 mod imports;
+mod inbound_writer;
 mod installs;
 mod jobs;
 mod messaging;
@@ -130,6 +131,13 @@ pub struct Storage {
     backend: Backend,
     auth_cache: Arc<auth_cache::AuthCache>,
     sqlite_reads: Option<Arc<sqlite_reads::SqliteReads>>,
+    /// The SQLite file, for the inbound group-commit writer (started on first use).
+    inbound_writer: Option<
+        Arc<(
+            std::path::PathBuf,
+            std::sync::OnceLock<inbound_writer::InboundWriter>,
+        )>,
+    >,
 }
 
 /// The current time in Unix milliseconds.
@@ -184,6 +192,11 @@ impl Storage {
                 Backend::Sqlite => sqlite_reads::SqliteReads::for_url(url).map(Arc::new),
                 Backend::Postgres => None,
             },
+            inbound_writer: match backend {
+                Backend::Sqlite => sqlite_reads::SqliteReads::file_of(url)
+                    .map(|path| Arc::new((path, std::sync::OnceLock::new()))),
+                Backend::Postgres => None,
+            },
         })
     }
 
@@ -235,6 +248,15 @@ impl Storage {
 
     pub(crate) fn auth_cache(&self) -> &auth_cache::AuthCache {
         &self.auth_cache
+    }
+
+    /// The inbound group-commit writer, on SQLite files.
+    pub(crate) fn inbound_writer(&self) -> Option<&inbound_writer::InboundWriter> {
+        self.inbound_writer.as_ref().map(|writer| {
+            writer
+                .1
+                .get_or_init(|| inbound_writer::InboundWriter::start(writer.0.clone()))
+        })
     }
 
     /// The synchronous read path, on SQLite files.

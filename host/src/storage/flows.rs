@@ -356,6 +356,19 @@ impl TenantDb {
         .context("decoding a flow version")
     }
 
+    /// Whether the tenant has any flow at all (runs can only exist if so).
+    pub async fn has_flows(&self) -> Result<bool, StorageError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM flows WHERE tenant_id = $1 LIMIT 1) AS f",
+        )
+        .bind(self.tenant_id().as_str())
+        .fetch_one(self.storage().pool())
+        .await
+        .context("checking for flows")?;
+        let count: i64 = row.try_get("n").context("decoding a count")?;
+        Ok(count > 0)
+    }
+
     /// The published version of every enabled flow (for matching triggers).
     pub async fn live_flows(&self) -> Result<Vec<FlowVersion>, StorageError> {
         let rows = sqlx::query(

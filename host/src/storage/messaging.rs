@@ -296,9 +296,18 @@ impl TenantDb {
     pub async fn record_inbound(
         &self,
         record: &InboundRecord,
-        make_jobs: impl FnOnce(&InboundResult) -> Vec<NewJob>,
+        make_jobs: impl FnOnce(&InboundResult) -> Vec<NewJob> + Send + 'static,
     ) -> Result<InboundResult, StorageError> {
         let tenant = self.tenant_id().as_str();
+        if let Some(writer) = self.storage().inbound_writer() {
+            return writer
+                .record(tenant, record.clone(), Box::new(make_jobs))
+                .await
+                .map_err(|message| StorageError::Query {
+                    context: "recording an inbound message",
+                    source: sqlx::Error::Protocol(message),
+                });
+        }
         let outcome: Result<InboundResult, sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
             if let Some(row) = sqlx::query(

@@ -40,6 +40,14 @@ impl std::fmt::Debug for SqliteReads {
 impl SqliteReads {
     /// The read path for a `sqlite:` URL naming a file; `None` for in-memory databases.
     pub(crate) fn for_url(url: &str) -> Option<Self> {
+        Some(Self {
+            path: Self::file_of(url)?,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The file a `sqlite:` URL names; `None` for in-memory databases.
+    pub(crate) fn file_of(url: &str) -> Option<PathBuf> {
         let rest = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -47,10 +55,7 @@ impl SqliteReads {
         if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
             return None;
         }
-        Some(Self {
-            path: PathBuf::from(path),
-            idle: Mutex::new(Vec::new()),
-        })
+        Some(PathBuf::from(path))
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {
