@@ -7,8 +7,22 @@ mod plugins;
 
 fn main() {
     let dir = plugins::build_plugins(
-        &["hello-action", "echo-channel", "whatsapp"],
-        &["examples", "whatsapp"],
+        &[
+            "hello-action",
+            "echo-channel",
+            "whatsapp",
+            "action-send-message",
+            "action-wait",
+            "action-wait-for-reply",
+            "action-condition",
+            "action-assign",
+            "action-add-tag",
+            "action-remove-tag",
+            "action-set-field",
+            "action-http-request",
+            "action-end",
+        ],
+        &["examples", "whatsapp", "actions-core"],
     );
     println!("cargo:rustc-env=POSTDOG_FIRST_PARTY_DIR={}", dir.display());
 }

@@ -24,7 +24,7 @@ fn watch(dir: &Path) {
 /// Builds the plugins and tells cargo where they are.
 #[allow(dead_code)] // the host's build script includes this file for `build_plugins` only
 pub fn main() {
-    let dir = build_plugins(&[], &["examples", "hostile", "whatsapp"]);
+    let dir = build_plugins(&[], &["examples", "hostile", "whatsapp", "actions-core"]);
     println!("cargo:rustc-env=POSTDOG_PLUGIN_DIR={}", dir.display());
 }
 

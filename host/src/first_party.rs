@@ -41,6 +41,73 @@ pub const BUNDLED: &[Bundled] = &[
         manifest: include_str!("../../plugins/whatsapp/postdog-plugin.toml"),
         component: include_bytes!(concat!(env!("POSTDOG_FIRST_PARTY_DIR"), "/whatsapp.wasm")),
     },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/send-message/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/action_send_message.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/wait/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/action_wait.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/wait-for-reply/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/action_wait_for_reply.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/condition/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/action_condition.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/assign/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/action_assign.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/add-tag/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/action_add_tag.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/remove-tag/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/action_remove_tag.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/set-field/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/action_set_field.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/http-request/postdog-plugin.toml"),
+        component: include_bytes!(concat!(
+            env!("POSTDOG_FIRST_PARTY_DIR"),
+            "/action_http_request.wasm"
+        )),
+    },
+    Bundled {
+        manifest: include_str!("../../plugins/actions-core/end/postdog-plugin.toml"),
+        component: include_bytes!(concat!(env!("POSTDOG_FIRST_PARTY_DIR"), "/action_end.wasm")),
+    },
 ];
 
 /// Where the operator's publisher key lives.

@@ -64,8 +64,18 @@ async fn scenario(server: &PostdogServer) {
     assert_eq!(
         names,
         [
+            "postdog/add-tag",
+            "postdog/assign",
+            "postdog/condition",
             "postdog/echo-channel",
+            "postdog/end",
             "postdog/hello-action",
+            "postdog/http-request",
+            "postdog/remove-tag",
+            "postdog/send-message",
+            "postdog/set-field",
+            "postdog/wait",
+            "postdog/wait-for-reply",
             "postdog/whatsapp"
         ]
     );
