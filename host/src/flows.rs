@@ -1162,7 +1162,11 @@ impl Flows {
         let output: Value = serde_json::from_str(&result.output).unwrap_or(Value::Null);
         let mut reports = Vec::new();
         for (index, effect) in result.effects.iter().enumerate() {
-            match self.apply_effect(&db, &run, visit, index, effect).await {
+            let purpose = node.config.get("purpose").and_then(Value::as_str);
+            match self
+                .apply_effect(&db, &run, visit, index, effect, purpose)
+                .await
+            {
                 Ok(report) => reports.push(report),
                 Err(EffectError::Retry(message)) if !last_attempt => {
                     return Err(JobFailure::retry(message));
@@ -1410,6 +1414,7 @@ impl Flows {
         visit: i64,
         index: usize,
         effect: &types::Effect,
+        purpose: Option<&str>,
     ) -> Result<Value, EffectError> {
         let contact_of = |explicit: &Option<String>| -> Result<String, EffectError> {
             explicit
@@ -1434,7 +1439,7 @@ impl Flows {
                     media: None,
                     interactive: None,
                     reply_to: None,
-                    purpose: None,
+                    purpose: purpose.map(str::to_string),
                 };
                 match &send.content {
                     types::MessageContent::Text(text) => {

@@ -52,7 +52,10 @@ const ACTIONS: [&str; 6] = [
 
 fn pricing_flow(question: &str) -> Value {
     json!({
-        "triggers": [{"id": "kw", "type": "keyword", "keyword": "pricing", "match": "contains"}],
+        "triggers": [
+            {"id": "kw", "type": "keyword", "keyword": "pricing", "match": "contains"},
+            {"id": "agent", "type": "manual"}
+        ],
         "nodes": [
             {"id": "ask", "action": "postdog/send-message", "config": {"text": question}},
             {"id": "answer", "action": "postdog/wait-for-reply", "config": {"timeout": "1h"}},
@@ -64,6 +67,7 @@ fn pricing_flow(question: &str) -> Value {
         ],
         "edges": [
             {"from": "kw", "to": "ask"},
+            {"from": "agent", "to": "ask"},
             {"from": "ask", "port": "next", "to": "answer"},
             {"from": "answer", "port": "reply", "to": "is_a"},
             {"from": "answer", "port": "timeout", "to": "gave_up"},
@@ -281,12 +285,14 @@ async fn scenario(database_url: Option<String>) {
     .await;
     let run_id = run["id"].as_str().expect("id").to_string();
     let contact_id = run["contact_id"].as_str().expect("contact").to_string();
-    // The same keyword again does not start a second run while this one is active.
-    let (_, status) = fake
-        .inbound_text(ada, "Ada", "pricing?")
-        .await
-        .expect("inbound");
-    assert_eq!(status, 200);
+    // No second run for Ada while this one is active (re-entry is off).
+    let (status, refused) = api
+        .post(
+            &format!("/v1/flows/{flow_id}/runs"),
+            json!({"contact_id": contact_id, "source": "manual"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{label}: {refused}");
 
     // Bob starts a run on version 1 too; then version 2 changes the question.
     let bob = "+14155550124";
