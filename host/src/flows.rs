@@ -500,7 +500,6 @@ pub fn check_schema(schema: &Value, value: &Value, path: &str, out: &mut Vec<Str
 struct ResolvedAction {
     install_id: String,
     ports: Vec<String>,
-    schema: Value,
 }
 
 struct Inner {
@@ -712,7 +711,6 @@ impl Flows {
                         ResolvedAction {
                             install_id: install.id.clone(),
                             ports,
-                            schema,
                         },
                     );
                 }
@@ -838,7 +836,6 @@ impl Flows {
                 ));
             }
         }
-        let _ = resolved.values().map(|action| &action.schema).count();
         if problems.is_empty() {
             let actions = resolved
                 .into_iter()

@@ -1141,7 +1141,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     use std::sync::atomic::Ordering;
     let depths = state.storage.queue_depths().await?;
     let mut out = String::new();
-    let gauges: [(&str, &str, fn(&crate::storage::QueueDepth) -> f64); 4] = [
+    type Gauge = (
+        &'static str,
+        &'static str,
+        fn(&crate::storage::QueueDepth) -> f64,
+    );
+    let gauges: [Gauge; 4] = [
         (
             "postdog_jobs_queued",
             "Jobs waiting (due or scheduled), by queue.",
