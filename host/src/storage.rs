@@ -124,6 +124,18 @@ impl<T> QueryContext<T> for Result<T, sqlx::Error> {
     }
 }
 
+/// Whether a database error is a unique-constraint violation, on either backend.
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.message().contains("UNIQUE constraint failed")
+                || db.code().as_deref() == Some("23505")
+        }
+        _ => false,
+    }
+}
+
 /// The database. Cheap to clone (a pool handle).
 #[derive(Clone, Debug)]
 pub struct Storage {

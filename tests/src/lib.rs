@@ -485,3 +485,41 @@ pub fn server_registry(server: &PostdogServer) -> postdog_registry::Registry {
     )
     .expect("the server's registry")
 }
+
+/// Polls `check` every 50 ms until it yields a value (at most 30 s).
+///
+/// # Panics
+/// When 30 seconds pass without a value; the message names `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The database URLs a scenario runs on: `None` (SQLite in the server's data
+/// directory) and, when configured, a fresh PostgreSQL database.
+///
+/// # Panics
+/// When PostgreSQL is configured but a database cannot be created.
+pub async fn database_urls() -> Vec<Option<String>> {
+    let mut urls = vec![None];
+    if let Some(database) = postdog_host::storage::testing::postgres()
+        .await
+        .expect("a PostgreSQL test database")
+    {
+        urls.push(Some(database.url.clone()));
+    }
+    urls
+}

@@ -6,40 +6,9 @@
 //! a run keeps its version when a new one is published; an API-triggered flow sets a
 //! field; another tenant sees nothing.
 
-use std::time::Duration;
-
 use postdog_tests::fake_graph::{FakeGraph, FakeGraphConfig};
-use postdog_tests::{Api, PostdogServer};
+use postdog_tests::{Api, PostdogServer, eventually};
 use serde_json::{Value, json};
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn backends() -> Vec<Option<String>> {
-    let mut urls = vec![None];
-    if let Some(database) = postdog_host::storage::testing::postgres()
-        .await
-        .expect("a PostgreSQL test database")
-    {
-        urls.push(Some(database.url.clone()));
-    }
-    urls
-}
 
 const ACTIONS: [&str; 6] = [
     "postdog/send-message",
@@ -81,7 +50,7 @@ fn pricing_flow(question: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flows_end_to_end_on_every_backend() {
-    for database_url in backends().await {
+    for database_url in postdog_tests::database_urls().await {
         scenario(database_url).await;
     }
 }

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use postdog_tests::fake_graph::{Failure, FakeGraph, FakeGraphConfig};
-use postdog_tests::{Api, FakeServer, PostdogServer};
+use postdog_tests::{Api, FakeServer, PostdogServer, eventually};
 use serde_json::{Value, json};
 
 #[derive(Clone, Default)]
@@ -44,38 +44,9 @@ async fn receiver() -> (FakeServer, Received) {
     (FakeServer::start(router).await, received)
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn backends() -> Vec<Option<String>> {
-    let mut urls = vec![None];
-    if let Some(database) = postdog_host::storage::testing::postgres()
-        .await
-        .expect("a PostgreSQL test database")
-    {
-        urls.push(Some(database.url.clone()));
-    }
-    urls
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whatsapp_end_to_end_on_every_backend() {
-    for database_url in backends().await {
+    for database_url in postdog_tests::database_urls().await {
         scenario(database_url).await;
     }
 }

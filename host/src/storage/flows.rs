@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 
+use super::is_unique_violation;
 use super::jobs::insert_job;
 use super::{NewJob, QueryContext, StorageError, TenantDb, now_ms};
 
@@ -167,17 +168,6 @@ fn decode_run(row: &sqlx::any::AnyRow) -> Result<Run, sqlx::Error> {
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
     })
-}
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => {
-            db.is_unique_violation()
-                || db.message().contains("UNIQUE constraint failed")
-                || db.code().as_deref() == Some("23505")
-        }
-        _ => false,
-    }
 }
 
 impl TenantDb {

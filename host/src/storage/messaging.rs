@@ -9,6 +9,7 @@ use serde_json::Value;
 use sqlx::Row;
 
 use super::filter_sql::{Bind, Sql};
+use super::is_unique_violation;
 use super::jobs::insert_job;
 use super::{Backend, NewJob, QueryContext, Storage, StorageError, TenantDb, now_ms};
 
@@ -249,17 +250,6 @@ fn decode_message(row: &sqlx::any::AnyRow) -> Result<Message, sqlx::Error> {
         read_at: row.try_get("read_at")?,
         failed_at: row.try_get("failed_at")?,
     })
-}
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => {
-            db.is_unique_violation()
-                || db.message().contains("UNIQUE constraint failed")
-                || db.code().as_deref() == Some("23505")
-        }
-        _ => false,
-    }
 }
 
 impl Storage {
