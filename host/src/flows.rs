@@ -721,6 +721,53 @@ impl Flows {
                 )),
             }
         }
+        // Conditions are parsed and type-checked now, against the tenant's custom
+        // fields, so a typo is a validation problem rather than a failed run.
+        let schema = postdog_expr::Schema {
+            contact_fields: db
+                .custom_fields()
+                .await?
+                .into_iter()
+                .map(|field| {
+                    let kind = match field.kind {
+                        crate::storage::FieldKind::Number => postdog_expr::FieldType::Number,
+                        crate::storage::FieldKind::Boolean => postdog_expr::FieldType::Bool,
+                        crate::storage::FieldKind::Date => postdog_expr::FieldType::Date,
+                        crate::storage::FieldKind::Text | crate::storage::FieldKind::Select => {
+                            postdog_expr::FieldType::Text
+                        }
+                    };
+                    (field.key, kind)
+                })
+                .collect(),
+        };
+        for (index, node) in graph.nodes.iter().enumerate() {
+            if let Some(expression) = node.config.get("expression").and_then(Value::as_str)
+                && node.action.ends_with("/condition")
+            {
+                let checked = postdog_expr::parse(expression)
+                    .and_then(|parsed| postdog_expr::check(&parsed, &schema));
+                if let Err(error) = checked {
+                    problems.push(problem(
+                        Some(&node.id),
+                        format!("/nodes/{index}/config/expression"),
+                        format!("the condition does not check: {error}"),
+                    ));
+                }
+            }
+            for (key, value) in node.config.as_object().into_iter().flatten() {
+                if let Some(text) = value.as_str()
+                    && text.contains("{{")
+                    && let Err(error) = postdog_expr::template_paths(text)
+                {
+                    problems.push(problem(
+                        Some(&node.id),
+                        format!("/nodes/{index}/config/{key}"),
+                        format!("a placeholder in `{key}` is malformed: {error}"),
+                    ));
+                }
+            }
+        }
         let trigger_ids: HashSet<&str> = graph.triggers.iter().map(|t| t.id.as_str()).collect();
         let mut used_ports: HashMap<(String, String), usize> = HashMap::new();
         for (index, edge) in graph.edges.iter().enumerate() {

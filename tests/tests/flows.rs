@@ -109,7 +109,8 @@ async fn scenario(database_url: Option<String>) {
                 {"id": "a", "action": "postdog/add-tag", "config": {"tag": "x", "colour": "red"}},
                 {"id": "b", "action": "acme/teleport", "config": {}},
                 {"id": "c", "action": "postdog/add-tag", "config": {}},
-                {"id": "d", "action": "postdog/end", "config": {}}
+                {"id": "d", "action": "postdog/end", "config": {}},
+                {"id": "e", "action": "postdog/condition", "config": {"expression": "contact.fields.loyalty > 'gold' and"}}
             ],
             "edges": [
                 {"from": "t", "to": "a"},
@@ -142,6 +143,10 @@ async fn scenario(database_url: Option<String>) {
     );
     assert!(about("a", "no port `sideways`"), "{label}: {report}");
     assert!(about("b", "cannot be reached"), "{label}: {report}");
+    assert!(
+        about("e", "the condition does not check"),
+        "{label}: {report}"
+    );
     assert!(
         problems.iter().any(|p| p["message"]
             .as_str()
