@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Caller;
 use super::json::ApiJson;
-use super::problem::ApiError;
+use super::problem::{ApiError, invalid_body as invalid, not_found_named as not_found};
 use crate::flows::StartError;
 use crate::storage::Role;
 
@@ -28,24 +28,6 @@ pub(super) fn router() -> Router<AppState> {
         .route("/v1/flows/{id}/runs", get(runs).post(start))
         .route("/v1/flows/{id}/runs/{run}", get(run))
         .route("/v1/flows/{id}/runs/{run}/cancel", post(cancel))
-}
-
-fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        format!("no {what} `{id}`"),
-    )
-}
-
-fn invalid(detail: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid-body",
-        "Invalid request",
-        detail,
-    )
 }
 
 #[derive(Deserialize)]

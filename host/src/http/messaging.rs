@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Caller;
 use super::json::ApiJson;
-use super::problem::ApiError;
+use super::problem::{ApiError, invalid_body as invalid, not_found_named as not_found};
 use crate::messaging::{HookRequest, SendError, SendRequest, channel_of};
 use crate::storage::{AssigneeFilter, ConversationChange, ConversationFilter, Role};
 use crate::template_model::{self, TemplateSpec};
@@ -77,24 +77,6 @@ pub(super) fn hooks_router() -> Router<AppState> {
     Router::new()
         .route("/hooks/{install_id}", get(hook).post(hook))
         .route("/metrics", get(metrics))
-}
-
-fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        format!("no {what} `{id}`"),
-    )
-}
-
-fn invalid(detail: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid-body",
-        "Invalid request",
-        detail,
-    )
 }
 
 fn invalid_query(detail: impl Into<String>) -> ApiError {

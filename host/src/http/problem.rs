@@ -92,3 +92,23 @@ impl From<crate::storage::StorageError> for ApiError {
         Self::internal(&error)
     }
 }
+
+/// 404 `not-found`: "no {what} `{id}`".
+pub(super) fn not_found_named(what: &str, id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        format!("no {what} `{id}`"),
+    )
+}
+
+/// 422 `invalid-body`, saying what to fix.
+pub(super) fn invalid_body(detail: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-body",
+        "Invalid request",
+        detail,
+    )
+}

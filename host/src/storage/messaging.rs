@@ -196,6 +196,11 @@ pub enum Queued {
     KeyConflict(Message),
 }
 
+/// Appends a status to a message's history unless it is there already.
+const HISTORY_INSERT: &str = "INSERT INTO message_status_history (id, tenant_id, message_id, status, provider_at, error, recorded_at) \
+     SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS \
+     (SELECT 1 FROM message_status_history WHERE tenant_id = $2 AND message_id = $3 AND status = $4)";
+
 const CONVERSATION_COLUMNS: &str = "id, install_id, channel, contact_id, status, assignee, unread, \
      window_expires_at, last_message_at, last_inbound_at, created_at, updated_at";
 
@@ -676,11 +681,7 @@ impl TenantDb {
                     .bind(error.map(Value::to_string));
             }
             query.execute(&mut *tx).await?;
-            sqlx::query(
-                "INSERT INTO message_status_history (id, tenant_id, message_id, status, provider_at, error, recorded_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS \
-                 (SELECT 1 FROM message_status_history WHERE tenant_id = $2 AND message_id = $3 AND status = $4)",
-            )
+            sqlx::query(HISTORY_INSERT)
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(tenant)
             .bind(&id)
@@ -824,22 +825,18 @@ impl TenantDb {
         provider_at: Option<i64>,
         error: Option<&Value>,
     ) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO message_status_history (id, tenant_id, message_id, status, provider_at, error, recorded_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS \
-             (SELECT 1 FROM message_status_history WHERE tenant_id = $2 AND message_id = $3 AND status = $4)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(self.tenant_id().as_str())
-        .bind(message_id)
-        .bind(status)
-        .bind(provider_at)
-        .bind(error.map(Value::to_string))
-        .bind(now_ms())
-        .execute(self.storage().pool())
-        .await
-        .context("recording a status")
-        .map(drop)
+        sqlx::query(HISTORY_INSERT)
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(self.tenant_id().as_str())
+            .bind(message_id)
+            .bind(status)
+            .bind(provider_at)
+            .bind(error.map(Value::to_string))
+            .bind(now_ms())
+            .execute(self.storage().pool())
+            .await
+            .context("recording a status")
+            .map(drop)
     }
 
     /// A message's status history in the order it was recorded.
