@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+mod triggers;
+
+pub use triggers::{SIGNATURE_HEADER, WebhookStart, WebhookTriggerError};
+
 use crate::jobs::{JobFailure, Jobs};
 use crate::marketplace::{Marketplace, MarketplaceError};
 use crate::messaging::{Messaging, SendError, SendRequest};
@@ -76,6 +80,90 @@ pub enum TriggerKind {
     Api,
     /// Started by an agent from the inbox (also `POST /v1/flows/{id}/runs`).
     Manual,
+    /// A POST to the flow's own URL, `/hooks/flows/{token}` (HMAC-signed when the flow
+    /// has a webhook secret).
+    Webhook {
+        /// A JSON pointer into the body to the contact: an id, phone number or email.
+        contact: Option<String>,
+        /// Create the contact when the phone number or email is unknown (default yes).
+        create_contact: bool,
+    },
+    /// A change to a contact.
+    ContactEvent {
+        /// Which change.
+        event: ContactEventKind,
+        /// For tag events: only this tag (any tag if unset).
+        tag: Option<String>,
+        /// For field changes: only this field (any field if unset).
+        field: Option<String>,
+        /// For consent events: only this channel (any if unset).
+        channel: Option<String>,
+    },
+    /// A cron schedule in the tenant's (or its own) time zone.
+    Schedule {
+        /// The expression as written.
+        cron: String,
+        /// It parsed.
+        schedule: crate::cron::Schedule,
+        /// An IANA zone overriding the tenant's.
+        timezone: Option<String>,
+        /// Who runs: nobody in particular, or each contact with a tag or in a segment.
+        audience: Audience,
+    },
+}
+
+/// The contact changes a `contact_event` trigger reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactEventKind {
+    /// A contact was created.
+    Created,
+    /// A tag was added.
+    TagAdded,
+    /// A tag was removed.
+    TagRemoved,
+    /// A custom field changed value.
+    FieldChanged,
+    /// Consent for a channel became opted in.
+    OptedIn,
+    /// Consent for a channel became opted out.
+    OptedOut,
+}
+
+impl ContactEventKind {
+    const NAMES: [(&'static str, ContactEventKind); 6] = [
+        ("contact_created", ContactEventKind::Created),
+        ("tag_added", ContactEventKind::TagAdded),
+        ("tag_removed", ContactEventKind::TagRemoved),
+        ("field_changed", ContactEventKind::FieldChanged),
+        ("opted_in", ContactEventKind::OptedIn),
+        ("opted_out", ContactEventKind::OptedOut),
+    ];
+
+    /// Its name in graphs and trigger payloads.
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, kind)| *kind == self)
+            .map_or("contact_created", |(name, _)| name)
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, kind)| *kind)
+    }
+}
+
+/// Who a scheduled flow runs for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// One run with no contact.
+    Nobody,
+    /// A run for each contact with this tag.
+    Tag(String),
+    /// A run for each contact in this segment.
+    Segment(String),
 }
 
 /// A trigger.
@@ -137,6 +225,154 @@ impl Graph {
             .find(|edge| edge.from == from && edge.port == port)
             .map(|edge| edge.to.as_str())
     }
+}
+
+const TRIGGER_TYPES: &str =
+    "inbound_message, keyword, api, manual, webhook, contact_event or schedule";
+
+fn parse_contact_event(
+    object: &Map<String, Value>,
+    id: &str,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<TriggerKind> {
+    let names = || {
+        ContactEventKind::NAMES
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(name) = text_field(object, "event") else {
+        problems.push(problem(
+            Some(id),
+            format!("{path}/event"),
+            format!("a contact_event trigger needs an `event`: {}", names()),
+        ));
+        return None;
+    };
+    let Some(event) = ContactEventKind::parse(&name) else {
+        problems.push(problem(
+            Some(id),
+            format!("{path}/event"),
+            format!("unknown contact event `{name}`; use {}", names()),
+        ));
+        return None;
+    };
+    let tag = text_field(object, "tag");
+    let field = text_field(object, "field");
+    let channel = text_field(object, "channel");
+    let misplaced = [
+        (
+            "tag",
+            tag.is_some(),
+            matches!(
+                event,
+                ContactEventKind::TagAdded | ContactEventKind::TagRemoved
+            ),
+        ),
+        (
+            "field",
+            field.is_some(),
+            event == ContactEventKind::FieldChanged,
+        ),
+        (
+            "channel",
+            channel.is_some(),
+            matches!(
+                event,
+                ContactEventKind::OptedIn | ContactEventKind::OptedOut
+            ),
+        ),
+    ];
+    for (key, given, allowed) in misplaced {
+        if given && !allowed {
+            problems.push(problem(
+                Some(id),
+                format!("{path}/{key}"),
+                format!("`{key}` does not apply to `{name}` events"),
+            ));
+        }
+    }
+    let tag = match tag.map(|tag| crate::contacts::normalize_tag(&tag)) {
+        Some(Err(error)) => {
+            problems.push(problem(Some(id), format!("{path}/tag"), error.to_string()));
+            None
+        }
+        Some(Ok(tag)) => Some(tag),
+        None => None,
+    };
+    Some(TriggerKind::ContactEvent {
+        event,
+        tag,
+        field,
+        channel,
+    })
+}
+
+fn parse_schedule(
+    object: &Map<String, Value>,
+    id: &str,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<TriggerKind> {
+    let Some(cron) = text_field(object, "cron") else {
+        problems.push(problem(
+            Some(id),
+            format!("{path}/cron"),
+            "a schedule trigger needs `cron`, e.g. `0 9 * * MON-FRI` (09:00 on weekdays)",
+        ));
+        return None;
+    };
+    let schedule = match crate::cron::Schedule::parse(&cron) {
+        Ok(schedule) => schedule,
+        Err(error) => {
+            problems.push(problem(Some(id), format!("{path}/cron"), error.to_string()));
+            return None;
+        }
+    };
+    let timezone = text_field(object, "timezone");
+    if let Some(zone) = &timezone
+        && let Err(error) = crate::cron::time_zone(zone)
+    {
+        problems.push(problem(
+            Some(id),
+            format!("{path}/timezone"),
+            error.to_string(),
+        ));
+        return None;
+    }
+    let audience = match object.get("audience") {
+        None | Some(Value::Null) => Audience::Nobody,
+        Some(Value::Object(audience)) => {
+            match (text_field(audience, "tag"), text_field(audience, "segment")) {
+                (Some(tag), None) => Audience::Tag(tag),
+                (None, Some(segment)) => Audience::Segment(segment),
+                _ => {
+                    problems.push(problem(
+                        Some(id),
+                        format!("{path}/audience"),
+                        "`audience` is `{\"tag\": …}` or `{\"segment\": <segment id>}` (one of them)",
+                    ));
+                    return None;
+                }
+            }
+        }
+        Some(_) => {
+            problems.push(problem(
+                Some(id),
+                format!("{path}/audience"),
+                "`audience` is an object: `{\"tag\": …}` or `{\"segment\": <segment id>}`",
+            ));
+            return None;
+        }
+    };
+    Some(TriggerKind::Schedule {
+        cron,
+        schedule,
+        timezone,
+        audience,
+    })
 }
 
 fn text_field(object: &Map<String, Value>, key: &str) -> Option<String> {
@@ -269,12 +505,34 @@ pub fn parse_graph(value: &Value) -> Result<Graph, Vec<Problem>> {
             }
             Some("api") => Some(TriggerKind::Api),
             Some("manual") => Some(TriggerKind::Manual),
-            Some(other @ ("webhook" | "contact_event" | "schedule")) => {
-                problems.push(problem(Some(&id), format!("{path}/type"), format!("`{other}` triggers are not available yet; use inbound_message, keyword, api or manual")));
-                None
+            Some("webhook") => {
+                let contact = text_field(object, "contact");
+                if let Some(pointer) = &contact
+                    && !pointer.starts_with('/')
+                {
+                    problems.push(problem(
+                        Some(&id),
+                        format!("{path}/contact"),
+                        format!("`contact` is a JSON pointer into the request body, e.g. `/customer/phone`, not `{pointer}`"),
+                    ));
+                }
+                let create_contact = object
+                    .get("create_contact")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
+                Some(TriggerKind::Webhook {
+                    contact,
+                    create_contact,
+                })
             }
+            Some("contact_event") => parse_contact_event(object, &id, &path, &mut problems),
+            Some("schedule") => parse_schedule(object, &id, &path, &mut problems),
             Some(other) => {
-                problems.push(problem(Some(&id), format!("{path}/type"), format!("unknown trigger type `{other}`; use inbound_message, keyword, api or manual")));
+                problems.push(problem(
+                    Some(&id),
+                    format!("{path}/type"),
+                    format!("unknown trigger type `{other}`; use {TRIGGER_TYPES}"),
+                ));
                 None
             }
             None => {
@@ -601,6 +859,12 @@ impl Flows {
             let this = this.clone();
             async move { this.run_timeout(job).await }
         });
+        let this = flows.clone();
+        jobs.register("flow.schedule", move |job| {
+            let this = this.clone();
+            async move { this.run_schedule(job).await }
+        });
+        flows.listen_to_contact_changes();
         messaging.set_flows(flows.clone());
         flows
     }
@@ -937,6 +1201,7 @@ impl Flows {
         trigger_id: &str,
         contact_id: Option<&str>,
         trigger: Value,
+        trigger_key: Option<&str>,
     ) -> Result<Option<Run>, StorageError> {
         let first = graph.target(trigger_id, "next").map(str::to_string);
         let run = db
@@ -945,6 +1210,7 @@ impl Flows {
                 version.version,
                 contact_id,
                 !graph.reentry,
+                trigger_key,
                 &trigger,
                 first.as_deref(),
                 |run_id| match &first {
@@ -1012,6 +1278,7 @@ impl Flows {
             &trigger.id,
             contact_id,
             trigger_payload,
+            None,
         )
         .await?
         .ok_or(StartError::AlreadyRunning)
@@ -1086,8 +1353,16 @@ impl Flows {
                     "text": text,
                 });
                 // At most one run per flow per message, whichever trigger matched first.
-                self.start(db, version, graph, &trigger.id, Some(contact_id), payload)
-                    .await?;
+                self.start(
+                    db,
+                    version,
+                    graph,
+                    &trigger.id,
+                    Some(contact_id),
+                    payload,
+                    Some(&format!("message:{message_id}")),
+                )
+                .await?;
                 break;
             }
         }
@@ -1532,8 +1807,8 @@ impl Flows {
             types::Effect::SetField(set) => {
                 let contact_id = contact_of(&set.contact_id)?;
                 let value: Value = serde_json::from_str(&set.value).unwrap_or(Value::Null);
-                self.change_contact(db, &contact_id, |data| {
-                    if let Some(fields) = data.fields.as_object_mut() {
+                self.change_contact(db, &contact_id, |_, fields| {
+                    if let Some(fields) = fields.as_object_mut() {
                         if value.is_null() {
                             fields.remove(&set.field);
                         } else {
@@ -1549,21 +1824,16 @@ impl Flows {
                 let contact_id = contact_of(&tag.contact_id)?;
                 let normalized = crate::contacts::normalize_tag(&tag.tag)
                     .map_err(|error| EffectError::Failed(format!("tag `{}`: {error}", tag.tag)))?;
-                self.change_contact(db, &contact_id, |data| {
-                    data.tags.retain(|existing| existing != &normalized);
+                self.change_contact(db, &contact_id, |tags, _| {
+                    tags.retain(|existing| existing != &normalized);
                     if add {
-                        data.tags.push(normalized.clone());
+                        tags.push(normalized.clone());
                     }
                 })
                 .await?;
                 Ok(json!({ if add { "add_tag" } else { "remove_tag" }: normalized }))
             }
             types::Effect::Assign(assign) => {
-                let Some(agent) = assign.agent_id.clone() else {
-                    return Err(EffectError::Failed(
-                        "assigning to a team is not supported yet; give `agent_id`".into(),
-                    ));
-                };
                 let install = run.trigger["install_id"].as_str().unwrap_or_default();
                 let contact_id = contact_of(&None)?;
                 let conversation = db
@@ -1573,6 +1843,38 @@ impl Flows {
                     .ok_or_else(|| {
                         EffectError::Failed("the run has no conversation to assign".into())
                     })?;
+                let retry = |error: StorageError| EffectError::Retry(error.to_string());
+                let agent = match (&assign.agent_id, &assign.team_id) {
+                    (Some(agent), _) => agent.clone(),
+                    (None, Some(team_id)) => {
+                        let team = db.team(team_id).await.map_err(retry)?.ok_or_else(|| {
+                            EffectError::Failed(format!("there is no team {team_id}"))
+                        })?;
+                        // Already with someone of the team (also when this step runs
+                        // again after a crash): keep it, so a turn is not taken twice.
+                        if let Some(current) = &conversation.assignee
+                            && team.members.contains(current)
+                        {
+                            return Ok(json!({ "assign": {
+                                "conversation_id": conversation.id, "agent_id": current,
+                                "team_id": team_id, "kept": true } }));
+                        }
+                        let picked = match assign.strategy {
+                            types::AssignStrategy::LeastBusy => {
+                                db.least_busy_team_member(team_id).await
+                            }
+                            types::AssignStrategy::RoundRobin => db.next_team_member(team_id).await,
+                        };
+                        picked.map_err(retry)?.ok_or_else(|| {
+                            EffectError::Failed(format!("team {team_id} has no members"))
+                        })?
+                    }
+                    (None, None) => {
+                        return Err(EffectError::Failed(
+                            "give an agent or a team to assign to".into(),
+                        ));
+                    }
+                };
                 db.update_conversation(
                     &conversation.id,
                     &crate::storage::ConversationChange {
@@ -1582,7 +1884,9 @@ impl Flows {
                 )
                 .await
                 .map_err(|error| EffectError::Retry(error.to_string()))?;
-                Ok(json!({ "assign": { "conversation_id": conversation.id, "agent_id": agent } }))
+                Ok(
+                    json!({ "assign": { "conversation_id": conversation.id, "agent_id": agent, "team_id": assign.team_id } }),
+                )
             }
             types::Effect::HttpCall(_) => Err(EffectError::Failed(
                 "deferred HTTP calls are not supported yet; use the http-request action".into(),
@@ -1594,24 +1898,12 @@ impl Flows {
         &self,
         db: &TenantDb,
         contact_id: &str,
-        change: impl FnOnce(&mut crate::storage::ContactData),
+        change: impl FnOnce(&mut Vec<String>, &mut Value),
     ) -> Result<(), EffectError> {
-        let contact = db
-            .get_contact(contact_id)
+        db.change_tags_and_fields(contact_id, change)
             .await
             .map_err(|error| EffectError::Retry(error.to_string()))?
             .ok_or_else(|| EffectError::Failed(format!("contact {contact_id} no longer exists")))?;
-        let mut data = crate::storage::ContactData {
-            name: contact.name,
-            phone: contact.phone,
-            email: contact.email,
-            tags: contact.tags,
-            fields: contact.fields,
-        };
-        change(&mut data);
-        db.update_contact(contact_id, &data)
-            .await
-            .map_err(|error| EffectError::Failed(error.to_string()))?;
         Ok(())
     }
 }
@@ -1681,18 +1973,41 @@ impl Flows {
                     }
                 }
             }
+            // Otherwise the api/manual trigger, else a webhook, contact-event or schedule
+            // trigger, with `payload` as what it would carry.
             _ => match graph
                 .triggers
                 .iter()
                 .find(|t| matches!(t.kind, TriggerKind::Api | TriggerKind::Manual))
-            {
-                Some(trigger) => (
-                    trigger.id.clone(),
-                    json!({"type": "api", "trigger_id": trigger.id, "payload": payload}),
-                ),
+                .or_else(|| {
+                    graph.triggers.iter().find(|t| {
+                        matches!(
+                            t.kind,
+                            TriggerKind::Webhook { .. }
+                                | TriggerKind::ContactEvent { .. }
+                                | TriggerKind::Schedule { .. }
+                        )
+                    })
+                }) {
+                Some(trigger) => {
+                    let (kind, event) = match &trigger.kind {
+                        TriggerKind::Webhook { .. } => ("webhook", None),
+                        TriggerKind::ContactEvent { event, .. } => {
+                            ("contact_event", Some(event.as_str()))
+                        }
+                        TriggerKind::Schedule { .. } => ("schedule", None),
+                        _ => ("api", None),
+                    };
+                    let mut payload =
+                        json!({"type": kind, "trigger_id": trigger.id, "payload": payload});
+                    if let Some(event) = event {
+                        payload["event"] = json!(event);
+                    }
+                    (trigger.id.clone(), payload)
+                }
                 None => {
                     return Ok(Ok(
-                        json!({"started": false, "reason": "the flow has no api or manual trigger and the script does not start with a message", "steps": []}),
+                        json!({"started": false, "reason": "the flow has only message triggers and the script does not start with a message", "steps": []}),
                     ));
                 }
             },

@@ -17,6 +17,7 @@ pub mod problem;
 pub mod rate_limit;
 mod segments;
 mod sub_tenants;
+mod teams;
 mod tenant;
 
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(flows::router())
         .merge(segments::router())
         .merge(sub_tenants::router())
+        .merge(teams::router())
         .merge(tenant::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -72,6 +74,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(messaging::hooks_router())
+        .merge(flows::hooks_router())
         .merge(tenant_api)
         .merge(admin::router(state.clone()))
         .merge(openapi::router())

@@ -2,6 +2,7 @@
 //! server behind the `postdog` binary.
 
 pub mod contacts;
+pub mod cron;
 pub mod first_party;
 pub mod flows;
 pub mod http;

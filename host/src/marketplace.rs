@@ -628,13 +628,27 @@ impl Marketplace {
         }
         let install = self.get(db, id).await?;
         let loaded = self.load(&install.digest).await?;
-        // Capabilities = what this version requests ∧ what the tenant granted.
-        let granted: Vec<&String> = loaded
+        // Capabilities = what this version requests ∧ what the tenant granted; a version
+        // requesting `http-tenant-hosts` also gets every `http:<host>` the tenant granted.
+        let tenant_hosts = loaded
             .manifest
             .capabilities
+            .contains(&Capability::HttpTenantHosts)
+            && install
+                .grants
+                .iter()
+                .any(|granted| granted == "http-tenant-hosts");
+        let granted: Vec<&String> = install
+            .grants
             .iter()
-            .map(ToString::to_string)
-            .filter_map(|cap| install.grants.iter().find(|granted| **granted == cap))
+            .filter(|granted| {
+                loaded
+                    .manifest
+                    .capabilities
+                    .iter()
+                    .any(|cap| cap.to_string() == **granted)
+                    || (tenant_hosts && granted.starts_with("http:"))
+            })
             .collect();
         let grants = Grants::parse(granted)
             .map_err(|error| MarketplaceError::Internal(error.to_string()))?;

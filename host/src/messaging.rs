@@ -550,6 +550,13 @@ impl Messaging {
                 if result.duplicate {
                     return Ok(());
                 }
+                if result.contact_created {
+                    db.storage().report_contact_changes(
+                        db.tenant_id().as_str(),
+                        &result.contact_id,
+                        [crate::storage::ContactChange::Created],
+                    );
+                }
                 if let Some(text) = keyword_text(&message.content) {
                     self.apply_keywords(db, &result.contact_id, &record, text)
                         .await?;

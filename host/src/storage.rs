@@ -32,6 +32,7 @@ mod notes;
 mod plugin_kv;
 mod segments;
 mod sqlite_reads;
+mod teams;
 mod templates;
 mod tenants;
 pub mod testing;
@@ -50,7 +51,7 @@ use crate::ids::TenantId;
 pub use api_keys::{ApiKey, NewApiKey, Role};
 pub use audit::AuditEntry;
 pub use consent::{CONSENT_CHANNELS, ConsentEntry};
-pub use contacts::{Contact, ContactData, ContactWriteError};
+pub use contacts::{Contact, ContactChange, ContactData, ContactWriteError};
 pub use custom_fields::{CustomField, FieldKind};
 pub use flows::{Flow, FlowVersion, Run, RunChange, Step};
 pub use imports::{DuplicateStrategy, ImportCounts, ImportJob, ImportRow, RowOutcome};
@@ -64,6 +65,7 @@ pub use messaging::{
 pub use notes::Note;
 pub use plugin_kv::{KvError, KvQuota, PluginKv};
 pub use segments::{Segment, SegmentWriteError};
+pub use teams::{Team, TeamWriteError};
 pub use templates::TemplateRecord;
 pub use tenants::{Branding, Tenant, TenantWriteError, month_of};
 pub use webhooks::{Attempt, Delivery, Endpoint};
@@ -144,6 +146,8 @@ pub struct Storage {
     auth_cache: Arc<auth_cache::AuthCache>,
     sqlite_reads: Option<Arc<sqlite_reads::SqliteReads>>,
     /// The SQLite file, for the inbound group-commit writer (started on first use).
+    /// Where committed contact changes are reported (flows' contact-event triggers).
+    contact_changes: Arc<std::sync::OnceLock<contacts::ChangeSender>>,
     inbound_writer: Option<
         Arc<(
             std::path::PathBuf,
@@ -200,6 +204,7 @@ impl Storage {
             pool,
             backend,
             auth_cache: Arc::default(),
+            contact_changes: Arc::default(),
             sqlite_reads: match backend {
                 Backend::Sqlite => sqlite_reads::SqliteReads::for_url(url).map(Arc::new),
                 Backend::Postgres => None,

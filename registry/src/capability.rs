@@ -9,7 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One capability a plugin requests, written in the manifest as `kv`, `http:<host-glob>`,
-/// `contacts:read`, `contacts:write` or `webhook`.
+/// `http-tenant-hosts`, `contacts:read`, `contacts:write` or `webhook`.
 ///
 /// ```
 /// use postdog_registry::Capability;
@@ -24,6 +24,10 @@ pub enum Capability {
     /// `http:<host-glob>`: outbound HTTP to hosts matching the glob (`api.example.com`
     /// or `*.example.com`, which matches sub-domains only).
     Http(String),
+    /// `http-tenant-hosts`: outbound HTTP to the hosts the tenant chooses per install
+    /// (granted as `http:<host>`), for plugins whose API host is the tenant's own (a
+    /// generic HTTP request action, a self-hosted CRM). Still never a bare `*`.
+    HttpTenantHosts,
     /// `contacts:read`: read the tenant's contacts.
     ContactsRead,
     /// `contacts:write`: create and change the tenant's contacts.
@@ -47,7 +51,8 @@ impl CapabilityError {
     }
 }
 
-const KNOWN: &str = "`kv`, `http:<host-glob>`, `contacts:read`, `contacts:write` or `webhook`";
+const KNOWN: &str =
+    "`kv`, `http:<host-glob>`, `http-tenant-hosts`, `contacts:read`, `contacts:write` or `webhook`";
 
 impl FromStr for Capability {
     type Err = CapabilityError;
@@ -58,6 +63,7 @@ impl FromStr for Capability {
             "contacts:read" => return Ok(Capability::ContactsRead),
             "contacts:write" => return Ok(Capability::ContactsWrite),
             "webhook" => return Ok(Capability::Webhook),
+            "http-tenant-hosts" => return Ok(Capability::HttpTenantHosts),
             _ => {}
         }
         if let Some(glob) = text.strip_prefix("http:") {
@@ -72,7 +78,14 @@ impl FromStr for Capability {
         }
         let near = super::manifest::suggest(
             text,
-            ["kv", "contacts:read", "contacts:write", "webhook"].into_iter(),
+            [
+                "kv",
+                "contacts:read",
+                "contacts:write",
+                "webhook",
+                "http-tenant-hosts",
+            ]
+            .into_iter(),
         );
         Err(CapabilityError::new(match near {
             Some(near) => format!("unknown capability `{text}`; did you mean `{near}`?"),
@@ -151,6 +164,7 @@ impl fmt::Display for Capability {
             Capability::ContactsRead => f.write_str("contacts:read"),
             Capability::ContactsWrite => f.write_str("contacts:write"),
             Capability::Webhook => f.write_str("webhook"),
+            Capability::HttpTenantHosts => f.write_str("http-tenant-hosts"),
         }
     }
 }

@@ -146,6 +146,7 @@ struct TenantChange {
     requests_per_minute: Option<Option<u32>>,
     name: Option<String>,
     default_country: Option<String>,
+    timezone: Option<String>,
     #[serde(default, deserialize_with = "super::tenant::present")]
     brand_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "super::tenant::present")]
@@ -182,6 +183,7 @@ async fn update(
     let profile = ProfileChange {
         name: change.name,
         default_country: change.default_country,
+        timezone: change.timezone,
         brand_name: change.brand_name,
         logo_url: change.logo_url,
         primary_color: change.primary_color,

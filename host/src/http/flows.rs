@@ -1,5 +1,6 @@
 //! `/v1/flows`: automation flows — drafts, validation, immutable published versions,
-//! runs started by the API, run history with every step, cancellation.
+//! runs started by the API, run history with every step, cancellation — and each flow's
+//! public webhook-trigger URL, `/hooks/flows/{token}`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -12,7 +13,8 @@ use super::AppState;
 use super::auth::Caller;
 use super::json::ApiJson;
 use super::problem::{ApiError, invalid_body as invalid, not_found_named as not_found};
-use crate::flows::StartError;
+use crate::flows::{SIGNATURE_HEADER, StartError, WebhookTriggerError};
+use crate::storage::Flow;
 use crate::storage::Role;
 
 const WRITERS: [Role; 2] = [Role::Admin, Role::Agent];
@@ -28,6 +30,10 @@ pub(super) fn router() -> Router<AppState> {
         .route("/v1/flows/{id}/runs", get(runs).post(start))
         .route("/v1/flows/{id}/runs/{run}", get(run))
         .route("/v1/flows/{id}/runs/{run}/cancel", post(cancel))
+        .route(
+            "/v1/flows/{id}/webhook-secret",
+            post(new_webhook_secret).delete(remove_webhook_secret),
+        )
 }
 
 #[derive(Deserialize)]
@@ -46,8 +52,27 @@ fn check_name(name: &str) -> Result<&str, ApiError> {
     Ok(name)
 }
 
+/// The public webhook-trigger route (no API key: the URL's token names the flow, and a
+/// flow with a webhook secret requires an HMAC signature).
+pub(super) fn hooks_router() -> Router<AppState> {
+    Router::new().route("/hooks/flows/{token}", post(flow_hook))
+}
+
+/// A flow as the API shows it: the stored fields plus its webhook URL path and whether
+/// calls to it must be signed.
+fn flow_json(flow: &Flow) -> Value {
+    let mut value = json!(flow);
+    value["webhook"] = json!({
+        "path": format!("/hooks/flows/{}", flow.webhook_token),
+        "signed": flow.webhook_secret.is_some(),
+        "signature_header": SIGNATURE_HEADER,
+    });
+    value
+}
+
 async fn list(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "data": caller.db().flows().await? })))
+    let flows: Vec<Value> = caller.db().flows().await?.iter().map(flow_json).collect();
+    Ok(Json(json!({ "data": flows })))
 }
 
 async fn create(
@@ -60,7 +85,7 @@ async fn create(
         .graph
         .unwrap_or_else(|| json!({"triggers": [], "nodes": [], "edges": []}));
     let flow = caller.db().create_flow(name, &graph).await?;
-    Ok((StatusCode::CREATED, Json(json!(flow))))
+    Ok((StatusCode::CREATED, Json(flow_json(&flow))))
 }
 
 async fn show(
@@ -72,7 +97,7 @@ async fn show(
         .flow(&id)
         .await?
         .ok_or_else(|| not_found("flow", &id))?;
-    Ok(Json(json!(flow)))
+    Ok(Json(flow_json(&flow)))
 }
 
 #[derive(Deserialize)]
@@ -97,7 +122,10 @@ async fn replace(
         .await?
         .ok_or_else(|| not_found("flow", &id))?;
     state.flows.invalidate(caller.db().tenant_id().as_str());
-    Ok(Json(json!(flow)))
+    if change.enabled == Some(true) {
+        state.flows.arm_schedules(caller.db(), &id).await?;
+    }
+    Ok(Json(flow_json(&flow)))
 }
 
 async fn remove(
@@ -144,6 +172,7 @@ async fn publish(
         Ok((_, actions)) => {
             let version = db.publish_flow(&id, &flow.draft, &json!(actions)).await?;
             state.flows.invalidate(db.tenant_id().as_str());
+            state.flows.arm_schedules(db, &id).await?;
             Ok((StatusCode::CREATED, Json(json!(version))))
         }
         Err(problems) => Err(ApiError::new(
@@ -362,5 +391,105 @@ async fn simulate(
             format!("{} problem(s); fix them to simulate", problems.len()),
         )
         .with("problems", json!(problems))),
+    }
+}
+
+/// `POST /v1/flows/{id}/webhook-secret`: a new HMAC secret for the flow's webhook trigger
+/// (shown once; calls must be signed with it from now on).
+async fn new_webhook_secret(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(&[Role::Admin])?;
+    let secret = state
+        .flows
+        .new_webhook_secret(caller.db(), &id)
+        .await?
+        .ok_or_else(|| not_found("flow", &id))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "secret": secret,
+            "signature_header": SIGNATURE_HEADER,
+            "scheme": "sha256=<hex HMAC-SHA256 of the raw request body keyed with the secret>",
+        })),
+    ))
+}
+
+/// `DELETE /v1/flows/{id}/webhook-secret`: calls no longer need a signature.
+async fn remove_webhook_secret(
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&[Role::Admin])?;
+    if caller.db().set_flow_webhook_secret(&id, None).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found("flow", &id))
+    }
+}
+
+/// `POST /hooks/flows/{token}`: starts a run of the flow from its webhook trigger. The
+/// body (JSON) becomes the trigger payload; `Idempotency-Key` (or Standard Webhooks'
+/// `webhook-id`) makes a retried call return the run the first call started.
+async fn flow_hook(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let key = header("idempotency-key").or_else(|| header("webhook-id"));
+    match state
+        .flows
+        .start_by_webhook(&token, header(SIGNATURE_HEADER), key, &body)
+        .await
+    {
+        Ok(start) => Ok((
+            if start.replayed {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            },
+            Json(json!({
+                "run_id": start.run.id,
+                "status": start.run.status,
+                "replayed": start.replayed,
+            })),
+        )),
+        Err(error) => Err(match error {
+            WebhookTriggerError::UnknownUrl => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                error.to_string(),
+            ),
+            WebhookTriggerError::Unauthorized(text) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad-signature",
+                "Signature required",
+                text,
+            ),
+            WebhookTriggerError::NotLive(text) => ApiError::new(
+                StatusCode::CONFLICT,
+                "flow-not-live",
+                "The flow is not accepting webhooks",
+                text,
+            ),
+            WebhookTriggerError::Invalid(text) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-webhook",
+                "The webhook cannot start the flow",
+                text,
+            ),
+            WebhookTriggerError::AlreadyRunning => ApiError::new(
+                StatusCode::CONFLICT,
+                "run-active",
+                "Run already active",
+                error.to_string(),
+            ),
+            WebhookTriggerError::Storage(error) => error.into(),
+        }),
     }
 }

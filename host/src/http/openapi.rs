@@ -435,6 +435,39 @@ fn operations() -> Vec<Operation> {
         op("post", "/v1/flows/{id}/runs/{run}/cancel", "Flows", "Cancel an active run", Tenant(WRITERS))
             .ok(200, "The run", Some("AnyObject"))
             .error(409, "run-not-active"),
+        op("post", "/v1/flows/{id}/webhook-secret", "Flows", "A new HMAC secret for the flow's webhook trigger (shown once)", Tenant(ADMIN))
+            .describe("From now on calls to the flow's webhook URL must carry `X-PostDog-Signature: sha256=<hex HMAC-SHA256 of the raw body>` keyed with this secret.")
+            .ok(201, "The secret", Some("AnyObject"))
+            .error(404, "not-found"),
+        op("delete", "/v1/flows/{id}/webhook-secret", "Flows", "Remove the webhook secret (calls need no signature)", Tenant(ADMIN))
+            .ok(204, "Removed", None)
+            .error(404, "not-found"),
+        op("post", "/hooks/flows/{token}", "Flows", "Start a run from the flow's webhook trigger", Public)
+            .describe("The URL is the flow's `webhook.path`. The JSON body becomes the trigger payload (`trigger.payload` in steps); the trigger's `contact` JSON pointer names the contact (id, phone or email; created when unknown unless `create_contact` is false). A flow with a webhook secret requires `X-PostDog-Signature: sha256=<hex HMAC-SHA256 of the raw body>`. `Idempotency-Key` (or `webhook-id`) makes a retried call return the first call's run (200, `replayed: true`).")
+            .ok(202, "Started", Some("AnyObject"))
+            .error(401, "bad-signature")
+            .error(404, "not-found")
+            .error(409, "flow-not-live,run-active")
+            .error(422, "invalid-webhook"),
+        op("get", "/v1/teams", "Teams", "Teams of agents", Tenant(ANY_ROLE))
+            .ok(200, "Teams", Some("AnyList")),
+        op("post", "/v1/teams", "Teams", "Create a team (name, members: agent ids in turn order)", Tenant(ADMIN))
+            .body("AnyObject")
+            .ok(201, "The team", Some("AnyObject"))
+            .error(409, "team-name-taken")
+            .error(422, "invalid-body"),
+        op("get", "/v1/teams/{id}", "Teams", "A team", Tenant(ANY_ROLE))
+            .ok(200, "The team", Some("AnyObject"))
+            .error(404, "not-found"),
+        op("put", "/v1/teams/{id}", "Teams", "Rename a team or replace its members", Tenant(ADMIN))
+            .body("AnyObject")
+            .ok(200, "The team", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(409, "team-name-taken")
+            .error(422, "invalid-body"),
+        op("delete", "/v1/teams/{id}", "Teams", "Delete a team", Tenant(ADMIN))
+            .ok(204, "Deleted", None)
+            .error(404, "not-found"),
         op("post", "/v1/messages", "Messages", "Send a message through a channel install (outbox)", Tenant(WRITERS))
             .describe("Exactly one of text, template, media, interactive; `contact_id` or `to`. Free-form messages need an open 24-hour window (else 422 window-closed with approved templates suggested); templates must be APPROVED; marketing is never sent to opted-out contacts. Send `Idempotency-Key` to make retries safe: a repeat returns the first message (200, `Idempotent-Replayed: true`), a different body with the same key is 409.")
             .body("SendRequest")
@@ -612,11 +645,12 @@ fn schemas() -> Map<String, Value> {
     let tenant = json!({"type": "object", "properties": {
         "id": text, "name": text, "plan": {"type": "string", "enum": ["starter", "pro", "business"]},
         "status": {"type": "string", "enum": ["active", "suspended"]}, "parent_id": nullable_text,
-        "default_country": {"type": "string", "pattern": "^[A-Z]{2}$"}, "branding": reference("Branding"),
+        "default_country": {"type": "string", "pattern": "^[A-Z]{2}$"}, "timezone": {"type": "string", "description": "IANA time zone schedules are read in"}, "branding": reference("Branding"),
         "requests_per_minute": {"type": ["integer", "null"]}, "created_at": time, "updated_at": time},
-        "required": ["id", "name", "plan", "status", "default_country", "created_at", "updated_at"]});
+        "required": ["id", "name", "plan", "status", "default_country", "timezone", "created_at", "updated_at"]});
     let profile_change = json!({
         "name": text, "default_country": {"type": "string", "description": "ISO 3166-1 alpha-2"},
+        "timezone": {"type": "string", "description": "IANA time zone, e.g. Europe/Paris"},
         "brand_name": nullable_text, "logo_url": {"type": ["string", "null"], "description": "https:// URL"},
         "primary_color": {"type": ["string", "null"], "description": "#rrggbb"},
         "custom_domain": {"type": ["string", "null"], "description": "A host name such as chat.example.com"}});

@@ -29,6 +29,7 @@ pub(super) fn tenant_json(tenant: &Tenant) -> Value {
         "status": tenant.status,
         "parent_id": tenant.parent_id,
         "default_country": tenant.default_country,
+        "timezone": tenant.timezone,
         "branding": tenant.branding,
         "requests_per_minute": tenant.requests_per_minute,
         "created_at": tenant.created_at,
@@ -42,6 +43,7 @@ pub(super) fn tenant_json(tenant: &Tenant) -> Value {
 pub(super) struct ProfileChange {
     pub(super) name: Option<String>,
     pub(super) default_country: Option<String>,
+    pub(super) timezone: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub(super) brand_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
@@ -109,6 +111,11 @@ pub(super) fn apply_profile_change(
             )));
         }
         tenant.default_country = country;
+    }
+    if let Some(zone) = change.timezone {
+        let zone = zone.trim();
+        crate::cron::time_zone(zone).map_err(|error| invalid(format!("`timezone`: {error}")))?;
+        tenant.timezone = zone.to_string();
     }
     let branding = &mut tenant.branding;
     if let Some(brand) = change.brand_name {

@@ -204,9 +204,12 @@ pub struct ImportCheck {
 
 /// Compares `postdog:plugin/…` import names with the requested capabilities.
 pub fn check_imports(imports: &[String], capabilities: &[Capability]) -> ImportCheck {
-    let has_http = capabilities
-        .iter()
-        .any(|capability| matches!(capability, Capability::Http(_)));
+    let has_http = capabilities.iter().any(|capability| {
+        matches!(
+            capability,
+            Capability::Http(_) | Capability::HttpTenantHosts
+        )
+    });
     let has_contacts = capabilities.iter().any(|capability| {
         matches!(
             capability,
@@ -248,7 +251,7 @@ pub fn check_imports(imports: &[String], capabilities: &[Capability]) -> ImportC
     for capability in capabilities {
         let used = match capability {
             Capability::Kv => uses_kv,
-            Capability::Http(_) => uses_http,
+            Capability::Http(_) | Capability::HttpTenantHosts => uses_http,
             Capability::ContactsRead | Capability::ContactsWrite => uses_contacts,
             // Webhooks arrive through the world's exports; no import to look for.
             Capability::Webhook => true,

@@ -53,7 +53,8 @@ impl Grants {
                     grants.contacts_write = true;
                 }
                 // Webhook ingress is routed by the kernel; nothing to enforce in the store.
-                "webhook" => {}
+                // `http-tenant-hosts` only widens which `http:` grants count (marketplace).
+                "webhook" | "http-tenant-hosts" => {}
                 other => match other.strip_prefix("http:") {
                     Some(host) if !host.is_empty() => http_hosts.push(host.to_string()),
                     _ => return Err(UnknownCapability(other.to_string())),

@@ -35,6 +35,14 @@ impl TenantDb {
         contact_id: &str,
         entry: &ConsentEntry,
     ) -> Result<bool, StorageError> {
+        let before = if self.storage().contact_changes_watched() {
+            self.current_consent(contact_id)
+                .await?
+                .get(&entry.channel)
+                .map(|current| current.status.clone())
+        } else {
+            None
+        };
         let result = sqlx::query(
             "INSERT INTO contact_consent (id, tenant_id, contact_id, channel, status, source, proof, recorded_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM contacts WHERE tenant_id = $2 AND id = $3",
@@ -50,7 +58,18 @@ impl TenantDb {
         .execute(self.storage().pool())
         .await
         .context("recording consent")?;
-        Ok(result.rows_affected() > 0)
+        let recorded = result.rows_affected() > 0;
+        if recorded && before.as_deref() != Some(entry.status.as_str()) {
+            self.storage().report_contact_changes(
+                self.tenant_id().as_str(),
+                contact_id,
+                [super::ContactChange::Consent {
+                    channel: entry.channel.clone(),
+                    status: entry.status.clone(),
+                }],
+            );
+        }
+        Ok(recorded)
     }
 
     /// A contact's consent history, oldest first.

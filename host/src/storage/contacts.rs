@@ -72,7 +72,126 @@ pub enum ContactWriteError {
     Storage(#[from] StorageError),
 }
 
+/// A committed change to a contact, reported to whoever subscribed (the flow engine's
+/// contact-event triggers). Reported after the commit, in process: a crash between the
+/// commit and the report loses the report (see docs/ARCHITECTURE.md).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContactChange {
+    /// The contact was created.
+    Created,
+    /// A tag was added.
+    TagAdded(String),
+    /// A tag was removed.
+    TagRemoved(String),
+    /// A custom field changed value (`null` when unset).
+    FieldChanged {
+        /// The field's key.
+        field: String,
+        /// The value before.
+        old: serde_json::Value,
+        /// The value after.
+        new: serde_json::Value,
+    },
+    /// Consent for a channel changed to `status` (`opted_in` / `opted_out`).
+    Consent {
+        /// The channel.
+        channel: String,
+        /// The new status.
+        status: String,
+    },
+}
+
+/// (tenant id, contact id, change).
+pub(super) type ChangeSender = tokio::sync::mpsc::UnboundedSender<(String, String, ContactChange)>;
+
+impl super::Storage {
+    /// Subscribes to committed contact changes; one subscriber per storage (later calls
+    /// get `None`).
+    pub fn subscribe_contact_changes(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String, ContactChange)>> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        self.contact_changes.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    /// Whether anyone listens to contact changes (diffs are only computed if so).
+    pub(crate) fn contact_changes_watched(&self) -> bool {
+        self.contact_changes.get().is_some()
+    }
+
+    /// Reports committed changes of one contact.
+    pub fn report_contact_changes(
+        &self,
+        tenant_id: &str,
+        contact_id: &str,
+        changes: impl IntoIterator<Item = ContactChange>,
+    ) {
+        if let Some(sender) = self.contact_changes.get() {
+            for change in changes {
+                // A closed receiver means the server is shutting down.
+                let _ = sender.send((tenant_id.to_string(), contact_id.to_string(), change));
+            }
+        }
+    }
+}
+
+/// What changed between two versions of a contact's tags and fields.
+fn diff(
+    old_tags: &[String],
+    old_fields: &serde_json::Value,
+    new_tags: &[String],
+    new_fields: &serde_json::Value,
+) -> Vec<ContactChange> {
+    let mut changes: Vec<ContactChange> = new_tags
+        .iter()
+        .filter(|tag| !old_tags.contains(tag))
+        .map(|tag| ContactChange::TagAdded(tag.clone()))
+        .collect();
+    changes.extend(
+        old_tags
+            .iter()
+            .filter(|tag| !new_tags.contains(tag))
+            .map(|tag| ContactChange::TagRemoved(tag.clone())),
+    );
+    let empty = serde_json::Map::new();
+    let old = old_fields.as_object().unwrap_or(&empty);
+    let new = new_fields.as_object().unwrap_or(&empty);
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for key in keys {
+        let before = old.get(key).cloned().unwrap_or(serde_json::Value::Null);
+        let after = new.get(key).cloned().unwrap_or(serde_json::Value::Null);
+        if before != after {
+            changes.push(ContactChange::FieldChanged {
+                field: key.clone(),
+                old: before,
+                new: after,
+            });
+        }
+    }
+    changes
+}
+
 impl TenantDb {
+    /// The id of the contact with this phone number or email, if any.
+    pub async fn contact_id_by(
+        &self,
+        phone: Option<&str>,
+        email: Option<&str>,
+    ) -> Result<Option<String>, StorageError> {
+        let probe = ContactData {
+            name: None,
+            phone: phone.map(str::to_string),
+            email: email.map(str::to_string),
+            tags: Vec::new(),
+            fields: serde_json::json!({}),
+        };
+        Ok(match self.find_duplicate(&probe, "").await? {
+            Some(ContactWriteError::Duplicate { existing_id, .. }) => Some(existing_id),
+            _ => None,
+        })
+    }
+
     async fn find_duplicate(
         &self,
         data: &ContactData,
@@ -179,6 +298,12 @@ impl TenantDb {
                 .conflict_or(error, data, "", "creating a contact")
                 .await);
         }
+        self.storage().report_contact_changes(
+            tenant,
+            &id,
+            std::iter::once(ContactChange::Created)
+                .chain(data.tags.iter().cloned().map(ContactChange::TagAdded)),
+        );
         Ok(self
             .get_contact(&id)
             .await?
@@ -198,6 +323,11 @@ impl TenantDb {
             return Err(duplicate);
         }
         let tenant = self.tenant_id().as_str();
+        let before = if self.storage().contact_changes_watched() {
+            self.get_contact(id).await?
+        } else {
+            None
+        };
         let result: Result<u64, sqlx::Error> = async {
             let mut tx = self.storage().pool().begin().await?;
             let updated = sqlx::query(
@@ -223,11 +353,88 @@ impl TenantDb {
         .await;
         match result {
             Ok(0) => Ok(None),
-            Ok(_) => Ok(self.get_contact(id).await?),
+            Ok(_) => {
+                let after = self.get_contact(id).await?;
+                if let (Some(before), Some(after)) = (&before, &after) {
+                    self.storage().report_contact_changes(
+                        tenant,
+                        id,
+                        diff(&before.tags, &before.fields, &after.tags, &after.fields),
+                    );
+                }
+                Ok(after)
+            }
             Err(error) => Err(self
                 .conflict_or(error, data, id, "updating a contact")
                 .await),
         }
+    }
+
+    /// Changes a contact's tags and custom fields atomically: read, `change` and write in
+    /// one write transaction holding the contact (`BEGIN IMMEDIATE` on SQLite, the row
+    /// locked `FOR UPDATE` on PostgreSQL), so concurrent changes — two flow runs tagging
+    /// the same contact — never overwrite each other. `None` if there is no such contact.
+    pub async fn change_tags_and_fields(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Vec<String>, &mut serde_json::Value),
+    ) -> Result<Option<Vec<ContactChange>>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        let lock = match self.storage().backend() {
+            super::Backend::Postgres => " FOR UPDATE",
+            super::Backend::Sqlite => "",
+        };
+        let result: Result<Option<Vec<ContactChange>>, sqlx::Error> = async {
+            let mut tx = self.storage().begin_write().await?;
+            let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT fields FROM contacts WHERE tenant_id = $1 AND id = $2{lock}"
+            )))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let text: String = row.try_get("fields")?;
+            let old_fields: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({}));
+            let old_tags: Vec<String> = sqlx::query(
+                "SELECT tag FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2 ORDER BY tag",
+            )
+            .bind(tenant)
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("tag"))
+            .collect::<Result<_, _>>()?;
+            let (mut tags, mut fields) = (old_tags.clone(), old_fields.clone());
+            change(&mut tags, &mut fields);
+            let changes = diff(&old_tags, &old_fields, &tags, &fields);
+            if changes.is_empty() {
+                return Ok(Some(changes));
+            }
+            sqlx::query(
+                "UPDATE contacts SET fields = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+            )
+            .bind(fields.to_string())
+            .bind(now_ms())
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            Self::write_tags(&mut tx, tenant, id, &tags).await?;
+            tx.commit().await?;
+            Ok(Some(changes))
+        }
+        .await;
+        let changes = result.context("changing a contact's tags and fields")?;
+        if let Some(changes) = &changes {
+            self.storage()
+                .report_contact_changes(tenant, id, changes.iter().cloned());
+        }
+        Ok(changes)
     }
 
     /// Decodes contact rows and loads their tags and current consent in two queries.

@@ -24,6 +24,11 @@ pub struct Flow {
     pub published_version: Option<i64>,
     /// Whether triggers start runs.
     pub enabled: bool,
+    /// The secret part of its webhook trigger's URL (`/hooks/flows/{token}`).
+    pub webhook_token: String,
+    /// The sealed HMAC secret webhook callers sign with, if one is set.
+    #[serde(skip)]
+    pub webhook_secret: Option<String>,
     /// Created, Unix ms.
     pub created_at: i64,
     /// Last changed, Unix ms.
@@ -132,7 +137,8 @@ fn opt_json(row: &sqlx::any::AnyRow, name: &str) -> Result<Option<Value>, sqlx::
     Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
 }
 
-const FLOW_COLUMNS: &str = "id, name, draft, published_version, enabled, created_at, updated_at";
+const FLOW_COLUMNS: &str = "id, name, draft, published_version, enabled, webhook_token, webhook_secret, \
+     created_at, updated_at";
 
 fn decode_flow(row: &sqlx::any::AnyRow) -> Result<Flow, sqlx::Error> {
     let enabled: i64 = row.try_get("enabled")?;
@@ -142,6 +148,10 @@ fn decode_flow(row: &sqlx::any::AnyRow) -> Result<Flow, sqlx::Error> {
         draft: json(row, "draft")?,
         published_version: row.try_get("published_version")?,
         enabled: enabled != 0,
+        webhook_token: row
+            .try_get::<Option<String>, _>("webhook_token")?
+            .unwrap_or_default(),
+        webhook_secret: row.try_get("webhook_secret")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -176,13 +186,14 @@ impl TenantDb {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO flows (id, tenant_id, name, draft, enabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 1, $5, $5)",
+            "INSERT INTO flows (id, tenant_id, name, draft, enabled, webhook_token, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 1, $5, $6, $6)",
         )
         .bind(&id)
         .bind(self.tenant_id().as_str())
         .bind(name)
         .bind(draft.to_string())
+        .bind(uuid::Uuid::new_v4().simple().to_string())
         .bind(now)
         .execute(self.storage().pool())
         .await
@@ -250,6 +261,47 @@ impl TenantDb {
             return Ok(None);
         }
         self.flow(id).await
+    }
+
+    /// Sets (sealed) or clears the HMAC secret of the flow's webhook trigger; whether the
+    /// flow exists.
+    pub async fn set_flow_webhook_secret(
+        &self,
+        id: &str,
+        sealed: Option<&str>,
+    ) -> Result<bool, StorageError> {
+        sqlx::query(
+            "UPDATE flows SET webhook_secret = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(sealed)
+        .bind(now_ms())
+        .bind(self.tenant_id().as_str())
+        .bind(id)
+        .execute(self.storage().pool())
+        .await
+        .context("setting a flow's webhook secret")
+        .map(|result| result.rows_affected() > 0)
+    }
+
+    /// The run of a flow a trigger started under `key`, if any.
+    pub async fn run_by_trigger_key(
+        &self,
+        flow_id: &str,
+        key: &str,
+    ) -> Result<Option<Run>, StorageError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM flow_runs WHERE tenant_id = $1 AND flow_id = $2 AND trigger_key = $3"
+        )))
+        .bind(self.tenant_id().as_str())
+        .bind(flow_id)
+        .bind(key)
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading a run by trigger key")?;
+        row.as_ref()
+            .map(decode_run)
+            .transpose()
+            .context("decoding a run")
     }
 
     /// Deletes a flow (its versions and runs stay for history); whether it existed.
@@ -385,7 +437,8 @@ impl TenantDb {
     }
 
     /// Starts a run and queues its first `jobs`, in one transaction. `None` when the
-    /// contact already has an active run of this flow and the flow has no re-entry.
+    /// contact already has an active run of this flow and the flow has no re-entry, or
+    /// when the flow already has a run started under `trigger_key`.
     #[allow(clippy::too_many_arguments)]
     pub async fn start_run(
         &self,
@@ -393,6 +446,7 @@ impl TenantDb {
         version: i64,
         contact_id: Option<&str>,
         exclusive: bool,
+        trigger_key: Option<&str>,
         trigger: &Value,
         first_node: Option<&str>,
         make_jobs: impl FnOnce(&str) -> Vec<NewJob>,
@@ -403,8 +457,8 @@ impl TenantDb {
             let mut tx = self.storage().begin_write().await?;
             sqlx::query(
                 "INSERT INTO flow_runs (id, tenant_id, flow_id, version, contact_id, exclusive, status, trigger, \
-                 variables, current_node, visit, started_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '{}', $9, 0, $10, $10)",
+                 variables, current_node, visit, started_at, updated_at, trigger_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '{}', $9, 0, $10, $10, $11)",
             )
             .bind(&id)
             .bind(self.tenant_id().as_str())
@@ -416,6 +470,7 @@ impl TenantDb {
             .bind(trigger.to_string())
             .bind(first_node)
             .bind(now)
+            .bind(trigger_key)
             .execute(&mut *tx)
             .await?;
             for job in make_jobs(&id) {
@@ -643,5 +698,25 @@ impl TenantDb {
         .await
         .context("cancelling a run")
         .map(|result| result.rows_affected() > 0)
+    }
+}
+
+impl super::Storage {
+    /// The tenant and flow a webhook-trigger URL token belongs to (the public
+    /// `/hooks/flows/{token}` route knows nothing else).
+    pub async fn flow_by_webhook_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<(String, Flow)>, StorageError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT tenant_id, {FLOW_COLUMNS} FROM flows WHERE webhook_token = $1"
+        )))
+        .bind(token)
+        .fetch_optional(self.pool())
+        .await
+        .context("reading a flow by webhook token")?;
+        row.map(|row| Ok((row.try_get("tenant_id")?, decode_flow(&row)?)))
+            .transpose()
+            .context("decoding a flow")
     }
 }

@@ -25,6 +25,8 @@ pub struct Tenant {
     pub parent_id: Option<TenantId>,
     /// ISO 3166-1 country for phone numbers written without a country code.
     pub default_country: String,
+    /// IANA time zone schedules are read in (`UTC` until set).
+    pub timezone: String,
     /// White-label branding (Business tenants).
     pub branding: Branding,
     /// An operator-set requests-per-minute replacing the plan's.
@@ -59,7 +61,7 @@ pub enum TenantWriteError {
 macro_rules! tenant_columns {
     () => {
         "id, name, plan, status, created_at, updated_at, parent_id, default_country, \
-         brand_name, logo_url, primary_color, custom_domain, requests_per_minute"
+         brand_name, logo_url, primary_color, custom_domain, requests_per_minute, timezone"
     };
 }
 
@@ -75,6 +77,7 @@ fn tenant_from_row(row: &sqlx::any::AnyRow) -> Result<Tenant, sqlx::Error> {
             .try_get::<Option<String>, _>("parent_id")?
             .map(TenantId::new),
         default_country: row.try_get("default_country")?,
+        timezone: row.try_get("timezone")?,
         branding: Branding {
             brand_name: row.try_get("brand_name")?,
             logo_url: row.try_get("logo_url")?,
@@ -119,6 +122,7 @@ impl Storage {
             updated_at: now,
             parent_id,
             default_country: "US".to_string(),
+            timezone: "UTC".to_string(),
             branding: Branding::default(),
             requests_per_minute: None,
         };
@@ -233,7 +237,8 @@ impl Storage {
     pub async fn save_tenant_profile(&self, tenant: &Tenant) -> Result<bool, TenantWriteError> {
         let result = sqlx::query(
             "UPDATE tenants SET name = $1, default_country = $2, brand_name = $3, logo_url = $4, \
-             primary_color = $5, custom_domain = $6, requests_per_minute = $7, updated_at = $8 WHERE id = $9",
+             primary_color = $5, custom_domain = $6, requests_per_minute = $7, updated_at = $8, timezone = $10 \
+             WHERE id = $9",
         )
         .bind(&tenant.name)
         .bind(&tenant.default_country)
@@ -244,6 +249,7 @@ impl Storage {
         .bind(tenant.requests_per_minute.map(i64::from))
         .bind(now_ms())
         .bind(tenant.id.as_str())
+        .bind(&tenant.timezone)
         .execute(self.pool())
         .await;
         self.auth_cache().invalidate();
