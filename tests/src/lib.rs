@@ -523,3 +523,60 @@ pub async fn database_urls() -> Vec<Option<String>> {
     }
     urls
 }
+
+// Crash tests: a server killed with SIGKILL and started again on the same data.
+impl PostdogServer {
+    /// Kills the server with SIGKILL — no graceful shutdown, so job leases are not
+    /// given back and nothing is flushed — and waits until the process is gone.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+
+    /// Starts `postdog serve` again, after [`kill_hard`](Self::kill_hard), on the same
+    /// port, data directory and database, with the extra environment `env` (give it
+    /// what [`start_with`](Self::start_with) got), and waits until `/healthz` answers.
+    ///
+    /// # Panics
+    /// When the old process is still running, or the new one does not become healthy
+    /// within 60 seconds.
+    pub async fn restart_with(&mut self, env: &[(&str, String)]) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "the server is still running: kill it first"
+        );
+        let listen = self
+            .base_url
+            .strip_prefix("http://")
+            .expect("an http base URL")
+            .to_string();
+        let mut command = postdog_command();
+        command
+            .args(["serve", "--listen", &listen, "--data-dir"])
+            .arg(self.data_dir.path())
+            .env("POSTDOG_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(url) = &self.database_url {
+            command.env("DATABASE_URL", url);
+        }
+        command.envs(env.iter().map(|(name, value)| (*name, value.as_str())));
+        self.child = command.spawn().expect("postdog serve starts again");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = reqwest::get(format!("{}/healthz", self.base_url)).await
+                && response.status() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the restarted postdog serve exited: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the restarted postdog serve did not become healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
