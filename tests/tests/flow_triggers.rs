@@ -531,14 +531,28 @@ async fn scenario(database_url: Option<String>) {
         ],
         "edges": [{"from": "help", "to": "route"}, {"from": "route", "port": "next", "to": "done"}]
     })).await;
-    let phones = ["+14155550111", "+14155550112", "+14155550113"];
-    let mut assignees: Vec<(String, String)> = Vec::new();
-    for phone in phones {
-        fake.inbound_text(phone, "Caller", "help")
+    publish(&api, label, "Urgent to the least busy", json!({
+        "triggers": [{"id": "urgent", "type": "keyword", "keyword": "urgent"}],
+        "nodes": [
+            {"id": "route", "action": "postdog/assign", "config": {"team_id": team_id, "strategy": "least-busy"}},
+            {"id": "done", "action": "postdog/end", "config": {}}
+        ],
+        "edges": [{"from": "urgent", "to": "route"}, {"from": "route", "port": "next", "to": "done"}]
+    })).await;
+    let mut seen: Vec<String> = Vec::new();
+    let mut assignees: Vec<String> = Vec::new();
+    for (phone, text) in [
+        ("+14155550111", "help"),
+        ("+14155550112", "help"),
+        ("+14155550113", "help"),
+        ("+14155550114", "urgent"),
+        ("+14155550115", "urgent"),
+    ] {
+        fake.inbound_text(phone, "Caller", text)
             .await
             .expect("inbound");
-        let assigned = eventually("the new conversation to be assigned", || {
-            let (api, assignees) = (&api, &assignees);
+        let (id, agent) = eventually("the new conversation to be assigned", || {
+            let (api, seen) = (&api, &seen);
             async move {
                 let (_, conversations) = api.get("/v1/conversations").await;
                 conversations["data"]
@@ -547,19 +561,21 @@ async fn scenario(database_url: Option<String>) {
                     .find_map(|conversation| {
                         let id = conversation["id"].as_str()?;
                         let agent = conversation["assignee"].as_str()?;
-                        (!assignees.iter().any(|(known, _)| known == id))
+                        (!seen.iter().any(|known| known == id))
                             .then(|| (id.to_string(), agent.to_string()))
                     })
             }
         })
         .await;
-        assignees.push(assigned);
+        seen.push(id);
+        assignees.push(agent);
     }
-    let assignees: Vec<&str> = assignees.iter().map(|(_, agent)| agent.as_str()).collect();
+    // Round-robin takes turns; least-busy then picks b (1 open vs 2), then a (2 each:
+    // the first in member order).
     assert_eq!(
         assignees,
-        ["agent-a", "agent-b", "agent-a"],
-        "{label}: in turn"
+        ["agent-a", "agent-b", "agent-a", "agent-b", "agent-a"],
+        "{label}"
     );
 
     // ---- http-request reaches only granted hosts -------------------------------------
