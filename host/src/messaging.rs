@@ -160,6 +160,18 @@ struct Inner {
     keywords: Mutex<HashMap<String, KeywordEntry>>,
     /// The flow engine, told about inbound messages.
     flows: crate::flows::FlowsLink,
+    /// How long after an interrupted send attempt the outbox waits for a status that
+    /// proves the provider accepted it before sending again.
+    reconcile_window: Duration,
+}
+
+/// `POSTDOG_SEND_RECONCILE_SECONDS` (default 120): see `Inner::reconcile_window`.
+fn reconcile_window() -> Duration {
+    let seconds = std::env::var("POSTDOG_SEND_RECONCILE_SECONDS")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(120);
+    Duration::from_secs(seconds)
 }
 
 type KeywordEntry = (Instant, Arc<(Vec<String>, Vec<String>)>);
@@ -335,6 +347,7 @@ impl Messaging {
                 install_tenants: Mutex::default(),
                 keywords: Mutex::default(),
                 flows: crate::flows::FlowsLink::default(),
+                reconcile_window: reconcile_window(),
             }),
         };
         let this = messaging.clone();
@@ -592,6 +605,15 @@ impl Messaging {
                 );
             }
             ct::InboundEvent::Status(update) => {
+                // A status echoing the id of a send whose receipt was never recorded (a
+                // crash right after the provider accepted it) completes that send, so
+                // the outbox does not send it again.
+                if let Some(callback) = &update.callback_data
+                    && let Some(message) = db.message_awaiting_receipt(install_id, callback).await?
+                {
+                    self.accept_send(db, &message, &update.provider_message_id)
+                        .await?;
+                }
                 let status = status_name(update.status);
                 let error = update.error.as_ref().map(provider_error_json);
                 self.apply_status(
@@ -1097,6 +1119,27 @@ impl Messaging {
         if message.status != "queued" {
             return Ok(()); // sent by an earlier attempt
         }
+        // An earlier attempt was interrupted after handing the message over (a crash, a
+        // timeout): the provider may have accepted it. Its statuses echo the message id
+        // and complete the send (see `handle_events`); wait for them before sending again.
+        if let Some(attempted) = db.send_attempted_at(&message_id).await? {
+            let window = i64::try_from(self.inner.reconcile_window.as_millis()).unwrap_or(i64::MAX);
+            let waited = now_ms() - attempted;
+            if waited < window {
+                return Err(JobFailure {
+                    retryable: true,
+                    message: "an earlier attempt was interrupted after reaching the provider; waiting for its statuses before sending again".into(),
+                    retry_after: Some(Duration::from_millis(
+                        u64::try_from(window - waited).unwrap_or(1000),
+                    )),
+                });
+            }
+            tracing::warn!(
+                message_id,
+                waited_ms = waited,
+                "no status confirmed an interrupted send attempt; sending again"
+            );
+        }
         let fail = |code: &str, text: String| json!({ "code": code, "message": text });
         let handle = match self
             .inner
@@ -1216,36 +1259,25 @@ impl Messaging {
             content,
             reply_to: message.reply_to.clone(),
         };
+        db.set_send_attempt(&message_id, Some(now_ms())).await?;
         let result = handle.send(&outbound).await;
         match result {
+            // The plugin trapped or timed out: whether the provider got it is unknown, so
+            // the attempt stays recorded.
             Err(error) => Err(JobFailure::retry(format!(
                 "the channel plugin failed: {error}"
             ))),
             Ok(Ok(receipt)) => {
                 drop(not_before);
-                let now = now_ms();
-                db.record_messages_sent(1, now).await?;
-                db.mark_contacted(&contact.id, now).await?;
-                let subscribed = self.inner.webhooks.subscriptions(&db).await?;
-                let accepted = db
-                    .mark_accepted(
-                        &message_id,
-                        &receipt.provider_message_id,
-                        |message, status| {
-                            subscribed.fanout(
-                                &tenant,
-                                &format!("message.{status}"),
-                                message_event(message),
-                            )
-                        },
-                    )
+                self.accept_send(&db, &message, &receipt.provider_message_id)
                     .await?;
-                if let Some(updated) = accepted {
-                    self.publish(&tenant, "message.status", message_event(&updated));
-                }
                 Ok(())
             }
             Ok(Err(error)) => {
+                // The provider answered (a transport failure may have reached it).
+                if !matches!(error, ct::ChannelError::Transport(_)) {
+                    db.set_send_attempt(&message_id, None).await?;
+                }
                 let (retry, retry_after, code, text) = classify(&error);
                 if matches!(&error, ct::ChannelError::RateLimited(pe) if pe.code == 131056) {
                     // The pair rate limit: hold further messages to this recipient.
@@ -1278,6 +1310,35 @@ impl Messaging {
                 Ok(())
             }
         }
+    }
+
+    /// Records the provider's acceptance of `message` (its receipt, or a status echoing
+    /// its id): the provider id, `accepted`, the month's usage, the contact's last
+    /// contact time, events. Only the first of the two records it.
+    async fn accept_send(
+        &self,
+        db: &TenantDb,
+        message: &Message,
+        provider_message_id: &str,
+    ) -> Result<(), StorageError> {
+        let tenant = db.tenant_id().as_str().to_string();
+        let subscribed = self.inner.webhooks.subscriptions(db).await?;
+        let accepted = db
+            .mark_accepted(&message.id, provider_message_id, |message, status| {
+                subscribed.fanout(
+                    &tenant,
+                    &format!("message.{status}"),
+                    message_event(message),
+                )
+            })
+            .await?;
+        if let Some(updated) = accepted {
+            let now = now_ms();
+            db.record_messages_sent(1, now).await?;
+            db.mark_contacted(&message.contact_id, now).await?;
+            self.publish(&tenant, "message.status", message_event(&updated));
+        }
+        Ok(())
     }
 
     async fn finish_failed(

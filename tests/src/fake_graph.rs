@@ -1012,7 +1012,7 @@ impl Inner {
         timestamp: u64,
         error: Option<(u32, &str)>,
     ) -> Value {
-        let (recipient, category) = {
+        let (recipient, category, callback) = {
             let state = self.lock();
             match state
                 .sent_index
@@ -1029,12 +1029,20 @@ impl Inner {
                             .unwrap_or_else(|| "utility".into()),
                         None => "service".into(),
                     };
-                    (sent.wa_id.clone(), category)
+                    let callback = sent
+                        .body
+                        .get("biz_opaque_callback_data")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    (sent.wa_id.clone(), category, callback)
                 }
-                None => (String::new(), "service".into()),
+                None => (String::new(), "service".into(), None),
             }
         };
-        self.build_status(wamid, status, timestamp, &recipient, &category, error)
+        with_callback(
+            self.build_status(wamid, status, timestamp, &recipient, &category, error),
+            callback.as_deref(),
+        )
     }
 
     fn build_status(
@@ -1167,10 +1175,37 @@ fn spawn_deliveries(inner: &Arc<Inner>, bodies: Vec<Bytes>) {
     let guard = PendingGuard(inner.clone());
     tokio::spawn(async move {
         for body in bodies {
-            let _ = guard.0.deliver(WebhookKind::Status, body, true).await;
+            // Like Meta, retry a delivery the server did not take (unreachable — for
+            // example while it restarts after a crash — or a 5xx), with backoff; Meta
+            // keeps trying for days, the fake for about two minutes.
+            let mut wait = Duration::from_millis(250);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let answer = guard
+                    .0
+                    .deliver(WebhookKind::Status, body.clone(), true)
+                    .await;
+                let retry = match answer {
+                    Ok(status) => status >= 500,
+                    Err(_) => true,
+                };
+                if !retry || tokio::time::Instant::now() + wait > deadline {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(8));
+            }
         }
         drop(guard);
     });
+}
+
+/// `event` with the send's `biz_opaque_callback_data`, when it had one.
+fn with_callback(mut event: Value, callback: Option<&str>) -> Value {
+    if let Some(callback) = callback {
+        event["biz_opaque_callback_data"] = Value::String(callback.to_string());
+    }
+    event
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1404,6 +1439,11 @@ fn accept_send(inner: &Arc<Inner>, valid: ValidSend, body: Value) -> Result<Resp
     if config.pair_rate_limit.is_some() {
         state.last_send_to.insert(valid.wa_id.clone(), now);
     }
+    // Meta echoes a send's `biz_opaque_callback_data` in its status webhooks.
+    let callback = body
+        .get("biz_opaque_callback_data")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let index = state.sent.len();
     state.sent_index.insert(wamid.clone(), index);
     state.sent.push(SentMessage {
@@ -1421,25 +1461,31 @@ fn accept_send(inner: &Arc<Inner>, valid: ValidSend, body: Value) -> Result<Resp
     if state.webhook_target.is_some() {
         let secs = now / NANOS_PER_SEC;
         if window_failed {
-            let event = inner.build_status(
-                &wamid,
-                "failed",
-                secs,
-                &valid.wa_id,
-                &category,
-                Some((131047, "Re-engagement message")),
+            let event = with_callback(
+                inner.build_status(
+                    &wamid,
+                    "failed",
+                    secs,
+                    &valid.wa_id,
+                    &category,
+                    Some((131047, "Re-engagement message")),
+                ),
+                callback.as_deref(),
             );
             deliveries.push(inner.statuses_body(&[event]));
         } else if config.auto_statuses {
             let mut events = Vec::new();
             for (rank, status) in ["sent", "delivered", "read"].into_iter().enumerate() {
-                let event = inner.build_status(
-                    &wamid,
-                    status,
-                    secs + rank as u64,
-                    &valid.wa_id,
-                    &category,
-                    None,
+                let event = with_callback(
+                    inner.build_status(
+                        &wamid,
+                        status,
+                        secs + rank as u64,
+                        &valid.wa_id,
+                        &category,
+                        None,
+                    ),
+                    callback.as_deref(),
                 );
                 if state.rng.random_bool(0.3) {
                     events.push(event.clone());

@@ -8,7 +8,10 @@
 //! started again on the same database. Every run must complete and every effect must be
 //! applied exactly once: each contact gets exactly its two messages at the fake (counted
 //! by recipient and text; no message missing, none twice), the tag once, and each run
-//! takes each step once. The dead worker's leases expire after 60 s (the queue's fixed
+//! takes each step once. A send the kill interrupted after Meta accepted it is not sent
+//! again: Meta's statuses echo PostDog's message id, which completes the send, and the
+//! outbox waits for them (`POSTDOG_SEND_RECONCILE_SECONDS`) before retrying an
+//! interrupted attempt. The dead worker's leases expire after 60 s (the queue's fixed
 //! lease), so each backend takes a little over a minute longer than it would without
 //! the crash.
 
@@ -56,12 +59,23 @@ async fn scenario(database_url: Option<String>) {
         "sqlite"
     };
     let began = Instant::now();
-    let fake = FakeGraph::start(FakeGraphConfig::default()).await;
+    // Meta sends statuses for every accepted message, echoing PostDog's message id
+    // (`biz_opaque_callback_data`), and retries deliveries the server missed while down.
+    let fake = FakeGraph::start(FakeGraphConfig {
+        auto_statuses: true,
+        ..FakeGraphConfig::default()
+    })
+    .await;
     let config = fake.config().clone();
-    let env = [(
-        "POSTDOG_HTTP_OVERRIDES",
-        format!("graph.facebook.com={}", fake.base_url()),
-    )];
+    let env = [
+        (
+            "POSTDOG_HTTP_OVERRIDES",
+            format!("graph.facebook.com={}", fake.base_url()),
+        ),
+        // The statuses of sends interrupted by the kill reach the restarted server within
+        // seconds; the leases of the dead worker's jobs expire after 60 s anyway.
+        ("POSTDOG_SEND_RECONCILE_SECONDS", "30".to_string()),
+    ];
     let mut server = PostdogServer::start_with(database_url, &env).await;
     let (api, tenant_id) = Api::tenant(&server, "business").await;
     let response = reqwest::Client::new()

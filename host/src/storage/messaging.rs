@@ -709,6 +709,50 @@ impl TenantDb {
         outcome.context("applying a delivery status")
     }
 
+    /// When message `id` was last handed to its provider with no outcome recorded since
+    /// (an interrupted attempt), if ever.
+    pub async fn send_attempted_at(&self, id: &str) -> Result<Option<i64>, StorageError> {
+        let row =
+            sqlx::query("SELECT send_attempted_at FROM messages WHERE tenant_id = $1 AND id = $2")
+                .bind(self.tenant_id().as_str())
+                .bind(id)
+                .fetch_optional(self.storage().pool())
+                .await
+                .context("reading a send attempt")?;
+        let earlier: Option<i64> = match row {
+            Some(row) => row
+                .try_get("send_attempted_at")
+                .context("decoding a send attempt")?,
+            None => None,
+        };
+        Ok(earlier)
+    }
+
+    /// Records (`Some`) or clears (`None`, the provider answered) the time message `id`
+    /// was last handed to its provider.
+    pub async fn set_send_attempt(&self, id: &str, at: Option<i64>) -> Result<(), StorageError> {
+        sqlx::query("UPDATE messages SET send_attempted_at = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(at)
+            .bind(self.tenant_id().as_str())
+            .bind(id)
+            .execute(self.storage().pool())
+            .await
+            .context("recording a send attempt")?;
+        Ok(())
+    }
+
+    /// The message of `install_id` with id `id` that still waits for its provider id (a
+    /// status echoing the id may complete a send whose receipt was lost).
+    pub async fn message_awaiting_receipt(
+        &self,
+        install_id: &str,
+        id: &str,
+    ) -> Result<Option<Message>, StorageError> {
+        Ok(self.message(id).await?.filter(|message| {
+            message.install_id == install_id && message.provider_message_id.is_none()
+        }))
+    }
+
     /// Records the provider's acceptance of an outbound message (its provider id), then
     /// applies statuses that arrived before it. The message after all of that.
     pub async fn mark_accepted(
@@ -719,11 +763,13 @@ impl TenantDb {
     ) -> Result<Option<Message>, StorageError> {
         let tenant = self.tenant_id().as_str();
         let now = now_ms();
+        // Only once: the send job's receipt and a status echoing the message id (after a
+        // crash lost the receipt) may both try; the first records it.
         let updated = sqlx::query(
-            "UPDATE messages SET provider_message_id = $1, \
+            "UPDATE messages SET provider_message_id = $1, send_attempted_at = NULL, \
              status = CASE WHEN status_rank < 1 THEN 'accepted' ELSE status END, \
              status_rank = CASE WHEN status_rank < 1 THEN 1 ELSE status_rank END, updated_at = $2 \
-             WHERE tenant_id = $3 AND id = $4",
+             WHERE tenant_id = $3 AND id = $4 AND provider_message_id IS NULL",
         )
         .bind(provider_message_id)
         .bind(now)

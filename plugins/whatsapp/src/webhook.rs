@@ -436,12 +436,17 @@ fn status_update(status: At<'_>) -> Result<Option<StatusUpdate>, ChannelError> {
     } else {
         None
     };
+    // Echoed back from the send (PostDog's message id), when the send carried it.
+    let callback_data = status
+        .optional_string("biz_opaque_callback_data")?
+        .filter(|data| !data.is_empty());
     Ok(Some(StatusUpdate {
         provider_message_id: id.to_string(),
         recipient: address(recipient),
         status: state,
         timestamp_ms,
         error,
+        callback_data,
     }))
 }
 
@@ -964,6 +969,7 @@ mod tests {
             ]
         );
         assert_eq!(updates[0].recipient, "+16505551234");
+        assert_eq!(updates[0].callback_data.as_deref(), Some("msg_01"));
         assert_eq!(updates[0].timestamp_ms, 1_750_263_773_000);
         assert!(updates[0].error.is_none());
         let error = updates[3].error.as_ref().unwrap();

@@ -196,6 +196,7 @@ impl Channel for Echo {
                 })?,
                 timestamp_ms: status.get("timestamp").and_then(Value::as_i64).unwrap_or(0) * 1000,
                 error: None,
+                callback_data: None,
             }));
         }
         Ok(WebhookOutcome {
