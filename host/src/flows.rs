@@ -1192,7 +1192,9 @@ impl Flows {
         Ok(live)
     }
 
-    /// Starts a run of `version` for `contact_id` from `trigger_id`.
+    /// Starts a run of `version` for `contact_id` from `trigger_id`, under the trigger's
+    /// own key for the event when it has one (at most one run per key and flow).
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
         db: &TenantDb,

@@ -631,8 +631,8 @@ async fn scenario(database_url: Option<String>) {
     .await;
     assert_eq!(enriched["fields"]["tier"], "gold", "{label}");
     assert_eq!(
-        crm_calls.lock().expect("lock").as_slice(),
-        [grace.clone()],
+        *crm_calls.lock().expect("lock"),
+        vec![grace.clone()],
         "{label}: one call, to the granted host"
     );
     drop(server);
