@@ -358,6 +358,30 @@ async fn scenario(database_url: Option<String>) {
     )
     .await;
 
+    // A CSV import that creates a tagged contact reports it too.
+    let response = http
+        .post(format!("{}/v1/contacts/imports", server.base_url))
+        .bearer_auth(&api.key)
+        .header("content-type", "text/csv")
+        .body("Name,Email,Tags\nIvy,ivy@example.com,vip\n")
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(response.status().as_u16(), 202, "{label}");
+    eventually("an imported VIP to be welcomed", || {
+        let api = &api;
+        async move {
+            let (_, page) = api.get("/v1/contacts?limit=200").await;
+            let ivy = page["data"]
+                .as_array()?
+                .iter()
+                .find(|contact| contact["email"] == "ivy@example.com")?
+                .clone();
+            (ivy["fields"]["vip_welcomed"] == "vip").then_some(())
+        }
+    })
+    .await;
+
     // ---- Schedule trigger ------------------------------------------------------------
     let (status, tenant) = api
         .patch("/v1/tenant", json!({"timezone": "Asia/Tokyo"}))

@@ -137,7 +137,7 @@ impl super::Storage {
 }
 
 /// What changed between two versions of a contact's tags and fields.
-fn diff(
+pub(super) fn diff(
     old_tags: &[String],
     old_fields: &serde_json::Value,
     new_tags: &[String],

@@ -117,6 +117,8 @@ struct Pending {
     contact: ContactData,
     existing: bool,
     changed: bool,
+    /// An existing contact's tags and fields as loaded (for the change report).
+    original: Option<(Vec<String>, serde_json::Value)>,
 }
 
 fn job_from_row(row: &sqlx::any::AnyRow) -> Result<ImportJob, sqlx::Error> {
@@ -242,7 +244,10 @@ impl TenantDb {
     ) -> Result<Vec<RowOutcome>, StorageError> {
         let (outcomes, pending) = self.plan_batch(rows, strategy, room).await?;
         match self.write_batch(&pending).await {
-            Ok(()) => Ok(outcomes),
+            Ok(()) => {
+                self.report_import_changes(&pending);
+                Ok(outcomes)
+            }
             Err(error) if rows.len() > 1 => {
                 tracing::debug!(%error, "import batch conflicted; replaying it row by row");
                 let mut outcomes = Vec::with_capacity(rows.len());
@@ -252,7 +257,10 @@ impl TenantDb {
                         .plan_batch(std::slice::from_ref(row), strategy, room)
                         .await?;
                     let outcome = match self.write_batch(&pending).await {
-                        Ok(()) => single.pop().unwrap_or(RowOutcome::Skipped),
+                        Ok(()) => {
+                            self.report_import_changes(&pending);
+                            single.pop().unwrap_or(RowOutcome::Skipped)
+                        }
                         Err(error) => RowOutcome::Failed(format!(
                             "could not be written: {}",
                             write_reason(&error)
@@ -284,6 +292,7 @@ impl TenantDb {
             .into_iter()
             .map(|contact| Pending {
                 id: contact.id.clone(),
+                original: Some((contact.tags.clone(), contact.fields.clone())),
                 contact: ContactData {
                     name: contact.name,
                     phone: contact.phone,
@@ -340,6 +349,7 @@ impl TenantDb {
                 room = room.map(|room| room - 1);
                 let index = pending.len();
                 pending.push(Pending {
+                    original: None,
                     id: uuid::Uuid::now_v7().to_string(),
                     contact: ContactData {
                         tags: data
@@ -469,6 +479,34 @@ impl TenantDb {
             .await
             .context("finding contacts an import matches")?;
         self.contact_rows(&found).await
+    }
+
+    /// Reports the committed changes of a batch (contact-event triggers): created
+    /// contacts and their tags, and what changed on existing ones.
+    fn report_import_changes(&self, pending: &[Pending]) {
+        if !self.storage().contact_changes_watched() {
+            return;
+        }
+        let tenant = self.tenant_id().as_str();
+        for entry in pending.iter().filter(|entry| entry.changed) {
+            let changes = match &entry.original {
+                Some((tags, fields)) => {
+                    super::contacts::diff(tags, fields, &entry.contact.tags, &entry.contact.fields)
+                }
+                None => std::iter::once(super::ContactChange::Created)
+                    .chain(
+                        entry
+                            .contact
+                            .tags
+                            .iter()
+                            .cloned()
+                            .map(super::ContactChange::TagAdded),
+                    )
+                    .collect(),
+            };
+            self.storage()
+                .report_contact_changes(tenant, &entry.id, changes);
+        }
     }
 
     /// Writes a batch's new and changed contacts in one transaction.
