@@ -3,14 +3,15 @@
 //! out. Nothing here asserts on time.
 //!
 //! `cargo run --release -p postdog-bench -- plugin-call | csv-import | api-read | hot-swap
-//! | tenant-density | inbound`
+//! | tenant-density | inbound | flow-steps`
 //!
-//! `csv-import`, `api-read`, `hot-swap`, `tenant-density` and `inbound` build and start
-//! the real `postdog` binary as a child process (`server_process`), so its memory is
-//! measured on its own.
+//! `csv-import`, `api-read`, `hot-swap`, `tenant-density`, `inbound` and `flow-steps`
+//! build and start the real `postdog` binary as a child process (`server_process`), so
+//! its memory is measured on its own.
 
 mod api_read;
 mod csv_import;
+mod flow_steps;
 mod hot_swap;
 mod http_load;
 mod inbound;
@@ -44,6 +45,9 @@ enum Scenario {
     /// Signed WhatsApp inbound-message webhooks stored durably vs a bare axum handler that
     /// only verifies the HMAC.
     Inbound(inbound::Options),
+    /// Contacts through a 5-step flow (condition, tag, field, send to a loopback fake Graph
+    /// API, end): steps/s vs a bare plugin call, plus keyword → reply p50 / p99 latency.
+    FlowSteps(flow_steps::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::HotSwap(options) => hot_swap::run(options),
         Scenario::TenantDensity(options) => tenant_density::run(options),
         Scenario::Inbound(options) => inbound::run(options),
+        Scenario::FlowSteps(options) => flow_steps::run(options),
     }
 }

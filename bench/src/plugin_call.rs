@@ -183,6 +183,19 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bare wasmtime baseline alone, for other scenarios' same-run ratios: calls of
+/// `hello-action` per second on `threads` threads over `window` (after a warm-up), with
+/// the engine configuration PostDog uses.
+pub fn bare_calls_per_second(threads: usize, window: Duration) -> anyhow::Result<f64> {
+    let bytes = hello_action_bytes()?;
+    let runtime = Runtime::new(RuntimeConfig::default(), None)?;
+    let bare = Arc::new(Bare::new(runtime.engine(), &bytes)?);
+    measure(threads, window, move || {
+        let bare = bare.clone();
+        async move { bare.call().await.map(drop) }
+    })
+}
+
 async fn postdog_call(
     runtime: &Runtime,
     plugin: &LoadedPlugin,
