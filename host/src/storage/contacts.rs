@@ -240,7 +240,7 @@ impl TenantDb {
     }
 
     pub(super) async fn write_tags(
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut sqlx::AnyConnection,
         tenant: &str,
         id: &str,
         tags: &[String],
@@ -248,7 +248,7 @@ impl TenantDb {
         sqlx::query("DELETE FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2")
             .bind(tenant)
             .bind(id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         let mut unique: Vec<&String> = tags.iter().collect();
         unique.sort();
@@ -260,7 +260,7 @@ impl TenantDb {
             .bind(tenant)
             .bind(id)
             .bind(tag)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         }
         Ok(())
@@ -275,7 +275,7 @@ impl TenantDb {
         let now = now_ms();
         let tenant = self.tenant_id().as_str();
         let result: Result<(), sqlx::Error> = async {
-            let mut tx = self.storage().pool().begin().await?;
+            let mut tx = self.storage().begin_write().await?;
             sqlx::query(
                 "INSERT INTO contacts (id, tenant_id, name, phone, email, fields, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -329,7 +329,7 @@ impl TenantDb {
             None
         };
         let result: Result<u64, sqlx::Error> = async {
-            let mut tx = self.storage().pool().begin().await?;
+            let mut tx = self.storage().begin_write().await?;
             let updated = sqlx::query(
                 "UPDATE contacts SET name = $1, phone = $2, email = $3, fields = $4, updated_at = $5 \
                  WHERE tenant_id = $6 AND id = $7",
@@ -380,41 +380,64 @@ impl TenantDb {
         change: impl FnOnce(&mut Vec<String>, &mut serde_json::Value),
     ) -> Result<Option<Vec<ContactChange>>, StorageError> {
         let tenant = self.tenant_id().as_str();
+        let result: Result<Option<Vec<ContactChange>>, sqlx::Error> = async {
+            let mut tx = self.storage().begin_write().await?;
+            let changes = self.change_tags_and_fields_in(&mut tx, id, change).await?;
+            tx.commit().await?;
+            Ok(changes)
+        }
+        .await;
+        let changes = result.context("changing a contact's tags and fields")?;
+        if let Some(changes) = &changes {
+            self.storage()
+                .report_contact_changes(tenant, id, changes.iter().cloned());
+        }
+        Ok(changes)
+    }
+
+    /// [`Self::change_tags_and_fields`] inside the caller's write transaction `tx`; the
+    /// caller reports the changes once it has committed.
+    pub(crate) async fn change_tags_and_fields_in(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        id: &str,
+        change: impl FnOnce(&mut Vec<String>, &mut serde_json::Value),
+    ) -> Result<Option<Vec<ContactChange>>, sqlx::Error> {
+        let tenant = self.tenant_id().as_str();
         let lock = match self.storage().backend() {
             super::Backend::Postgres => " FOR UPDATE",
             super::Backend::Sqlite => "",
         };
-        let result: Result<Option<Vec<ContactChange>>, sqlx::Error> = async {
-            let mut tx = self.storage().begin_write().await?;
-            let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT fields FROM contacts WHERE tenant_id = $1 AND id = $2{lock}"
-            )))
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            else {
-                return Ok(None);
-            };
-            let text: String = row.try_get("fields")?;
-            let old_fields: serde_json::Value =
-                serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({}));
-            let old_tags: Vec<String> = sqlx::query(
-                "SELECT tag FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2 ORDER BY tag",
-            )
-            .bind(tenant)
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| row.try_get("tag"))
-            .collect::<Result<_, _>>()?;
-            let (mut tags, mut fields) = (old_tags.clone(), old_fields.clone());
-            change(&mut tags, &mut fields);
-            let changes = diff(&old_tags, &old_fields, &tags, &fields);
-            if changes.is_empty() {
-                return Ok(Some(changes));
-            }
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT fields FROM contacts WHERE tenant_id = $1 AND id = $2{lock}"
+        )))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let text: String = row.try_get("fields")?;
+        let old_fields: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({}));
+        let old_tags: Vec<String> = sqlx::query(
+            "SELECT tag FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2 ORDER BY tag",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("tag"))
+        .collect::<Result<_, _>>()?;
+        let (mut tags, mut fields) = (old_tags.clone(), old_fields.clone());
+        change(&mut tags, &mut fields);
+        let changes = diff(&old_tags, &old_fields, &tags, &fields);
+        if changes.is_empty() {
+            return Ok(Some(changes));
+        }
+        if fields != old_fields {
             sqlx::query(
                 "UPDATE contacts SET fields = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
             )
@@ -424,17 +447,52 @@ impl TenantDb {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            Self::write_tags(&mut tx, tenant, id, &tags).await?;
-            tx.commit().await?;
-            Ok(Some(changes))
+        } else {
+            sqlx::query("UPDATE contacts SET updated_at = $1 WHERE tenant_id = $2 AND id = $3")
+                .bind(now_ms())
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
-        .await;
-        let changes = result.context("changing a contact's tags and fields")?;
-        if let Some(changes) = &changes {
-            self.storage()
-                .report_contact_changes(tenant, id, changes.iter().cloned());
+        if tags != old_tags {
+            Self::write_tag_changes(tx, tenant, id, &old_tags, &tags).await?;
         }
-        Ok(changes)
+        Ok(Some(changes))
+    }
+
+    /// Writes the difference between a contact's `old` and `new` tags (not all of them).
+    async fn write_tag_changes(
+        tx: &mut sqlx::AnyConnection,
+        tenant: &str,
+        id: &str,
+        old: &[String],
+        new: &[String],
+    ) -> Result<(), sqlx::Error> {
+        for tag in old.iter().filter(|tag| !new.contains(tag)) {
+            sqlx::query(
+                "DELETE FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2 AND tag = $3",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut added: Vec<&String> = new.iter().filter(|tag| !old.contains(tag)).collect();
+        added.sort();
+        added.dedup();
+        for tag in added {
+            sqlx::query(
+                "INSERT INTO contact_tags (tenant_id, contact_id, tag) VALUES ($1, $2, $3)",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Decodes contact rows and loads their tags and current consent in two queries.
@@ -618,8 +676,7 @@ impl TenantDb {
     pub async fn delete_contact(&self, id: &str) -> Result<bool, StorageError> {
         let mut tx = self
             .storage()
-            .pool()
-            .begin()
+            .begin_write()
             .await
             .context("deleting a contact")?;
         sqlx::query("DELETE FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2")
@@ -669,7 +726,7 @@ impl TenantDb {
         };
         let tenant = self.tenant_id().as_str();
         let result: Result<(), sqlx::Error> = async {
-            let mut tx = self.storage().pool().begin().await?;
+            let mut tx = self.storage().begin_write().await?;
             for moved in [
                 "UPDATE contact_consent SET contact_id = $1 WHERE tenant_id = $2 AND contact_id = $3",
                 "UPDATE contact_notes SET contact_id = $1 WHERE tenant_id = $2 AND contact_id = $3",

@@ -586,14 +586,34 @@ impl TenantDb {
         change: &RunChange,
         jobs: &[NewJob],
     ) -> Result<bool, StorageError> {
+        self.record_steps(run_id, std::slice::from_ref(step), None, change, jobs)
+            .await
+    }
+
+    /// Records `steps` (consecutive visits from the run's current one), applies
+    /// `contact`'s tag and field change (contact id, change), moves the run and queues
+    /// `jobs` — all in one transaction, so a crash leaves either all of it or none.
+    /// `false` (nothing changed) when the run is no longer at the first step's visit.
+    pub async fn record_steps(
+        &self,
+        run_id: &str,
+        steps: &[Step],
+        contact: Option<(&str, &(dyn Fn(&mut Vec<String>, &mut Value) + Sync))>,
+        change: &RunChange,
+        jobs: &[NewJob],
+    ) -> Result<bool, StorageError> {
+        let Some(first) = steps.first() else {
+            return Ok(false);
+        };
         let tenant = self.tenant_id().as_str();
         let now = now_ms();
         let finished = matches!(change.status.as_str(), "completed" | "failed" | "cancelled");
-        let outcome: Result<bool, sqlx::Error> = async {
+        let taken = i64::try_from(steps.len()).unwrap_or(i64::MAX);
+        let outcome: Result<Option<Vec<super::ContactChange>>, sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
             let moved = sqlx::query(
                 "UPDATE flow_runs SET status = $1, current_node = $2, variables = $3, waiting_for = $4, \
-                 wait_until = $5, error = $6, visit = visit + 1, updated_at = $7, \
+                 wait_until = $5, error = $6, visit = visit + $12, updated_at = $7, \
                  finished_at = CASE WHEN $8 = 1 THEN $7 ELSE finished_at END \
                  WHERE tenant_id = $9 AND id = $10 AND visit = $11 AND status IN ('running', 'waiting')",
             )
@@ -607,40 +627,57 @@ impl TenantDb {
             .bind(i64::from(finished))
             .bind(tenant)
             .bind(run_id)
-            .bind(step.visit)
+            .bind(first.visit)
+            .bind(taken)
             .execute(&mut *tx)
             .await?
             .rows_affected();
             if moved == 0 {
-                return Ok(false);
+                return Ok(None);
             }
-            sqlx::query(
-                "INSERT INTO flow_steps (id, tenant_id, run_id, node_id, visit, status, input, output, outcome, \
-                 effects, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(tenant)
-            .bind(run_id)
-            .bind(&step.node_id)
-            .bind(step.visit)
-            .bind(&step.status)
-            .bind(step.input.to_string())
-            .bind(step.output.as_ref().map(Value::to_string))
-            .bind(step.outcome.as_ref().map(Value::to_string))
-            .bind(step.effects.as_ref().map(Value::to_string))
-            .bind(step.error.as_deref())
-            .bind(step.started_at)
-            .bind(step.finished_at)
-            .execute(&mut *tx)
-            .await?;
+            for step in steps {
+                sqlx::query(
+                    "INSERT INTO flow_steps (id, tenant_id, run_id, node_id, visit, status, input, output, outcome, \
+                     effects, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(tenant)
+                .bind(run_id)
+                .bind(&step.node_id)
+                .bind(step.visit)
+                .bind(&step.status)
+                .bind(step.input.to_string())
+                .bind(step.output.as_ref().map(Value::to_string))
+                .bind(step.outcome.as_ref().map(Value::to_string))
+                .bind(step.effects.as_ref().map(Value::to_string))
+                .bind(step.error.as_deref())
+                .bind(step.started_at)
+                .bind(step.finished_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut changes = Vec::new();
+            if let Some((contact_id, apply)) = contact {
+                changes = self
+                    .change_tags_and_fields_in(&mut tx, contact_id, apply)
+                    .await?
+                    .unwrap_or_default();
+            }
             for job in jobs {
                 insert_job(&mut *tx, job).await?;
             }
             tx.commit().await?;
-            Ok(true)
+            Ok(Some(changes))
         }
         .await;
-        outcome.context("recording a step")
+        let Some(changes) = outcome.context("recording steps")? else {
+            return Ok(false);
+        };
+        if let Some((contact_id, _)) = contact {
+            self.storage()
+                .report_contact_changes(tenant, contact_id, changes);
+        }
+        Ok(true)
     }
 
     /// Moves a run waiting at `visit` (for a reply or a timeout) on: sets its variables

@@ -516,7 +516,7 @@ impl TenantDb {
         }
         let tenant = self.tenant_id().as_str();
         let now = now_ms();
-        let mut tx = self.storage().pool().begin().await?;
+        let mut tx = self.storage().begin_write().await?;
         let created: Vec<&Pending> = pending.iter().filter(|entry| !entry.existing).collect();
         // Changed contacts first: one may have given up a phone a new one takes.
         for entry in pending.iter().filter(|entry| entry.existing) {

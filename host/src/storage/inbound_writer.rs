@@ -15,6 +15,7 @@
 //! use that path), so both stay in step; the storage tests run both.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -46,12 +47,13 @@ impl std::fmt::Debug for InboundWriter {
 const MAX_BATCH: usize = 512;
 
 impl InboundWriter {
-    /// Starts the writer thread for the SQLite file at `path`.
-    pub(crate) fn start(path: PathBuf) -> Self {
+    /// Starts the writer thread for the SQLite file at `path`; it takes its turns at
+    /// `gate` (the storage's write gate) like every other writer of this process.
+    pub(crate) fn start(path: PathBuf, gate: Option<Arc<tokio::sync::Mutex<()>>>) -> Self {
         let (sender, receiver) = mpsc::channel(4096);
         let spawned = std::thread::Builder::new()
             .name("postdog-inbound-writer".into())
-            .spawn(move || run(&path, receiver));
+            .spawn(move || run(&path, receiver, gate.as_deref()));
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start the inbound writer thread");
         }
@@ -92,7 +94,11 @@ fn open(path: &PathBuf) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-fn run(path: &PathBuf, mut receiver: mpsc::Receiver<Request>) {
+fn run(
+    path: &PathBuf,
+    mut receiver: mpsc::Receiver<Request>,
+    gate: Option<&tokio::sync::Mutex<()>>,
+) {
     let mut connection = None;
     while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
@@ -118,7 +124,11 @@ fn run(path: &PathBuf, mut receiver: mpsc::Receiver<Request>) {
         let Some(db) = connection.as_mut() else {
             continue;
         };
-        match store_batch(db, &mut batch) {
+        // This thread is not a runtime worker, so it may block on the gate.
+        let turn = gate.map(tokio::sync::Mutex::blocking_lock);
+        let stored = store_batch(db, &mut batch);
+        drop(turn);
+        match stored {
             Ok(results) => {
                 for (request, result) in batch.into_iter().zip(results) {
                     let _ = request.reply.send(result);

@@ -83,7 +83,7 @@ fn install_from_row(row: &sqlx::any::AnyRow) -> Result<Install, sqlx::Error> {
 /// Moves an install's `updated_at` strictly forward: nodes holding it in memory compare
 /// it to decide whether to reload (two changes in one millisecond still differ).
 async fn touch_install(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::AnyConnection,
     tenant: &TenantId,
     install_id: &str,
 ) -> Result<(), StorageError> {
@@ -94,7 +94,7 @@ async fn touch_install(
     .bind(now_ms())
     .bind(tenant.as_str())
     .bind(install_id)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .context("marking an install changed")
     .map(drop)
@@ -189,8 +189,7 @@ impl TenantDb {
     pub async fn delete_install(&self, id: &str) -> Result<bool, StorageError> {
         let mut tx = self
             .storage()
-            .pool()
-            .begin()
+            .begin_write()
             .await
             .context("deleting an install")?;
         sqlx::query("DELETE FROM plugin_kv WHERE tenant_id = $1 AND install_id = $2")
@@ -219,8 +218,7 @@ impl TenantDb {
     ) -> Result<(), StorageError> {
         let mut tx = self
             .storage()
-            .pool()
-            .begin()
+            .begin_write()
             .await
             .context("storing a secret")?;
         sqlx::query(
@@ -251,8 +249,7 @@ impl TenantDb {
     ) -> Result<bool, StorageError> {
         let mut tx = self
             .storage()
-            .pool()
-            .begin()
+            .begin_write()
             .await
             .context("deleting a secret")?;
         let result = sqlx::query(

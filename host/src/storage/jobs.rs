@@ -162,6 +162,7 @@ pub struct QueueDepth {
 impl Storage {
     /// Enqueues a job; its id, or `None` if its idempotency key was used already.
     pub async fn enqueue_job(&self, job: &NewJob) -> Result<Option<String>, StorageError> {
+        let _turn = self.write_turn().await;
         insert_job(self.pool(), job)
             .await
             .context("enqueueing a job")
@@ -174,6 +175,7 @@ impl Storage {
         lease_ms: i64,
         limit: usize,
     ) -> Result<Vec<Job>, StorageError> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let lock = match self.backend() {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -207,6 +209,7 @@ impl Storage {
         ids: &[String],
         lease_ms: i64,
     ) -> Result<(), StorageError> {
+        let _turn = self.write_turn().await;
         if ids.is_empty() {
             return Ok(());
         }
@@ -229,6 +232,7 @@ impl Storage {
 
     /// Marks a job done (if `owner` still holds it).
     pub async fn complete_job(&self, id: &str, owner: &str) -> Result<(), StorageError> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         sqlx::query(
             "UPDATE jobs SET state = 'done', lease_owner = NULL, finished_at = $1, updated_at = $1 \
@@ -252,6 +256,7 @@ impl Storage {
         error: &str,
         run_at: Option<i64>,
     ) -> Result<(), StorageError> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let query = match run_at {
             Some(run_at) => sqlx::query(
@@ -279,6 +284,7 @@ impl Storage {
     /// Gives back the jobs `owner` holds (graceful shutdown): they are due again at once
     /// and the interrupted attempt does not count.
     pub async fn release_jobs(&self, owner: &str) -> Result<u64, StorageError> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         sqlx::query(
             "UPDATE jobs SET state = 'queued', lease_owner = NULL, run_at = $1, \
@@ -295,6 +301,7 @@ impl Storage {
 
     /// Deletes finished jobs older than `before` (Unix ms); how many.
     pub async fn sweep_finished_jobs(&self, before: i64) -> Result<u64, StorageError> {
+        let _turn = self.write_turn().await;
         sqlx::query("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1")
             .bind(before)
             .execute(self.pool())
@@ -370,6 +377,7 @@ impl Storage {
 
     /// Puts a dead or cancelled job back in the queue, due now; whether it was.
     pub async fn retry_job(&self, tenant: Option<&str>, id: &str) -> Result<bool, StorageError> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         sqlx::query(
             "UPDATE jobs SET state = 'queued', run_at = $1, attempts = 0, finished_at = NULL, \
@@ -388,6 +396,7 @@ impl Storage {
     /// Cancels a job that has not finished; whether it was. A running attempt finishes
     /// but its outcome is not recorded and the job is not run again.
     pub async fn cancel_job(&self, tenant: Option<&str>, id: &str) -> Result<bool, StorageError> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         sqlx::query(
             "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, finished_at = $1, updated_at = $1 \

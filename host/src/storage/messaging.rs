@@ -11,7 +11,7 @@ use sqlx::Row;
 use super::filter_sql::{Bind, Sql};
 use super::is_unique_violation;
 use super::jobs::insert_job;
-use super::{Backend, NewJob, QueryContext, Storage, StorageError, TenantDb, now_ms};
+use super::{NewJob, QueryContext, Storage, StorageError, TenantDb, now_ms};
 
 /// How long a customer's message keeps the customer-service window open.
 pub const WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
@@ -258,17 +258,6 @@ fn decode_message(row: &sqlx::any::AnyRow) -> Result<Message, sqlx::Error> {
 }
 
 impl Storage {
-    /// Starts a write transaction (`BEGIN IMMEDIATE` on SQLite, so two writers queue on
-    /// the busy timeout instead of failing when a read lock is upgraded).
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.backend() {
-            Backend::Sqlite => self.pool().begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool().begin().await,
-        }
-    }
-
     /// The tenant owning install `id`, whatever tenant asks (webhook ingress: the URL
     /// names only the install).
     pub async fn install_tenant(&self, id: &str) -> Result<Option<String>, StorageError> {
@@ -731,6 +720,7 @@ impl TenantDb {
     /// Records (`Some`) or clears (`None`, the provider answered) the time message `id`
     /// was last handed to its provider.
     pub async fn set_send_attempt(&self, id: &str, at: Option<i64>) -> Result<(), StorageError> {
+        let _turn = self.storage().write_turn().await;
         sqlx::query("UPDATE messages SET send_attempted_at = $1 WHERE tenant_id = $2 AND id = $3")
             .bind(at)
             .bind(self.tenant_id().as_str())
@@ -764,26 +754,33 @@ impl TenantDb {
         let tenant = self.tenant_id().as_str();
         let now = now_ms();
         // Only once: the send job's receipt and a status echoing the message id (after a
-        // crash lost the receipt) may both try; the first records it.
-        let updated = sqlx::query(
-            "UPDATE messages SET provider_message_id = $1, send_attempted_at = NULL, \
-             status = CASE WHEN status_rank < 1 THEN 'accepted' ELSE status END, \
-             status_rank = CASE WHEN status_rank < 1 THEN 1 ELSE status_rank END, updated_at = $2 \
-             WHERE tenant_id = $3 AND id = $4 AND provider_message_id IS NULL",
-        )
-        .bind(provider_message_id)
-        .bind(now)
-        .bind(tenant)
-        .bind(message_id)
-        .execute(self.storage().pool())
-        .await
-        .context("recording a send receipt")?
-        .rows_affected();
-        if updated == 0 {
+        // crash lost the receipt) may both try; the first records it. The status and its
+        // history entry are written together.
+        let updated: Result<u64, sqlx::Error> = async {
+            let mut tx = self.storage().begin_write().await?;
+            let updated = sqlx::query(
+                "UPDATE messages SET provider_message_id = $1, send_attempted_at = NULL, \
+                 status = CASE WHEN status_rank < 1 THEN 'accepted' ELSE status END, \
+                 status_rank = CASE WHEN status_rank < 1 THEN 1 ELSE status_rank END, updated_at = $2 \
+                 WHERE tenant_id = $3 AND id = $4 AND provider_message_id IS NULL",
+            )
+            .bind(provider_message_id)
+            .bind(now)
+            .bind(tenant)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated > 0 {
+                history_insert(&mut tx, tenant, message_id, "accepted", None, None).await?;
+                tx.commit().await?;
+            }
+            Ok(updated)
+        }
+        .await;
+        if updated.context("recording a send receipt")? == 0 {
             return Ok(None);
         }
-        self.record_history(message_id, "accepted", None, None)
-            .await?;
         let Some(message) = self.message(message_id).await? else {
             return Ok(None);
         };
@@ -847,42 +844,30 @@ impl TenantDb {
         error: &Value,
     ) -> Result<Option<Message>, StorageError> {
         let now = now_ms();
-        sqlx::query(
-            "UPDATE messages SET status = $1, status_rank = 9, error = $2, failed_at = $3, updated_at = $3 \
-             WHERE tenant_id = $4 AND id = $5 AND status_rank < 9",
-        )
-        .bind(status)
-        .bind(error.to_string())
-        .bind(now)
-        .bind(self.tenant_id().as_str())
-        .bind(message_id)
-        .execute(self.storage().pool())
-        .await
-        .context("marking a message failed")?;
-        self.record_history(message_id, status, None, Some(error))
-            .await?;
-        self.message(message_id).await
-    }
-
-    async fn record_history(
-        &self,
-        message_id: &str,
-        status: &str,
-        provider_at: Option<i64>,
-        error: Option<&Value>,
-    ) -> Result<(), StorageError> {
-        sqlx::query(HISTORY_INSERT)
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(self.tenant_id().as_str())
-            .bind(message_id)
+        let tenant = self.tenant_id().as_str();
+        let outcome: Result<(), sqlx::Error> = async {
+            let mut tx = self.storage().begin_write().await?;
+            let updated = sqlx::query(
+                "UPDATE messages SET status = $1, status_rank = 9, error = $2, failed_at = $3, updated_at = $3 \
+                 WHERE tenant_id = $4 AND id = $5 AND status_rank < 9",
+            )
             .bind(status)
-            .bind(provider_at)
-            .bind(error.map(Value::to_string))
-            .bind(now_ms())
-            .execute(self.storage().pool())
-            .await
-            .context("recording a status")
-            .map(drop)
+            .bind(error.to_string())
+            .bind(now)
+            .bind(tenant)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated > 0 {
+                history_insert(&mut tx, tenant, message_id, status, None, Some(error)).await?;
+                tx.commit().await?;
+            }
+            Ok(())
+        }
+        .await;
+        outcome.context("marking a message failed")?;
+        self.message(message_id).await
     }
 
     /// A message's status history in the order it was recorded.
@@ -1271,4 +1256,26 @@ pub struct ConversationChange {
     pub status: Option<String>,
     /// Reset the unread count.
     pub mark_read: bool,
+}
+
+/// Appends a status to a message's history inside `tx`.
+async fn history_insert(
+    tx: &mut sqlx::AnyConnection,
+    tenant: &str,
+    message_id: &str,
+    status: &str,
+    provider_at: Option<i64>,
+    error: Option<&Value>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(HISTORY_INSERT)
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(tenant)
+        .bind(message_id)
+        .bind(status)
+        .bind(provider_at)
+        .bind(error.map(Value::to_string))
+        .bind(now_ms())
+        .execute(tx)
+        .await
+        .map(drop)
 }

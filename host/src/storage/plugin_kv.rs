@@ -164,11 +164,10 @@ impl PluginKv {
         let storage = self.db.storage();
         let tenant_id = self.db.tenant_id().as_str();
         let install_id = self.install_id.as_str();
-        let mut tx = match storage.backend() {
-            Backend::Sqlite => storage.pool().begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => storage.pool().begin().await,
-        }
-        .context("starting a plugin kv write")?;
+        let mut tx = storage
+            .begin_write()
+            .await
+            .context("starting a plugin kv write")?;
         if storage.backend() == Backend::Postgres {
             // Serializes concurrent writers of one tenant so the quota check holds.
             sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
