@@ -26,7 +26,7 @@ use crate::marketplace::{Marketplace, MarketplaceError};
 use crate::messaging::{Messaging, SendError, SendRequest};
 use crate::runtime::abi::{action_types as at, types};
 use crate::storage::{
-    FlowVersion, Job, NewJob, Run, RunChange, Step, StorageError, TenantDb, now_ms,
+    ContactEdit, FlowVersion, Job, NewJob, Run, RunChange, Step, StorageError, TenantDb, now_ms,
 };
 
 /// One problem found by validation.
@@ -1676,12 +1676,11 @@ impl Flows {
         change: &RunChange,
         jobs: &[NewJob],
     ) -> Result<(), JobFailure> {
-        let apply = |tags: &mut Vec<String>, fields: &mut Value| apply_ops(ops, tags, fields);
+        let owned = ops.to_vec();
+        let edit: ContactEdit =
+            Arc::new(move |tags: &mut Vec<String>, fields: &mut Value| apply_ops(&owned, tags, fields));
         let contact = match (&run.contact_id, ops.is_empty()) {
-            (Some(contact_id), false) => Some((
-                contact_id.as_str(),
-                &apply as &(dyn Fn(&mut Vec<String>, &mut Value) + Sync),
-            )),
+            (Some(contact_id), false) => Some((contact_id.as_str(), &edit)),
             _ => None,
         };
         if db

@@ -32,6 +32,7 @@ mod notes;
 mod plugin_kv;
 mod segments;
 mod sqlite_reads;
+mod sqlite_writer;
 mod teams;
 mod templates;
 mod tenants;
@@ -53,7 +54,7 @@ pub use audit::AuditEntry;
 pub use consent::{CONSENT_CHANNELS, ConsentEntry};
 pub use contacts::{Contact, ContactChange, ContactData, ContactWriteError};
 pub use custom_fields::{CustomField, FieldKind};
-pub use flows::{Flow, FlowVersion, Run, RunChange, Step};
+pub use flows::{ContactEdit, Flow, FlowVersion, Run, RunChange, Step};
 pub use imports::{DuplicateStrategy, ImportCounts, ImportJob, ImportRow, RowOutcome};
 pub use installs::Install;
 pub use jobs::{Job, NewJob, QueueDepth};
@@ -110,6 +111,14 @@ pub enum StorageError {
         #[source]
         source: sqlx::Error,
     },
+    /// A statement on the direct SQLite path failed.
+    #[error("database write failed while {context}: {message}")]
+    Direct {
+        /// What the storage layer was doing.
+        context: &'static str,
+        /// SQLite's error.
+        message: String,
+    },
     /// A file-system problem with the data directory.
     #[error("data directory problem: {0}")]
     Io(#[from] std::io::Error),
@@ -156,6 +165,14 @@ pub struct Storage {
     >,
     /// SQLite: this process's writers take turns here (see [`WriteTx`]).
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// The group-commit writer of the hot write paths, on SQLite files (started on
+    /// first use).
+    sqlite_writer: Option<
+        Arc<(
+            std::path::PathBuf,
+            std::sync::OnceLock<sqlite_writer::SqliteWriter>,
+        )>,
+    >,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE` on SQLite). On SQLite it also holds this
@@ -254,6 +271,11 @@ impl Storage {
                 Backend::Sqlite => Some(Arc::default()),
                 Backend::Postgres => None,
             },
+            sqlite_writer: match backend {
+                Backend::Sqlite => sqlite_reads::SqliteReads::file_of(url)
+                    .map(|path| Arc::new((path, std::sync::OnceLock::new()))),
+                Backend::Postgres => None,
+            },
         })
     }
 
@@ -332,6 +354,15 @@ impl Storage {
         self.inbound_writer.as_ref().map(|writer| {
             writer.1.get_or_init(|| {
                 inbound_writer::InboundWriter::start(writer.0.clone(), self.write_gate.clone())
+            })
+        })
+    }
+
+    /// The group-commit writer of the hot write paths, on SQLite files.
+    pub(crate) fn sqlite_writer(&self) -> Option<&sqlite_writer::SqliteWriter> {
+        self.sqlite_writer.as_ref().map(|writer| {
+            writer.1.get_or_init(|| {
+                sqlite_writer::SqliteWriter::start(writer.0.clone(), self.write_gate.clone())
             })
         })
     }

@@ -783,6 +783,71 @@ impl TenantDb {
     }
 }
 
+/// [`TenantDb::change_tags_and_fields_in`] on the direct SQLite path (the same SQL), inside
+/// the writer's transaction; the caller reports the changes after the commit.
+pub(crate) fn change_tags_and_fields_direct(
+    connection: &rusqlite::Connection,
+    tenant: &str,
+    id: &str,
+    change: impl FnOnce(&mut Vec<String>, &mut serde_json::Value),
+) -> rusqlite::Result<Option<Vec<ContactChange>>> {
+    use super::sqlite_writer::{exec, query};
+    let Some(text) = query(
+        connection,
+        "SELECT fields FROM contacts WHERE tenant_id = $1 AND id = $2",
+        &[&tenant, &id],
+        |row| row.get::<_, String>(0),
+    )?
+    .pop() else {
+        return Ok(None);
+    };
+    let old_fields: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({}));
+    let old_tags: Vec<String> = query(
+        connection,
+        "SELECT tag FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2 ORDER BY tag",
+        &[&tenant, &id],
+        |row| row.get(0),
+    )?;
+    let (mut tags, mut fields) = (old_tags.clone(), old_fields.clone());
+    change(&mut tags, &mut fields);
+    let changes = diff(&old_tags, &old_fields, &tags, &fields);
+    if changes.is_empty() {
+        return Ok(Some(changes));
+    }
+    if fields != old_fields {
+        exec(
+            connection,
+            "UPDATE contacts SET fields = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+            &[&fields.to_string(), &now_ms(), &tenant, &id],
+        )?;
+    } else {
+        exec(
+            connection,
+            "UPDATE contacts SET updated_at = $1 WHERE tenant_id = $2 AND id = $3",
+            &[&now_ms(), &tenant, &id],
+        )?;
+    }
+    for tag in old_tags.iter().filter(|tag| !tags.contains(tag)) {
+        exec(
+            connection,
+            "DELETE FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2 AND tag = $3",
+            &[&tenant, &id, tag],
+        )?;
+    }
+    let mut added: Vec<&String> = tags.iter().filter(|tag| !old_tags.contains(tag)).collect();
+    added.sort();
+    added.dedup();
+    for tag in added {
+        exec(
+            connection,
+            "INSERT INTO contact_tags (tenant_id, contact_id, tag) VALUES ($1, $2, $3)",
+            &[&tenant, &id, tag],
+        )?;
+    }
+    Ok(Some(changes))
+}
+
 /// A contact with its tags and current consent, read synchronously from SQLite (see
 /// `sqlite_reads`); the same result as `TenantDb::get_contact`'s sqlx path.
 fn read_contact(

@@ -110,6 +110,9 @@ pub struct Step {
     pub finished_at: i64,
 }
 
+/// A change to a contact's tags and custom fields, applied to their stored values.
+pub type ContactEdit = std::sync::Arc<dyn Fn(&mut Vec<String>, &mut Value) + Send + Sync>;
+
 /// How a recorded step moves its run.
 #[derive(Debug, Clone)]
 pub struct RunChange {
@@ -159,6 +162,40 @@ fn decode_flow(row: &sqlx::any::AnyRow) -> Result<Flow, sqlx::Error> {
 
 const RUN_COLUMNS: &str = "id, flow_id, version, contact_id, status, trigger, variables, current_node, visit, \
      waiting_for, wait_until, error, started_at, updated_at, finished_at";
+
+/// A run row read through the direct SQLite path (columns in [`RUN_COLUMNS`] order).
+fn decode_run_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
+    let parse = |text: String| serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Run {
+        id: row.get(0)?,
+        flow_id: row.get(1)?,
+        version: row.get(2)?,
+        contact_id: row.get(3)?,
+        status: row.get(4)?,
+        trigger: parse(row.get(5)?),
+        variables: parse(row.get(6)?),
+        current_node: row.get(7)?,
+        visit: row.get(8)?,
+        waiting_for: row.get(9)?,
+        wait_until: row.get(10)?,
+        error: row.get(11)?,
+        started_at: row.get(12)?,
+        updated_at: row.get(13)?,
+        finished_at: row.get(14)?,
+    })
+}
+
+const INSERT_RUN: &str = "INSERT INTO flow_runs (id, tenant_id, flow_id, version, contact_id, exclusive, status, trigger, \
+     variables, current_node, visit, started_at, updated_at, trigger_key) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '{}', $9, 0, $10, $10, $11)";
+
+const MOVE_RUN: &str = "UPDATE flow_runs SET status = $1, current_node = $2, variables = $3, waiting_for = $4, \
+     wait_until = $5, error = $6, visit = visit + $12, updated_at = $7, \
+     finished_at = CASE WHEN $8 = 1 THEN $7 ELSE finished_at END \
+     WHERE tenant_id = $9 AND id = $10 AND visit = $11 AND status IN ('running', 'waiting')";
+
+const INSERT_STEP: &str = "INSERT INTO flow_steps (id, tenant_id, run_id, node_id, visit, status, input, output, outcome, \
+     effects, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 fn decode_run(row: &sqlx::any::AnyRow) -> Result<Run, sqlx::Error> {
     Ok(Run {
@@ -453,20 +490,76 @@ impl TenantDb {
     ) -> Result<Option<Run>, StorageError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
+        let status = if first_node.is_some() { "running" } else { "completed" };
+        let exclusive = i64::from(exclusive && contact_id.is_some());
+        if let Some(writer) = self.storage().sqlite_writer() {
+            let jobs = make_jobs(&id);
+            let run = Run {
+                id: id.clone(),
+                flow_id: flow_id.to_string(),
+                version,
+                contact_id: contact_id.map(str::to_string),
+                status: status.to_string(),
+                trigger: trigger.clone(),
+                variables: serde_json::json!({}),
+                current_node: first_node.map(str::to_string),
+                visit: 0,
+                waiting_for: None,
+                wait_until: None,
+                error: None,
+                started_at: now,
+                updated_at: now,
+                finished_at: None,
+            };
+            let tenant = self.tenant_id().as_str().to_string();
+            let (trigger_text, trigger_key) = (trigger.to_string(), trigger_key.map(str::to_string));
+            let started = writer
+                .write(move |c| {
+                    let inserted = super::sqlite_writer::exec(
+                        c,
+                        INSERT_RUN,
+                        &[
+                            &run.id,
+                            &tenant,
+                            &run.flow_id,
+                            &run.version,
+                            &run.contact_id,
+                            &exclusive,
+                            &run.status,
+                            &trigger_text,
+                            &run.current_node,
+                            &now,
+                            &trigger_key,
+                        ],
+                    );
+                    match inserted {
+                        Err(error) if super::sqlite_writer::is_unique_violation(&error) => {
+                            return Ok(None);
+                        }
+                        other => other?,
+                    };
+                    for job in &jobs {
+                        super::jobs::insert_job_direct(c, job)?;
+                    }
+                    Ok(Some(run))
+                })
+                .await
+                .map_err(|message| StorageError::Direct {
+                    context: "starting a run",
+                    message,
+                })?;
+            return Ok(started);
+        }
         let outcome: Result<(), sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
-            sqlx::query(
-                "INSERT INTO flow_runs (id, tenant_id, flow_id, version, contact_id, exclusive, status, trigger, \
-                 variables, current_node, visit, started_at, updated_at, trigger_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '{}', $9, 0, $10, $10, $11)",
-            )
+            sqlx::query(INSERT_RUN)
             .bind(&id)
             .bind(self.tenant_id().as_str())
             .bind(flow_id)
             .bind(version)
             .bind(contact_id)
-            .bind(i64::from(exclusive && contact_id.is_some()))
-            .bind(if first_node.is_some() { "running" } else { "completed" })
+            .bind(exclusive)
+            .bind(status)
             .bind(trigger.to_string())
             .bind(first_node)
             .bind(now)
@@ -491,6 +584,16 @@ impl TenantDb {
 
     /// One run.
     pub async fn run(&self, id: &str) -> Result<Option<Run>, StorageError> {
+        if let Some(reads) = self.storage().sqlite_reads() {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM flow_runs WHERE tenant_id = $1 AND id = $2");
+            let tenant = self.tenant_id().as_str();
+            match reads.read(|c| super::sqlite_writer::query(c, &sql, &[&tenant, &id], decode_run_direct)) {
+                Ok(mut runs) => return Ok(runs.pop()),
+                Err(error) => {
+                    tracing::debug!(%error, "direct SQLite read failed; reading through sqlx");
+                }
+            }
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM flow_runs WHERE tenant_id = $1 AND id = $2"
         )))
@@ -598,7 +701,7 @@ impl TenantDb {
         &self,
         run_id: &str,
         steps: &[Step],
-        contact: Option<(&str, &(dyn Fn(&mut Vec<String>, &mut Value) + Sync))>,
+        contact: Option<(&str, &ContactEdit)>,
         change: &RunChange,
         jobs: &[NewJob],
     ) -> Result<bool, StorageError> {
@@ -609,14 +712,89 @@ impl TenantDb {
         let now = now_ms();
         let finished = matches!(change.status.as_str(), "completed" | "failed" | "cancelled");
         let taken = i64::try_from(steps.len()).unwrap_or(i64::MAX);
+        if let Some(writer) = self.storage().sqlite_writer() {
+            // The closure runs on the writer thread: it owns what it needs.
+            let (tenant, run_id) = (tenant.to_string(), run_id.to_string());
+            let (steps, change, jobs) = (steps.to_vec(), change.clone(), jobs.to_vec());
+            let edit = contact.map(|(id, edit)| (id.to_string(), edit.clone()));
+            let first_visit = first.visit;
+            let recorded = writer
+                .write(move |c| {
+                    use super::sqlite_writer::exec;
+                    let moved = exec(
+                        c,
+                        MOVE_RUN,
+                        &[
+                            &change.status,
+                            &change.current_node,
+                            &change.variables.to_string(),
+                            &change.waiting_for,
+                            &change.wait_until,
+                            &change.error,
+                            &now,
+                            &i64::from(finished),
+                            &tenant,
+                            &run_id,
+                            &first_visit,
+                            &taken,
+                        ],
+                    )?;
+                    if moved == 0 {
+                        return Ok(None);
+                    }
+                    for step in &steps {
+                        exec(
+                            c,
+                            INSERT_STEP,
+                            &[
+                                &uuid::Uuid::now_v7().to_string(),
+                                &tenant,
+                                &run_id,
+                                &step.node_id,
+                                &step.visit,
+                                &step.status,
+                                &step.input.to_string(),
+                                &step.output.as_ref().map(Value::to_string),
+                                &step.outcome.as_ref().map(Value::to_string),
+                                &step.effects.as_ref().map(Value::to_string),
+                                &step.error,
+                                &step.started_at,
+                                &step.finished_at,
+                            ],
+                        )?;
+                    }
+                    let mut changes = Vec::new();
+                    if let Some((contact_id, edit)) = &edit {
+                        changes = super::contacts::change_tags_and_fields_direct(
+                            c,
+                            &tenant,
+                            contact_id,
+                            |tags, fields| edit(tags, fields),
+                        )?
+                        .unwrap_or_default();
+                    }
+                    for job in &jobs {
+                        super::jobs::insert_job_direct(c, job)?;
+                    }
+                    Ok(Some(changes))
+                })
+                .await
+                .map_err(|message| StorageError::Direct {
+                    context: "recording steps",
+                    message,
+                })?;
+            let Some(changes) = recorded else {
+                return Ok(false);
+            };
+            if let Some((contact_id, _)) = contact {
+                self.storage()
+                    .report_contact_changes(self.tenant_id().as_str(), contact_id, changes);
+            }
+            return Ok(true);
+        }
         let outcome: Result<Option<Vec<super::ContactChange>>, sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
-            let moved = sqlx::query(
-                "UPDATE flow_runs SET status = $1, current_node = $2, variables = $3, waiting_for = $4, \
-                 wait_until = $5, error = $6, visit = visit + $12, updated_at = $7, \
-                 finished_at = CASE WHEN $8 = 1 THEN $7 ELSE finished_at END \
-                 WHERE tenant_id = $9 AND id = $10 AND visit = $11 AND status IN ('running', 'waiting')",
-            )
+            let moved = sqlx::query(MOVE_RUN)
             .bind(&change.status)
             .bind(change.current_node.as_deref())
             .bind(change.variables.to_string())
@@ -636,10 +814,7 @@ impl TenantDb {
                 return Ok(None);
             }
             for step in steps {
-                sqlx::query(
-                    "INSERT INTO flow_steps (id, tenant_id, run_id, node_id, visit, status, input, output, outcome, \
-                     effects, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                )
+                sqlx::query(INSERT_STEP)
                 .bind(uuid::Uuid::now_v7().to_string())
                 .bind(tenant)
                 .bind(run_id)
@@ -659,7 +834,9 @@ impl TenantDb {
             let mut changes = Vec::new();
             if let Some((contact_id, apply)) = contact {
                 changes = self
-                    .change_tags_and_fields_in(&mut tx, contact_id, apply)
+                    .change_tags_and_fields_in(&mut tx, contact_id, |tags, fields| {
+                        apply(tags, fields)
+                    })
                     .await?
                     .unwrap_or_default();
             }

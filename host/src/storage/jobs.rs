@@ -90,6 +90,59 @@ pub struct Job {
 const COLUMNS: &str = "id, tenant_id, queue, kind, payload, priority, run_at, state, attempts, \
                        max_attempts, last_error, idempotency_key, created_at, updated_at, finished_at";
 
+/// A job row read through the direct SQLite path (columns in [`COLUMNS`] order).
+fn decode_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let payload: String = row.get(4)?;
+    Ok(Job {
+        id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        queue: row.get(2)?,
+        kind: row.get(3)?,
+        payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+        priority: row.get(5)?,
+        run_at: row.get(6)?,
+        state: row.get(7)?,
+        attempts: row.get(8)?,
+        max_attempts: row.get(9)?,
+        last_error: row.get(10)?,
+        idempotency_key: row.get(11)?,
+        created_at: row.get(12)?,
+        updated_at: row.get(13)?,
+        finished_at: row.get(14)?,
+    })
+}
+
+/// Inserts `job` on the direct SQLite path (same SQL as [`insert_job`]).
+pub(crate) fn insert_job_direct(
+    connection: &rusqlite::Connection,
+    job: &NewJob,
+) -> rusqlite::Result<Option<String>> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = now_ms();
+    let inserted = super::sqlite_writer::exec(
+        connection,
+        INSERT_JOB,
+        &[
+            &id,
+            &job.tenant_id.as_ref().map(TenantId::as_str),
+            &job.queue,
+            &job.kind,
+            &job.payload.to_string(),
+            &i64::from(job.priority),
+            &job.run_at,
+            &i64::from(job.max_attempts.max(1)),
+            &job.idempotency_key.as_deref(),
+            &now,
+        ],
+    )?;
+    Ok((inserted > 0).then_some(id))
+}
+
+const INSERT_JOB: &str = "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, run_at, state, attempts, \
+     max_attempts, idempotency_key, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $10, $10) \
+     ON CONFLICT (idempotency_key) DO NOTHING";
+
 fn decode(row: &sqlx::any::AnyRow) -> Result<Job, sqlx::Error> {
     let payload: String = row.try_get("payload")?;
     Ok(Job {
@@ -122,12 +175,7 @@ where
 {
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_ms();
-    let inserted = sqlx::query(
-        "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, run_at, state, attempts, \
-         max_attempts, idempotency_key, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $10, $10) \
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )
+    let inserted = sqlx::query(INSERT_JOB)
     .bind(&id)
     .bind(job.tenant_id.as_ref().map(TenantId::as_str))
     .bind(&job.queue)
@@ -175,7 +223,6 @@ impl Storage {
         lease_ms: i64,
         limit: usize,
     ) -> Result<Vec<Job>, StorageError> {
-        let _turn = self.write_turn().await;
         let now = now_ms();
         let lock = match self.backend() {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -188,11 +235,30 @@ impl Storage {
                           ORDER BY priority DESC, run_at LIMIT $4{lock}) \
              RETURNING {COLUMNS}"
         );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        if let Some(writer) = self.sqlite_writer() {
+            let owner = owner.to_string();
+            return writer
+                .write(move |c| {
+                    super::sqlite_writer::query(
+                        c,
+                        &sql,
+                        &[&owner, &(now + lease_ms), &now, &limit],
+                        decode_direct,
+                    )
+                })
+                .await
+                .map_err(|message| StorageError::Direct {
+                    context: "claiming jobs",
+                    message,
+                });
+        }
+        let _turn = self.write_turn().await;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(owner)
             .bind(now + lease_ms)
             .bind(now)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(limit)
             .fetch_all(self.pool())
             .await
             .context("claiming jobs")?;
@@ -232,19 +298,29 @@ impl Storage {
 
     /// Marks a job done (if `owner` still holds it).
     pub async fn complete_job(&self, id: &str, owner: &str) -> Result<(), StorageError> {
-        let _turn = self.write_turn().await;
+        const SQL: &str = "UPDATE jobs SET state = 'done', lease_owner = NULL, finished_at = $1, updated_at = $1 \
+             WHERE id = $2 AND lease_owner = $3 AND state = 'running'";
         let now = now_ms();
-        sqlx::query(
-            "UPDATE jobs SET state = 'done', lease_owner = NULL, finished_at = $1, updated_at = $1 \
-             WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(owner)
-        .execute(self.pool())
-        .await
-        .context("completing a job")
-        .map(drop)
+        if let Some(writer) = self.sqlite_writer() {
+            let (id, owner) = (id.to_string(), owner.to_string());
+            return writer
+                .write(move |c| super::sqlite_writer::exec(c, SQL, &[&now, &id, &owner]))
+                .await
+                .map(drop)
+                .map_err(|message| StorageError::Direct {
+                    context: "completing a job",
+                    message,
+                });
+        }
+        let _turn = self.write_turn().await;
+        sqlx::query(SQL)
+            .bind(now)
+            .bind(id)
+            .bind(owner)
+            .execute(self.pool())
+            .await
+            .context("completing a job")
+            .map(drop)
     }
 
     /// Puts a failed job back in the queue until `run_at`, or dead-letters it when
