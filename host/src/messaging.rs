@@ -1333,9 +1333,8 @@ impl Messaging {
             })
             .await?;
         if let Some(updated) = accepted {
-            let now = now_ms();
-            db.record_messages_sent(1, now).await?;
-            db.mark_contacted(&message.contact_id, now).await?;
+            // The month's usage and the contact's last-contacted time were recorded
+            // with the acceptance.
             self.publish(&tenant, "message.status", message_event(&updated));
         }
         Ok(())

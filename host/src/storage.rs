@@ -367,6 +367,22 @@ impl Storage {
         })
     }
 
+    /// Runs `read` on the synchronous read path (SQLite files); `None` elsewhere or when
+    /// it fails (logged; the caller reads through sqlx instead).
+    pub(crate) fn read_direct<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Option<T> {
+        let reads = self.sqlite_reads.as_deref()?;
+        match reads.read(read) {
+            Ok(found) => Some(found),
+            Err(error) => {
+                tracing::debug!(%error, "direct SQLite read failed; reading through sqlx");
+                None
+            }
+        }
+    }
+
     /// The synchronous read path, on SQLite files.
     pub(crate) fn sqlite_reads(&self) -> Option<&sqlite_reads::SqliteReads> {
         self.sqlite_reads.as_deref()

@@ -227,6 +227,64 @@ fn decode_conversation(row: &sqlx::any::AnyRow) -> Result<Conversation, sqlx::Er
     })
 }
 
+/// A conversation row read directly ([`CONVERSATION_COLUMNS`] order).
+fn decode_conversation_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
+    let window_expires_at: Option<i64> = row.get(7)?;
+    Ok(Conversation {
+        id: row.get(0)?,
+        install_id: row.get(1)?,
+        channel: row.get(2)?,
+        contact_id: row.get(3)?,
+        status: row.get(4)?,
+        assignee: row.get(5)?,
+        unread: row.get(6)?,
+        window_expires_at,
+        window_open: window_expires_at.is_some_and(|until| until > now_ms()),
+        last_message_at: row.get(8)?,
+        last_inbound_at: row.get(9)?,
+        created_at: row.get(10)?,
+        updated_at: row.get(11)?,
+    })
+}
+
+/// A message row read directly ([`MESSAGE_COLUMNS`] order).
+fn decode_message_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let parse = |text: Option<String>| text.and_then(|text| serde_json::from_str(&text).ok());
+    Ok(Message {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        contact_id: row.get(2)?,
+        install_id: row.get(3)?,
+        direction: row.get(4)?,
+        kind: row.get(5)?,
+        content: parse(row.get(6)?).unwrap_or(Value::Null),
+        provider_message_id: row.get(7)?,
+        reply_to: row.get(8)?,
+        status: row.get(9)?,
+        error: parse(row.get(10)?),
+        purpose: row.get(11)?,
+        sent_by: row.get(12)?,
+        provider_at: row.get(13)?,
+        created_at: row.get(14)?,
+        updated_at: row.get(15)?,
+        sent_at: row.get(16)?,
+        delivered_at: row.get(17)?,
+        read_at: row.get(18)?,
+        failed_at: row.get(19)?,
+    })
+}
+
+const UPSERT_CONVERSATION: &str = "INSERT INTO conversations (id, tenant_id, install_id, channel, contact_id, status, unread, \
+     last_message_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'open', 0, $6, $6, $6) \
+     ON CONFLICT (tenant_id, install_id, contact_id) DO UPDATE SET \
+       last_message_at = excluded.last_message_at, updated_at = excluded.updated_at \
+     RETURNING id";
+
+const INSERT_OUTBOUND: &str = "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, install_id, direction, kind, \
+     content, reply_to, status, status_rank, purpose, idempotency_key, request_hash, sent_by, \
+     created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, 'outbound', $6, $7, $8, 'queued', 0, $9, $10, $11, $12, $13, $13)";
+
 fn json_column(row: &sqlx::any::AnyRow, name: &str) -> Result<Option<Value>, sqlx::Error> {
     let text: Option<String> = row.try_get(name)?;
     Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
@@ -482,16 +540,84 @@ impl TenantDb {
             return Ok(self.replay(existing, record));
         }
         let tenant = self.tenant_id().as_str();
+        if let Some(writer) = self.storage().sqlite_writer() {
+            let (tenant, owned, job) = (tenant.to_string(), record.clone(), job.clone());
+            let queued = writer
+                .write(move |c| {
+                    use super::sqlite_writer::{exec, query};
+                    let now = now_ms();
+                    let conversation_id: String = query(
+                        c,
+                        UPSERT_CONVERSATION,
+                        &[
+                            &uuid::Uuid::now_v7().to_string(),
+                            &tenant,
+                            &owned.install_id,
+                            &owned.channel,
+                            &owned.contact_id,
+                            &now,
+                        ],
+                        |row| row.get(0),
+                    )?
+                    .pop()
+                    .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                    let inserted = exec(
+                        c,
+                        INSERT_OUTBOUND,
+                        &[
+                            &owned.message_id,
+                            &tenant,
+                            &conversation_id,
+                            &owned.contact_id,
+                            &owned.install_id,
+                            &owned.kind,
+                            &owned.content.to_string(),
+                            &owned.reply_to,
+                            &owned.purpose,
+                            &owned.idempotency_key,
+                            &owned.request_hash,
+                            &owned.sent_by,
+                            &now,
+                        ],
+                    );
+                    match inserted {
+                        // Another request with the same key won: nothing of this one
+                        // is kept (the savepoint is released with no other change
+                        // than the conversation's timestamps).
+                        Err(error) if super::sqlite_writer::is_unique_violation(&error) => {
+                            return Ok(false);
+                        }
+                        other => other?,
+                    };
+                    super::jobs::insert_job_direct(c, &job)?;
+                    Ok(true)
+                })
+                .await
+                .map_err(|message| StorageError::Direct {
+                    context: "queueing a message",
+                    message,
+                })?;
+            if !queued {
+                let key = record.idempotency_key.as_deref().unwrap_or_default();
+                return match self.message_by_idempotency_key(key).await? {
+                    Some(existing) => Ok(self.replay(existing, record)),
+                    None => Err(StorageError::Direct {
+                        context: "queueing a message",
+                        message: "a message id was used twice".into(),
+                    }),
+                };
+            }
+            return Ok(Queued::New(self.message(&record.message_id).await?.ok_or(
+                StorageError::Query {
+                    context: "reading a queued message",
+                    source: sqlx::Error::RowNotFound,
+                },
+            )?));
+        }
         let outcome: Result<(), sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
             let now = now_ms();
-            let row = sqlx::query(
-                "INSERT INTO conversations (id, tenant_id, install_id, channel, contact_id, status, unread, \
-                 last_message_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'open', 0, $6, $6, $6) \
-                 ON CONFLICT (tenant_id, install_id, contact_id) DO UPDATE SET \
-                   last_message_at = excluded.last_message_at, updated_at = excluded.updated_at \
-                 RETURNING id",
-            )
+            let row = sqlx::query(UPSERT_CONVERSATION)
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(tenant)
             .bind(&record.install_id)
@@ -501,12 +627,7 @@ impl TenantDb {
             .fetch_one(&mut *tx)
             .await?;
             let conversation_id: String = row.try_get("id")?;
-            sqlx::query(
-                "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, install_id, direction, kind, \
-                 content, reply_to, status, status_rank, purpose, idempotency_key, request_hash, sent_by, \
-                 created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'outbound', $6, $7, $8, 'queued', 0, $9, $10, $11, $12, $13, $13)",
-            )
+            sqlx::query(INSERT_OUTBOUND)
             .bind(&record.message_id)
             .bind(tenant)
             .bind(&conversation_id)
@@ -563,6 +684,19 @@ impl TenantDb {
         &self,
         key: &str,
     ) -> Result<Option<(Message, Option<String>)>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        if let Some(mut found) = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS}, request_hash FROM messages WHERE tenant_id = $1 AND idempotency_key = $2"
+                ),
+                &[&tenant, &key],
+                |row| Ok((decode_message_direct(row)?, row.get(20)?)),
+            )
+        }) {
+            return Ok(found.pop());
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS}, request_hash FROM messages WHERE tenant_id = $1 AND idempotency_key = $2"
         )))
@@ -579,6 +713,17 @@ impl TenantDb {
 
     /// One message.
     pub async fn message(&self, id: &str) -> Result<Option<Message>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        if let Some(mut found) = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"),
+                &[&tenant, &id],
+                decode_message_direct,
+            )
+        }) {
+            return Ok(found.pop());
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
         )))
@@ -701,6 +846,17 @@ impl TenantDb {
     /// When message `id` was last handed to its provider with no outcome recorded since
     /// (an interrupted attempt), if ever.
     pub async fn send_attempted_at(&self, id: &str) -> Result<Option<i64>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        if let Some(found) = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                "SELECT send_attempted_at FROM messages WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &id],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+        }) {
+            return Ok(found.into_iter().next().flatten());
+        }
         let row =
             sqlx::query("SELECT send_attempted_at FROM messages WHERE tenant_id = $1 AND id = $2")
                 .bind(self.tenant_id().as_str())
@@ -720,8 +876,20 @@ impl TenantDb {
     /// Records (`Some`) or clears (`None`, the provider answered) the time message `id`
     /// was last handed to its provider.
     pub async fn set_send_attempt(&self, id: &str, at: Option<i64>) -> Result<(), StorageError> {
+        const SQL: &str = "UPDATE messages SET send_attempted_at = $1 WHERE tenant_id = $2 AND id = $3";
+        if let Some(writer) = self.storage().sqlite_writer() {
+            let (tenant, id) = (self.tenant_id().as_str().to_string(), id.to_string());
+            return writer
+                .write(move |c| super::sqlite_writer::exec(c, SQL, &[&at, &tenant, &id]))
+                .await
+                .map(drop)
+                .map_err(|message| StorageError::Direct {
+                    context: "recording a send attempt",
+                    message,
+                });
+        }
         let _turn = self.storage().write_turn().await;
-        sqlx::query("UPDATE messages SET send_attempted_at = $1 WHERE tenant_id = $2 AND id = $3")
+        sqlx::query(SQL)
             .bind(at)
             .bind(self.tenant_id().as_str())
             .bind(id)
@@ -754,36 +922,101 @@ impl TenantDb {
         let tenant = self.tenant_id().as_str();
         let now = now_ms();
         // Only once: the send job's receipt and a status echoing the message id (after a
-        // crash lost the receipt) may both try; the first records it. The status and its
-        // history entry are written together.
-        let updated: Result<u64, sqlx::Error> = async {
-            let mut tx = self.storage().begin_write().await?;
-            let updated = sqlx::query(
-                "UPDATE messages SET provider_message_id = $1, send_attempted_at = NULL, \
-                 status = CASE WHEN status_rank < 1 THEN 'accepted' ELSE status END, \
-                 status_rank = CASE WHEN status_rank < 1 THEN 1 ELSE status_rank END, updated_at = $2 \
-                 WHERE tenant_id = $3 AND id = $4 AND provider_message_id IS NULL",
-            )
-            .bind(provider_message_id)
-            .bind(now)
-            .bind(tenant)
-            .bind(message_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated > 0 {
-                history_insert(&mut tx, tenant, message_id, "accepted", None, None).await?;
-                tx.commit().await?;
+        // crash lost the receipt) may both try; the first records it. The status, its
+        // history entry, the month's usage and the contact's last-contacted time are
+        // written together, so a crash cannot count a message twice or not at all.
+        const ACCEPT: &str = "UPDATE messages SET provider_message_id = $1, send_attempted_at = NULL, \
+             status = CASE WHEN status_rank < 1 THEN 'accepted' ELSE status END, \
+             status_rank = CASE WHEN status_rank < 1 THEN 1 ELSE status_rank END, updated_at = $2 \
+             WHERE tenant_id = $3 AND id = $4 AND provider_message_id IS NULL";
+        const USAGE: &str = "INSERT INTO message_usage (tenant_id, month, sent) VALUES ($1, $2, 1) \
+             ON CONFLICT (tenant_id, month) DO UPDATE SET sent = message_usage.sent + excluded.sent";
+        const CONTACTED: &str = "UPDATE contacts SET last_contacted_at = $1 WHERE tenant_id = $2 \
+             AND id = (SELECT contact_id FROM messages WHERE tenant_id = $2 AND id = $3)";
+        let month = super::month_of(now);
+        let updated = if let Some(writer) = self.storage().sqlite_writer() {
+            let (tenant, message_id, provider) = (
+                tenant.to_string(),
+                message_id.to_string(),
+                provider_message_id.to_string(),
+            );
+            writer
+                .write(move |c| {
+                    use super::sqlite_writer::exec;
+                    let updated = exec(c, ACCEPT, &[&provider, &now, &tenant, &message_id])?;
+                    if updated > 0 {
+                        exec(
+                            c,
+                            HISTORY_INSERT,
+                            &[
+                                &uuid::Uuid::now_v7().to_string(),
+                                &tenant,
+                                &message_id,
+                                &"accepted",
+                                &None::<i64>,
+                                &None::<String>,
+                                &now,
+                            ],
+                        )?;
+                        exec(c, USAGE, &[&tenant, &month])?;
+                        exec(c, CONTACTED, &[&now, &tenant, &message_id])?;
+                    }
+                    Ok(updated)
+                })
+                .await
+                .map_err(|message| StorageError::Direct {
+                    context: "recording a send receipt",
+                    message,
+                })?
+        } else {
+            let updated: Result<usize, sqlx::Error> = async {
+                let mut tx = self.storage().begin_write().await?;
+                let updated = sqlx::query(ACCEPT)
+                    .bind(provider_message_id)
+                    .bind(now)
+                    .bind(tenant)
+                    .bind(message_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if updated > 0 {
+                    history_insert(&mut tx, tenant, message_id, "accepted", None, None).await?;
+                    sqlx::query(USAGE)
+                        .bind(tenant)
+                        .bind(&month)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(CONTACTED)
+                        .bind(now)
+                        .bind(tenant)
+                        .bind(message_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                }
+                Ok(usize::try_from(updated).unwrap_or(usize::MAX))
             }
-            Ok(updated)
-        }
-        .await;
-        if updated.context("recording a send receipt")? == 0 {
+            .await;
+            updated.context("recording a send receipt")?
+        };
+        if updated == 0 {
             return Ok(None);
         }
         let Some(message) = self.message(message_id).await? else {
             return Ok(None);
         };
+        let install = message.install_id.clone();
+        let any_early = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                "SELECT 1 FROM early_statuses WHERE tenant_id = $1 AND install_id = $2 AND provider_message_id = $3 LIMIT 1",
+                &[&tenant, &install, &provider_message_id],
+                |_| Ok(()),
+            )
+        });
+        if any_early.is_some_and(|rows| rows.is_empty()) {
+            return Ok(Some(message));
+        }
         let early = sqlx::query(
             "SELECT id, status, provider_at, error FROM early_statuses \
              WHERE tenant_id = $1 AND install_id = $2 AND provider_message_id = $3 ORDER BY recorded_at",
@@ -896,6 +1129,17 @@ impl TenantDb {
 
     /// One conversation.
     pub async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        if let Some(mut found) = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND id = $2"),
+                &[&tenant, &id],
+                decode_conversation_direct,
+            )
+        }) {
+            return Ok(found.pop());
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = $1 AND id = $2"
         )))
@@ -916,6 +1160,20 @@ impl TenantDb {
         install_id: &str,
         contact_id: &str,
     ) -> Result<Option<Conversation>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        if let Some(mut found) = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                &format!(
+                    "SELECT {CONVERSATION_COLUMNS} FROM conversations \
+                     WHERE tenant_id = $1 AND install_id = $2 AND contact_id = $3"
+                ),
+                &[&tenant, &install_id, &contact_id],
+                decode_conversation_direct,
+            )
+        }) {
+            return Ok(found.pop());
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations \
              WHERE tenant_id = $1 AND install_id = $2 AND contact_id = $3"

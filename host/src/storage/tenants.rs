@@ -302,6 +302,17 @@ impl super::TenantDb {
 
     /// Messages this tenant sent in `month` (`YYYY-MM`).
     pub async fn messages_sent(&self, month: &str) -> Result<u64, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        if let Some(found) = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                "SELECT sent FROM message_usage WHERE tenant_id = $1 AND month = $2",
+                &[&tenant, &month],
+                |row| row.get::<_, i64>(0),
+            )
+        }) {
+            return Ok(found.first().map_or(0, |sent| u64::try_from(*sent).unwrap_or(0)));
+        }
         let row = sqlx::query("SELECT sent FROM message_usage WHERE tenant_id = $1 AND month = $2")
             .bind(self.tenant_id().as_str())
             .bind(month)
