@@ -767,8 +767,11 @@ struct Inner {
     descriptors: Mutex<HashMap<String, (Vec<String>, Value)>>,
     live: Mutex<HashMap<String, (Instant, Arc<LiveFlows>)>>,
     /// Published versions by (tenant, flow, version), parsed: they never change.
-    versions: Mutex<HashMap<(String, String, i64), Arc<(FlowVersion, Graph)>>>,
+    versions: Mutex<HashMap<VersionKey, Arc<(FlowVersion, Graph)>>>,
 }
+
+/// Tenant, flow and version number.
+type VersionKey = (String, String, i64);
 
 /// At most this many steps run in one `flow.step` job before the run goes back to the
 /// queue (so one long run cannot hold a worker; graphs without waits are acyclic).
@@ -1294,12 +1297,20 @@ impl Flows {
         let version_number = flow.published_version.ok_or_else(|| {
             StartError::Invalid("the flow has no published version; publish it first".into())
         })?;
-        let version = db
-            .flow_version(flow_id, version_number)
-            .await?
-            .ok_or_else(|| StartError::NotFound(format!("no version {version_number}")))?;
-        let graph = parse_graph(&version.graph)
-            .map_err(|_| StartError::Invalid("the published graph is unreadable".into()))?;
+        let parsed = self
+            .version(db, flow_id, version_number)
+            .await
+            .map_err(|failure| {
+                if failure.retryable {
+                    StartError::Storage(StorageError::Direct {
+                        context: "reading a flow version",
+                        message: failure.message,
+                    })
+                } else {
+                    StartError::Invalid(format!("the published version: {}", failure.message))
+                }
+            })?;
+        let (version, graph) = (&parsed.0, &parsed.1);
         let trigger = graph
             .triggers
             .iter()
@@ -1326,8 +1337,8 @@ impl Flows {
             json!({ "type": source, "trigger_id": trigger.id, "payload": payload });
         self.start(
             db,
-            &version,
-            &graph,
+            version,
+            graph,
             &trigger.id,
             contact_id,
             trigger_payload,
@@ -1677,8 +1688,9 @@ impl Flows {
         jobs: &[NewJob],
     ) -> Result<(), JobFailure> {
         let owned = ops.to_vec();
-        let edit: ContactEdit =
-            Arc::new(move |tags: &mut Vec<String>, fields: &mut Value| apply_ops(&owned, tags, fields));
+        let edit: ContactEdit = Arc::new(move |tags: &mut Vec<String>, fields: &mut Value| {
+            apply_ops(&owned, tags, fields)
+        });
         let contact = match (&run.contact_id, ops.is_empty()) {
             (Some(contact_id), false) => Some((contact_id.as_str(), &edit)),
             _ => None,

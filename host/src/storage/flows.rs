@@ -143,6 +143,23 @@ fn opt_json(row: &sqlx::any::AnyRow, name: &str) -> Result<Option<Value>, sqlx::
 const FLOW_COLUMNS: &str = "id, name, draft, published_version, enabled, webhook_token, webhook_secret, \
      created_at, updated_at";
 
+/// A flow row read directly ([`FLOW_COLUMNS`] order).
+fn decode_flow_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Flow> {
+    let draft: String = row.get(2)?;
+    let enabled: i64 = row.get(4)?;
+    Ok(Flow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        draft: serde_json::from_str(&draft).unwrap_or(Value::Null),
+        published_version: row.get(3)?,
+        enabled: enabled != 0,
+        webhook_token: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+        webhook_secret: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
 fn decode_flow(row: &sqlx::any::AnyRow) -> Result<Flow, sqlx::Error> {
     let enabled: i64 = row.try_get("enabled")?;
     Ok(Flow {
@@ -243,6 +260,17 @@ impl TenantDb {
 
     /// One flow.
     pub async fn flow(&self, id: &str) -> Result<Option<Flow>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        if let Some(mut found) = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                &format!("SELECT {FLOW_COLUMNS} FROM flows WHERE tenant_id = $1 AND id = $2"),
+                &[&tenant, &id],
+                decode_flow_direct,
+            )
+        }) {
+            return Ok(found.pop());
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {FLOW_COLUMNS} FROM flows WHERE tenant_id = $1 AND id = $2"
         )))
@@ -490,7 +518,11 @@ impl TenantDb {
     ) -> Result<Option<Run>, StorageError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
-        let status = if first_node.is_some() { "running" } else { "completed" };
+        let status = if first_node.is_some() {
+            "running"
+        } else {
+            "completed"
+        };
         let exclusive = i64::from(exclusive && contact_id.is_some());
         if let Some(writer) = self.storage().sqlite_writer() {
             let jobs = make_jobs(&id);
@@ -512,7 +544,8 @@ impl TenantDb {
                 finished_at: None,
             };
             let tenant = self.tenant_id().as_str().to_string();
-            let (trigger_text, trigger_key) = (trigger.to_string(), trigger_key.map(str::to_string));
+            let (trigger_text, trigger_key) =
+                (trigger.to_string(), trigger_key.map(str::to_string));
             let started = writer
                 .write(move |c| {
                     let inserted = super::sqlite_writer::exec(
@@ -553,19 +586,19 @@ impl TenantDb {
         let outcome: Result<(), sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
             sqlx::query(INSERT_RUN)
-            .bind(&id)
-            .bind(self.tenant_id().as_str())
-            .bind(flow_id)
-            .bind(version)
-            .bind(contact_id)
-            .bind(exclusive)
-            .bind(status)
-            .bind(trigger.to_string())
-            .bind(first_node)
-            .bind(now)
-            .bind(trigger_key)
-            .execute(&mut *tx)
-            .await?;
+                .bind(&id)
+                .bind(self.tenant_id().as_str())
+                .bind(flow_id)
+                .bind(version)
+                .bind(contact_id)
+                .bind(exclusive)
+                .bind(status)
+                .bind(trigger.to_string())
+                .bind(first_node)
+                .bind(now)
+                .bind(trigger_key)
+                .execute(&mut *tx)
+                .await?;
             for job in make_jobs(&id) {
                 insert_job(&mut *tx, &job).await?;
             }
@@ -585,9 +618,12 @@ impl TenantDb {
     /// One run.
     pub async fn run(&self, id: &str) -> Result<Option<Run>, StorageError> {
         if let Some(reads) = self.storage().sqlite_reads() {
-            let sql = format!("SELECT {RUN_COLUMNS} FROM flow_runs WHERE tenant_id = $1 AND id = $2");
+            let sql =
+                format!("SELECT {RUN_COLUMNS} FROM flow_runs WHERE tenant_id = $1 AND id = $2");
             let tenant = self.tenant_id().as_str();
-            match reads.read(|c| super::sqlite_writer::query(c, &sql, &[&tenant, &id], decode_run_direct)) {
+            match reads
+                .read(|c| super::sqlite_writer::query(c, &sql, &[&tenant, &id], decode_run_direct))
+            {
                 Ok(mut runs) => return Ok(runs.pop()),
                 Err(error) => {
                     tracing::debug!(%error, "direct SQLite read failed; reading through sqlx");
@@ -787,49 +823,52 @@ impl TenantDb {
                 return Ok(false);
             };
             if let Some((contact_id, _)) = contact {
-                self.storage()
-                    .report_contact_changes(self.tenant_id().as_str(), contact_id, changes);
+                self.storage().report_contact_changes(
+                    self.tenant_id().as_str(),
+                    contact_id,
+                    changes,
+                );
             }
             return Ok(true);
         }
         let outcome: Result<Option<Vec<super::ContactChange>>, sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
             let moved = sqlx::query(MOVE_RUN)
-            .bind(&change.status)
-            .bind(change.current_node.as_deref())
-            .bind(change.variables.to_string())
-            .bind(change.waiting_for.as_deref())
-            .bind(change.wait_until)
-            .bind(change.error.as_deref())
-            .bind(now)
-            .bind(i64::from(finished))
-            .bind(tenant)
-            .bind(run_id)
-            .bind(first.visit)
-            .bind(taken)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+                .bind(&change.status)
+                .bind(change.current_node.as_deref())
+                .bind(change.variables.to_string())
+                .bind(change.waiting_for.as_deref())
+                .bind(change.wait_until)
+                .bind(change.error.as_deref())
+                .bind(now)
+                .bind(i64::from(finished))
+                .bind(tenant)
+                .bind(run_id)
+                .bind(first.visit)
+                .bind(taken)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             if moved == 0 {
                 return Ok(None);
             }
             for step in steps {
                 sqlx::query(INSERT_STEP)
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(tenant)
-                .bind(run_id)
-                .bind(&step.node_id)
-                .bind(step.visit)
-                .bind(&step.status)
-                .bind(step.input.to_string())
-                .bind(step.output.as_ref().map(Value::to_string))
-                .bind(step.outcome.as_ref().map(Value::to_string))
-                .bind(step.effects.as_ref().map(Value::to_string))
-                .bind(step.error.as_deref())
-                .bind(step.started_at)
-                .bind(step.finished_at)
-                .execute(&mut *tx)
-                .await?;
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(tenant)
+                    .bind(run_id)
+                    .bind(&step.node_id)
+                    .bind(step.visit)
+                    .bind(&step.status)
+                    .bind(step.input.to_string())
+                    .bind(step.output.as_ref().map(Value::to_string))
+                    .bind(step.outcome.as_ref().map(Value::to_string))
+                    .bind(step.effects.as_ref().map(Value::to_string))
+                    .bind(step.error.as_deref())
+                    .bind(step.started_at)
+                    .bind(step.finished_at)
+                    .execute(&mut *tx)
+                    .await?;
             }
             let mut changes = Vec::new();
             if let Some((contact_id, apply)) = contact {

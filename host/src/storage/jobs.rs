@@ -176,19 +176,19 @@ where
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_ms();
     let inserted = sqlx::query(INSERT_JOB)
-    .bind(&id)
-    .bind(job.tenant_id.as_ref().map(TenantId::as_str))
-    .bind(&job.queue)
-    .bind(&job.kind)
-    .bind(job.payload.to_string())
-    .bind(i64::from(job.priority))
-    .bind(job.run_at)
-    .bind(i64::from(job.max_attempts.max(1)))
-    .bind(job.idempotency_key.as_deref())
-    .bind(now)
-    .execute(executor)
-    .await?
-    .rows_affected();
+        .bind(&id)
+        .bind(job.tenant_id.as_ref().map(TenantId::as_str))
+        .bind(&job.queue)
+        .bind(&job.kind)
+        .bind(job.payload.to_string())
+        .bind(i64::from(job.priority))
+        .bind(job.run_at)
+        .bind(i64::from(job.max_attempts.max(1)))
+        .bind(job.idempotency_key.as_deref())
+        .bind(now)
+        .execute(executor)
+        .await?
+        .rows_affected();
     Ok((inserted > 0).then_some(id))
 }
 

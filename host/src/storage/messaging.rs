@@ -618,31 +618,31 @@ impl TenantDb {
             let mut tx = self.storage().begin_write().await?;
             let now = now_ms();
             let row = sqlx::query(UPSERT_CONVERSATION)
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(tenant)
-            .bind(&record.install_id)
-            .bind(&record.channel)
-            .bind(&record.contact_id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(tenant)
+                .bind(&record.install_id)
+                .bind(&record.channel)
+                .bind(&record.contact_id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
             let conversation_id: String = row.try_get("id")?;
             sqlx::query(INSERT_OUTBOUND)
-            .bind(&record.message_id)
-            .bind(tenant)
-            .bind(&conversation_id)
-            .bind(&record.contact_id)
-            .bind(&record.install_id)
-            .bind(&record.kind)
-            .bind(record.content.to_string())
-            .bind(record.reply_to.as_deref())
-            .bind(&record.purpose)
-            .bind(record.idempotency_key.as_deref())
-            .bind(record.request_hash.as_deref())
-            .bind(record.sent_by.as_deref())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                .bind(&record.message_id)
+                .bind(tenant)
+                .bind(&conversation_id)
+                .bind(&record.contact_id)
+                .bind(&record.install_id)
+                .bind(&record.kind)
+                .bind(record.content.to_string())
+                .bind(record.reply_to.as_deref())
+                .bind(&record.purpose)
+                .bind(record.idempotency_key.as_deref())
+                .bind(record.request_hash.as_deref())
+                .bind(record.sent_by.as_deref())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             insert_job(&mut *tx, job).await?;
             tx.commit().await
         }
@@ -876,7 +876,8 @@ impl TenantDb {
     /// Records (`Some`) or clears (`None`, the provider answered) the time message `id`
     /// was last handed to its provider.
     pub async fn set_send_attempt(&self, id: &str, at: Option<i64>) -> Result<(), StorageError> {
-        const SQL: &str = "UPDATE messages SET send_attempted_at = $1 WHERE tenant_id = $2 AND id = $3";
+        const SQL: &str =
+            "UPDATE messages SET send_attempted_at = $1 WHERE tenant_id = $2 AND id = $3";
         if let Some(writer) = self.storage().sqlite_writer() {
             let (tenant, id) = (self.tenant_id().as_str().to_string(), id.to_string());
             return writer

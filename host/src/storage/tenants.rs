@@ -311,7 +311,9 @@ impl super::TenantDb {
                 |row| row.get::<_, i64>(0),
             )
         }) {
-            return Ok(found.first().map_or(0, |sent| u64::try_from(*sent).unwrap_or(0)));
+            return Ok(found
+                .first()
+                .map_or(0, |sent| u64::try_from(*sent).unwrap_or(0)));
         }
         let row = sqlx::query("SELECT sent FROM message_usage WHERE tenant_id = $1 AND month = $2")
             .bind(self.tenant_id().as_str())
