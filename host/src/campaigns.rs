@@ -559,8 +559,8 @@ async fn compile_audience(db: &TenantDb, audience: &Value) -> Result<Audience, C
     let exclude_tags = tag_exprs(&strings(&audience["exclude"]["tags"]));
     Ok(Audience {
         include: Expr::Or(include),
-        exclude_segments: (!exclude_segments.is_empty()).then(|| Expr::Or(exclude_segments)),
-        exclude_tags: (!exclude_tags.is_empty()).then(|| Expr::Or(exclude_tags)),
+        exclude_segments: (!exclude_segments.is_empty()).then_some(Expr::Or(exclude_segments)),
+        exclude_tags: (!exclude_tags.is_empty()).then_some(Expr::Or(exclude_tags)),
     })
 }
 
@@ -1087,24 +1087,32 @@ impl Campaigns {
         }
         self.ready_to_start(db, campaign).await?;
         if !db
-            .transition_campaign(&campaign.id, &["draft", "scheduled"], "running", None)
+            .transition_campaign_with_jobs(
+                &campaign.id,
+                &["draft", "scheduled"],
+                "running",
+                None,
+                None,
+                &Self::launch_jobs(db, campaign, false),
+            )
             .await?
         {
             return Err(Self::state_error(campaign, "started"));
         }
-        self.launch(db, campaign).await?;
+        self.launched(db, campaign);
         Ok(())
     }
 
-    /// Queues the fan-out, the progress chain and the A/B decision of a campaign that
-    /// just turned `running`.
-    async fn launch(&self, db: &TenantDb, campaign: &Campaign) -> Result<(), StorageError> {
+    /// The jobs that run a campaign turning `running` (at `campaign.generation`): the
+    /// fan-out (which first re-queues waiting recipients when `requeue`), the progress
+    /// chain and the A/B decision.
+    fn launch_jobs(db: &TenantDb, campaign: &Campaign, requeue: bool) -> Vec<NewJob> {
         let now = now_ms();
         let mut jobs = vec![
             job(
                 "campaign.start",
                 db,
-                json!({"campaign_id": campaign.id}),
+                json!({"campaign_id": campaign.id, "requeue": requeue}),
                 format!("campaign:{}:start:g{}", campaign.id, campaign.generation),
                 now,
             ),
@@ -1124,18 +1132,21 @@ impl Campaigns {
             .as_ref()
             .and_then(|ab| ab["duration_seconds"].as_i64())
         {
+            let started = campaign.started_at.unwrap_or(now);
             jobs.push(job(
                 "campaign.ab_decide",
                 db,
                 json!({"campaign_id": campaign.id}),
                 format!("campaign:{}:ab_decide", campaign.id),
-                now + duration * 1_000,
+                started + duration * 1_000,
             ));
         }
-        db.enqueue_campaign_jobs(&jobs).await?;
+        jobs
+    }
+
+    fn launched(&self, db: &TenantDb, campaign: &Campaign) {
         self.inner.jobs.wake();
         self.publish_status(db, &campaign.id, "running", None);
-        Ok(())
     }
 
     /// Schedules a draft or scheduled campaign at `at` (Unix ms).
@@ -1199,12 +1210,31 @@ impl Campaigns {
         let waiting = db.campaign_recipient_count(&campaign.id, "queued").await?
             + db.campaign_recipient_count(&campaign.id, "held").await?;
         Self::check_quota(db, waiting).await?;
-        let Some(generation) = db.resume_campaign(&campaign.id).await? else {
-            return Err(Self::state_error(campaign, "resumed"));
-        };
         let mut resumed = campaign.clone();
-        resumed.generation = generation;
-        resumed.status = "running".into();
+        resumed.generation = campaign.generation + 1;
+        if !db
+            .transition_campaign_with_jobs(
+                &campaign.id,
+                &["paused"],
+                "running",
+                None,
+                Some(campaign.generation),
+                &Self::launch_jobs(db, &resumed, true),
+            )
+            .await?
+        {
+            return Err(Self::state_error(campaign, "resumed"));
+        }
+        self.launched(db, &resumed);
+        Ok(())
+    }
+
+    /// Queues a send job for every recipient still waiting (after a resume).
+    async fn requeue_waiting(
+        &self,
+        db: &TenantDb,
+        campaign: &Campaign,
+    ) -> Result<(), StorageError> {
         let mut after = String::new();
         let mut index = 0;
         let base = now_ms();
@@ -1213,7 +1243,7 @@ impl Campaigns {
                 .campaign_recipients_in(&campaign.id, "queued", &after, i64::from(BATCH))
                 .await?;
             let Some(last) = page.last() else {
-                break;
+                return Ok(());
             };
             after = last.contact_id.clone();
             let jobs: Vec<NewJob> = page
@@ -1222,16 +1252,15 @@ impl Campaigns {
                     index += 1;
                     send_job(
                         db,
-                        &resumed,
+                        campaign,
                         &recipient.contact_id,
                         paced(base, campaign.throttle_per_minute, index - 1),
                     )
                 })
                 .collect();
             db.enqueue_campaign_jobs(&jobs).await?;
+            self.inner.jobs.wake();
         }
-        self.launch(db, &resumed).await?;
-        Ok(())
     }
 
     /// Cancels a campaign that has not finished: recipients not yet handed to the outbox
@@ -1299,16 +1328,25 @@ impl Campaigns {
                     return Ok(());
                 }
             }
-            if !db
-                .transition_campaign(&campaign.id, &["scheduled"], "running", None)
+            campaign.started_at = Some(now_ms());
+            if db
+                .transition_campaign_with_jobs(
+                    &campaign.id,
+                    &["scheduled"],
+                    "running",
+                    None,
+                    None,
+                    &Self::launch_jobs(db, &campaign, false),
+                )
                 .await?
             {
-                return Ok(());
+                // The launch queued the fan-out proper as its own job.
+                self.launched(db, &campaign);
             }
-            campaign.status = "running".into();
-            self.launch(db, &campaign).await?;
-            // The launch queued this job's twin (the fan-out proper); let it run.
             return Ok(());
+        }
+        if campaign.status == "running" && payload["requeue"].as_bool() == Some(true) {
+            self.requeue_waiting(db, &campaign).await?;
         }
         self.fan_out(db, campaign).await
     }
@@ -1766,8 +1804,8 @@ impl Campaigns {
 }
 
 fn skip_reason_of(missing: &str) -> String {
-    if missing.starts_with("template:") {
-        format!("invalid_variables:{}", &missing["template:".len()..])
+    if let Some(problems) = missing.strip_prefix("template:") {
+        format!("invalid_variables:{problems}")
     } else {
         format!("missing_variable:{missing}")
     }

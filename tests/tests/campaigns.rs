@@ -131,6 +131,17 @@ fn body_parameters(message: &SentMessage) -> Vec<String> {
         .collect()
 }
 
+/// (name, phone, email, tags, city, consent, expected outcome).
+type Person = (
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    Vec<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    &'static str,
+);
+
 async fn wait_for_status(api: &Api, id: &str, status: &str) -> Value {
     eventually(&format!("campaign {id} to be {status}"), || async {
         let (_, campaign) = api.get(&format!("/v1/campaigns/{id}")).await;
@@ -176,15 +187,7 @@ async fn end_to_end(database_url: Option<String>) {
     let berliners = segment["id"].as_str().expect("id").to_string();
 
     // (name, phone, email, tags, city, consent) → expected outcome.
-    let people: Vec<(
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-        Vec<&str>,
-        Option<&str>,
-        Option<&str>,
-        &str,
-    )> = vec![
+    let people: Vec<Person> = vec![
         (
             Some("Ada"),
             Some("+14155550101"),
@@ -619,6 +622,53 @@ async fn end_to_end(database_url: Option<String>) {
     }
     let (status, _) = api.delete(&format!("/v1/campaigns/{id}")).await;
     assert_eq!(status, 204, "{label}: a completed campaign can be deleted");
+
+    // Pause, resume and cancel, on a campaign throttled to one message a minute: the
+    // first goes at once, the next waits a minute — or a resume, which queues the
+    // waiting recipients again from now; cancelling marks the rest cancelled.
+    let mut slow = good.clone();
+    slow["name"] = json!("Slow");
+    slow["throttle_per_minute"] = json!(1);
+    let (status, campaign) = api.post("/v1/campaigns", slow).await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let slow_id = campaign["id"].as_str().expect("id").to_string();
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{slow_id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+    eventually("the first throttled send", || async {
+        (fake.sent_count() == 6).then_some(())
+    })
+    .await;
+    let (status, paused) = api
+        .post(&format!("/v1/campaigns/{slow_id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {paused}");
+    assert_eq!(paused["status"], "paused");
+    let (status, _) = api
+        .post(&format!("/v1/campaigns/{slow_id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, 409, "{label}: pausing twice");
+    let (status, resumed) = api
+        .post(&format!("/v1/campaigns/{slow_id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {resumed}");
+    eventually("the next send after the resume", || async {
+        (fake.sent_count() == 7).then_some(())
+    })
+    .await;
+    let (status, cancelled) = api
+        .post(&format!("/v1/campaigns/{slow_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {cancelled}");
+    assert_eq!(cancelled["status"], "cancelled", "{label}: {cancelled}");
+    assert_eq!(cancelled["recipients_cancelled"], 3, "{label}: {cancelled}");
+    let (_, stats) = api.get(&format!("/v1/campaigns/{slow_id}/stats")).await;
+    assert_eq!(
+        (&stats["sent"], &stats["cancelled"]),
+        (&json!(2), &json!(3)),
+        "{label}: {stats}"
+    );
     storage.close().await;
 }
 

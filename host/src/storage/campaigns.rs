@@ -417,6 +417,23 @@ impl TenantDb {
         to: &str,
         reason: Option<&str>,
     ) -> Result<bool, StorageError> {
+        self.transition_campaign_with_jobs(id, from, to, reason, None, &[])
+            .await
+    }
+
+    /// As [`transition_campaign`](Self::transition_campaign), and in the same
+    /// transaction queues `jobs` and, with `generation = Some(g)`, moves the campaign from
+    /// generation `g` to `g + 1` (refusing if it is not at `g`): a status change and the
+    /// jobs that carry it out are committed together or not at all.
+    pub async fn transition_campaign_with_jobs(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        reason: Option<&str>,
+        generation: Option<i64>,
+        jobs: &[NewJob],
+    ) -> Result<bool, StorageError> {
         let mut sql = Sql::new("UPDATE campaigns SET status = ");
         let to_param = sql.bind(Bind::Text(to.to_string()));
         sql.push(&to_param);
@@ -440,13 +457,29 @@ impl TenantDb {
             sql.push(&state);
         }
         sql.push(")");
-        let moved = sql
-            .into_query()
-            .execute(self.storage().pool())
-            .await
-            .context("changing a campaign's status")?
-            .rows_affected();
-        Ok(moved > 0)
+        if let Some(generation) = generation {
+            let current = sql.bind(Bind::Int(generation));
+            sql.push(&format!(" AND generation = {current}"));
+            sql.text = sql.text.replacen(
+                "SET status = ",
+                "SET generation = generation + 1, status = ",
+                1,
+            );
+        }
+        let result: Result<bool, sqlx::Error> = async {
+            let mut tx = self.storage().begin_write().await?;
+            let moved = sql.into_query().execute(&mut *tx).await?.rows_affected();
+            if moved == 0 {
+                return Ok(false);
+            }
+            for job in jobs {
+                insert_job(&mut *tx, job).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await;
+        result.context("changing a campaign's status")
     }
 
     /// Schedules a draft or scheduled campaign at `at`; whether it was one.
@@ -464,23 +497,6 @@ impl TenantDb {
         .context("scheduling a campaign")?
         .rows_affected();
         Ok(updated > 0)
-    }
-
-    /// Resumes a paused campaign: its new generation, or `None` if it was not paused.
-    pub async fn resume_campaign(&self, id: &str) -> Result<Option<i64>, StorageError> {
-        let row = sqlx::query(
-            "UPDATE campaigns SET status = 'running', status_reason = NULL, generation = generation + 1, \
-             updated_at = $1 WHERE tenant_id = $2 AND id = $3 AND status = 'paused' RETURNING generation",
-        )
-        .bind(now_ms())
-        .bind(self.tenant_id().as_str())
-        .bind(id)
-        .fetch_optional(self.storage().pool())
-        .await
-        .context("resuming a campaign")?;
-        row.map(|row| row.try_get::<i64, _>("generation"))
-            .transpose()
-            .context("resuming a campaign")
     }
 
     /// Writes one fan-out batch in one transaction: the recipients (existing ones are
