@@ -221,7 +221,7 @@ impl TenantDb {
     /// Saves a new campaign with its variants.
     pub async fn create_campaign(&self, campaign: &Campaign) -> Result<(), StorageError> {
         let result: Result<(), sqlx::Error> = async {
-            let mut tx = self.storage().pool().begin().await?;
+            let mut tx = self.storage().begin_write().await?;
             sqlx::query(
                 "INSERT INTO campaigns (id, tenant_id, name, install_id, channel, purpose, audience, \
                  schedule_at, throttle_per_minute, quiet_hours, reply_window_ms, ab, status, \
@@ -254,14 +254,14 @@ impl TenantDb {
 
     async fn write_variants(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut sqlx::AnyConnection,
         campaign_id: &str,
         variants: &[Variant],
     ) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM campaign_variants WHERE tenant_id = $1 AND campaign_id = $2")
             .bind(self.tenant_id().as_str())
             .bind(campaign_id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         for (position, variant) in variants.iter().enumerate() {
             sqlx::query(
@@ -275,7 +275,7 @@ impl TenantDb {
             .bind(&variant.template_name)
             .bind(&variant.template_language)
             .bind(variant.variables.to_string())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         }
         Ok(())
@@ -601,6 +601,8 @@ impl TenantDb {
         message_id: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool, StorageError> {
+        // One of the hot writes: take this process's SQLite write turn (see `WriteTx`).
+        let _turn = self.storage().write_turn().await;
         let updated = sqlx::query(
             "UPDATE campaign_recipients SET state = $1, skip_reason = $2, message_id = $3, error = $4, \
              updated_at = $5 WHERE tenant_id = $6 AND campaign_id = $7 AND contact_id = $8 AND state = 'queued'",
