@@ -5,6 +5,7 @@
 mod admin;
 mod api_keys;
 pub mod auth;
+mod campaigns;
 mod contacts;
 mod flows;
 mod health;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub webhooks: crate::webhooks::Webhooks,
     /// Automation flows.
     pub flows: crate::flows::Flows,
+    /// Broadcast campaigns.
+    pub campaigns: crate::campaigns::Campaigns,
 }
 
 /// The whole API.
@@ -58,6 +61,7 @@ pub fn router(state: AppState) -> Router {
     // Every tenant API route sits behind authentication and rate limiting.
     let tenant_api = Router::new()
         .merge(api_keys::router())
+        .merge(campaigns::router())
         .merge(contacts::router())
         .merge(imports::router())
         .merge(marketplace::router())

@@ -1,6 +1,7 @@
 //! PostDog host kernel: tenants, storage, the sandboxed plugin runtime and the HTTP
 //! server behind the `postdog` binary.
 
+pub mod campaigns;
 pub mod contacts;
 pub mod cron;
 pub mod first_party;

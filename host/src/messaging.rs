@@ -368,7 +368,8 @@ impl Messaging {
         self.inner.live.subscribe()
     }
 
-    fn publish(&self, tenant_id: &str, kind: &str, data: Value) {
+    /// Publishes a change to the tenant's live event stream (`GET /v1/events`).
+    pub fn publish(&self, tenant_id: &str, kind: &str, data: Value) {
         // No subscriber is fine.
         let _ = self.inner.live.send(Arc::new(LiveEvent {
             tenant_id: tenant_id.to_string(),

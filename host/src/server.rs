@@ -110,6 +110,7 @@ pub async fn serve(
     );
     crate::templates_sync::register(&jobs, marketplace.clone(), webhooks.clone());
     let flows = crate::flows::Flows::new(marketplace.clone(), jobs.clone(), messaging.clone());
+    let campaigns = crate::campaigns::Campaigns::new(jobs.clone(), messaging.clone());
     let workers = tokio::spawn(
         jobs.clone()
             .run(watch_stopped, std::time::Duration::from_secs(10)),
@@ -130,6 +131,7 @@ pub async fn serve(
         messaging,
         webhooks,
         flows,
+        campaigns,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -18,6 +18,7 @@
 mod api_keys;
 mod audit;
 mod auth_cache;
+mod campaigns;
 mod consent;
 mod contacts;
 mod custom_fields;
@@ -51,6 +52,7 @@ use crate::ids::TenantId;
 
 pub use api_keys::{ApiKey, NewApiKey, Role};
 pub use audit::AuditEntry;
+pub use campaigns::{Campaign, ExportRow, NewRecipient, Recipient, RecipientCounts, Variant};
 pub use consent::{CONSENT_CHANNELS, ConsentEntry};
 pub use contacts::{Contact, ContactChange, ContactData, ContactWriteError};
 pub use custom_fields::{CustomField, FieldKind};

@@ -449,6 +449,73 @@ fn operations() -> Vec<Operation> {
             .error(404, "not-found")
             .error(409, "flow-not-live,run-active")
             .error(422, "invalid-webhook"),
+        op("get", "/v1/campaigns", "Campaigns", "Campaigns, newest first", Tenant(ANY_ROLE))
+            .ok(200, "Campaigns", Some("AnyList")),
+        op("post", "/v1/campaigns", "Campaigns", "Create a campaign (a draft)", Tenant(WRITERS))
+            .describe("`audience`: `{segments: [ids], tags: [...], exclude: {segments, tags}}` (only contacts opted in to the install's channel, with a phone, are sent to). `template`: `{name, language, variables: {body: [source…], header: source, buttons: {\"0\": source}}}` where a source is `{field: name|phone|email|<custom field key>, fallback?}` or `{value}`; or `ab`: `{variants: [template…] (2–5), test_percent, metric: delivery|read|reply, duration_seconds}`. Optional `throttle_per_minute`, `quiet_hours: {start: \"21:00\", end: \"08:00\"}` (recipient's `timezone` field or the tenant's), `reply_window_hours` (72).")
+            .body("CampaignInput")
+            .ok(201, "The campaign", Some("Campaign"))
+            .error(422, "invalid-body,invalid-campaign"),
+        op("get", "/v1/campaigns/{id}", "Campaigns", "A campaign", Tenant(ANY_ROLE))
+            .ok(200, "The campaign", Some("Campaign"))
+            .error(404, "not-found"),
+        op("put", "/v1/campaigns/{id}", "Campaigns", "Replace a draft or scheduled campaign's definition", Tenant(WRITERS))
+            .body("CampaignInput")
+            .ok(200, "The campaign", Some("Campaign"))
+            .error(404, "not-found")
+            .error(409, "campaign-state")
+            .error(422, "invalid-body,invalid-campaign"),
+        op("delete", "/v1/campaigns/{id}", "Campaigns", "Delete a draft, completed or cancelled campaign", Tenant(WRITERS))
+            .ok(204, "Deleted", None)
+            .error(404, "not-found")
+            .error(409, "campaign-state"),
+        op("post", "/v1/campaigns/{id}/preview", "Campaigns", "Dry run: counts, exclusions by reason, a rendered sample and the quota check; writes nothing", Tenant(ANY_ROLE))
+            .describe("Reasons: `excluded_segment`, `excluded_tag`, `no_phone`, `opted_out`, `not_opted_in`, `missing_variable:<n>`. `held_for_winner` counts the A/B remainder.")
+            .query("sample", "integer", "Rendered messages to return, 0 to 50 (default 5).")
+            .ok(200, "The preview", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(422, "invalid-campaign,template-not-approved"),
+        op("post", "/v1/campaigns/{id}/start", "Campaigns", "Start a draft or scheduled campaign now", Tenant(WRITERS))
+            .describe("Refused with the numbers (`used`, `allowance`, `remaining`, `needed`) when the campaign does not fit the plan's monthly allowance.")
+            .ok(200, "The campaign", Some("Campaign"))
+            .error(404, "not-found")
+            .error(409, "campaign-state")
+            .error(422, "invalid-campaign,template-not-approved,quota-exceeded"),
+        op("post", "/v1/campaigns/{id}/schedule", "Campaigns", "Schedule a campaign", Tenant(WRITERS))
+            .describe("`at`: RFC 3339 (`2025-06-01T09:00:00Z`, `…+02:00`) or a local date-time (`2025-06-01T09:00`) in the tenant's time zone.")
+            .body("CampaignSchedule")
+            .ok(200, "The campaign", Some("Campaign"))
+            .error(404, "not-found")
+            .error(409, "campaign-state")
+            .error(422, "invalid-body,invalid-campaign,template-not-approved,quota-exceeded"),
+        op("post", "/v1/campaigns/{id}/pause", "Campaigns", "Pause a running campaign", Tenant(WRITERS))
+            .ok(200, "The campaign", Some("Campaign"))
+            .error(404, "not-found")
+            .error(409, "campaign-state"),
+        op("post", "/v1/campaigns/{id}/resume", "Campaigns", "Resume a paused campaign", Tenant(WRITERS))
+            .ok(200, "The campaign", Some("Campaign"))
+            .error(404, "not-found")
+            .error(409, "campaign-state")
+            .error(422, "quota-exceeded"),
+        op("post", "/v1/campaigns/{id}/cancel", "Campaigns", "Cancel a campaign; recipients not yet sent are cancelled", Tenant(WRITERS))
+            .ok(200, "The campaign", Some("Campaign"))
+            .error(404, "not-found")
+            .error(409, "campaign-state"),
+        op("post", "/v1/campaigns/{id}/ab/decide", "Campaigns", "Choose the A/B winner now (otherwise chosen after the test duration)", Tenant(WRITERS))
+            .describe("Returns the recorded decision: `winner`, `rule` (`significant`, `tie`, `within_noise`, `sample_too_small`), the `explanation` and each variant's numbers. The held remainder is then sent the winner.")
+            .ok(200, "The decision", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(409, "campaign-state")
+            .error(422, "invalid-campaign"),
+        op("get", "/v1/campaigns/{id}/stats", "Campaigns", "Statistics per campaign and per variant", Tenant(ANY_ROLE))
+            .describe("targeted, skipped by reason, held, queued, sent, accepted, pending, delivered, read, replied (an inbound message within the reply window), failed by error code, with rates.")
+            .query("reply_window_hours", "number", "Overrides the campaign's reply attribution window.")
+            .ok(200, "The statistics", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(422, "invalid-campaign"),
+        op("get", "/v1/campaigns/{id}/recipients.csv", "Campaigns", "Per-recipient CSV export with each message's status history", Tenant(ANY_ROLE))
+            .ok(200, "text/csv", None)
+            .error(404, "not-found"),
         op("get", "/v1/teams", "Teams", "Teams of agents", Tenant(ANY_ROLE))
             .ok(200, "Teams", Some("AnyList")),
         op("post", "/v1/teams", "Teams", "Create a team (name, members: agent ids in turn order)", Tenant(ADMIN))
@@ -924,6 +991,27 @@ fn schemas() -> Map<String, Value> {
             json!({"type": "object", "properties": {"ok": {}, "error": {}}}),
         ),
         ("AnyObject", json!({"type": "object"})),
+        (
+            "CampaignInput",
+            object(
+                json!({"name": text, "install_id": text,
+                       "audience": {"type": "object", "properties": {"segments": {"type": "array", "items": text}, "tags": {"type": "array", "items": text},
+                                    "exclude": {"type": "object", "properties": {"segments": {"type": "array", "items": text}, "tags": {"type": "array", "items": text}}}}},
+                       "template": {"type": "object"}, "ab": {"type": "object"},
+                       "throttle_per_minute": {"type": ["integer", "null"]}, "quiet_hours": {"type": ["object", "null"]},
+                       "reply_window_hours": {"type": ["number", "null"]}}),
+                &["name", "install_id", "audience"],
+            ),
+        ),
+        (
+            "Campaign",
+            json!({"type": "object", "properties": {"id": text, "name": text, "install_id": text, "channel": text,
+                   "status": {"type": "string", "enum": ["draft", "scheduled", "running", "paused", "completed", "cancelled"]},
+                   "status_reason": nullable_text, "audience": {"type": "object"}, "variants": {"type": "array", "items": {"type": "object"}},
+                   "schedule_at": nullable_time, "ab": {"type": ["object", "null"]}, "ab_decision": {"type": ["object", "null"]},
+                   "created_at": time, "updated_at": time}, "required": ["id", "name", "status"]}),
+        ),
+        ("CampaignSchedule", object(json!({"at": text}), &["at"])),
         (
             "FlowInput",
             object(

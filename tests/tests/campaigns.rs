@@ -1,0 +1,987 @@
+//! Campaigns end to end, on SQLite and PostgreSQL, against the loopback Graph API with the
+//! production WhatsApp connector:
+//! - a campaign to an audience of tags minus an excluded segment and tag, where consent
+//!   (opted out, never opted in), a missing phone and a variable without value or
+//!   fallback each skip a contact with its reason — in the preview and at the send; the
+//!   plan's allowance refuses the start with the numbers and an upgrade lifts it at once;
+//!   every eligible contact gets exactly one correctly rendered template; statistics
+//!   (delivered, read, replied, skipped by reason) and the CSV export with each
+//!   message's status history; another tenant sees none of it (404 on every route);
+//! - an A/B test whose statuses are driven through the fake's webhooks: the variant with
+//!   the clearly better read rate wins, the decision and its numbers are recorded, and
+//!   the held remainder is sent the winner only;
+//! - a campaign of 3,000 recipients killed with SIGKILL in the middle of its fan-out and
+//!   started again: at the fake, every targeted recipient received exactly one message.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use postdog_host::ids::TenantId;
+use postdog_host::storage::{ConsentEntry, ContactData};
+use postdog_tests::fake_graph::{FakeGraph, FakeGraphConfig, SentMessage};
+use postdog_tests::{Api, OPERATOR_TOKEN, PostdogServer, eventually};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn label(database_url: Option<&String>) -> &'static str {
+    if database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+/// A server with a tenant, a WhatsApp install wired to `fake`, and a high request rate.
+async fn setup(
+    database_url: Option<String>,
+    fake: &FakeGraph,
+    plan: &str,
+    env: &[(&str, String)],
+) -> (PostdogServer, Api, String, String) {
+    let mut all_env = vec![(
+        "POSTDOG_HTTP_OVERRIDES",
+        format!("graph.facebook.com={}", fake.base_url()),
+    )];
+    all_env.extend(env.iter().cloned());
+    let server = PostdogServer::start_with(database_url, &all_env).await;
+    let (api, tenant_id) = Api::tenant(&server, plan).await;
+    let response = reqwest::Client::new()
+        .patch(format!("{}/admin/v1/tenants/{tenant_id}", server.base_url))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"requests_per_minute": 1_000_000}))
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_success(), "raise the rate");
+    let config = fake.config().clone();
+    let (status, install) = api
+        .post(
+            "/v1/installs",
+            json!({"plugin": "postdog/whatsapp", "grants": ["http:graph.facebook.com", "webhook"],
+                   "config": {"phone_number_id": config.phone_number_id, "waba_id": config.waba_id,
+                              "throughput_per_second": 1000}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{install}");
+    let install_id = install["id"].as_str().expect("id").to_string();
+    for (secret, value) in [
+        ("access_token", config.access_token.as_str()),
+        ("app_secret", config.app_secret.as_str()),
+        ("verify_token", "v"),
+    ] {
+        let (status, body) = api
+            .put(
+                &format!("/v1/installs/{install_id}/secrets/{secret}"),
+                json!({ "value": value }),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+    }
+    fake.set_webhook_target(format!("{}/hooks/{install_id}", server.base_url));
+    (server, api, tenant_id, install_id)
+}
+
+/// Creates, submits and approves (through the fake's webhook) a MARKETING template.
+async fn approved_template(
+    api: &Api,
+    fake: &FakeGraph,
+    install_id: &str,
+    name: &str,
+    body: &str,
+    examples: &[&str],
+) {
+    let (status, created) = api
+        .post(
+            "/v1/templates",
+            json!({"install_id": install_id, "template": {
+                "name": name, "language": "en_US", "category": "MARKETING",
+                "body": {"text": body, "examples": examples},
+                "footer": "Reply STOP to opt out"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["template"]["id"].as_str().expect("id").to_string();
+    let (status, submitted) = api
+        .post(&format!("/v1/templates/{id}/submit"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{submitted}");
+    assert_eq!(
+        fake.approve_template(name, "en_US").await.expect("approve"),
+        Some(200)
+    );
+    let (_, approved) = api.get(&format!("/v1/templates/{id}")).await;
+    assert_eq!(approved["template"]["status"], "APPROVED", "{approved}");
+}
+
+/// The body parameters of a template send.
+fn body_parameters(message: &SentMessage) -> Vec<String> {
+    message.body["template"]["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|component| component["type"] == "body")
+        .flat_map(|component| {
+            component["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|parameter| parameter["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// (name, phone, email, tags, city, consent, expected outcome).
+type Person = (
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    Vec<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    &'static str,
+);
+
+async fn wait_for_status(api: &Api, id: &str, status: &str) -> Value {
+    eventually(&format!("campaign {id} to be {status}"), || async {
+        let (_, campaign) = api.get(&format!("/v1/campaigns/{id}")).await;
+        (campaign["status"] == status).then_some(campaign)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn campaign_end_to_end_on_every_backend() {
+    for database_url in postdog_tests::database_urls().await {
+        end_to_end(database_url).await;
+    }
+}
+
+async fn end_to_end(database_url: Option<String>) {
+    let label = label(database_url.as_ref());
+    let fake = FakeGraph::start(FakeGraphConfig::default()).await;
+    let (server, api, tenant_id, install_id) = setup(database_url, &fake, "starter", &[]).await;
+    let (status, body) = api
+        .put(
+            "/v1/custom-fields/city",
+            json!({"label": "City", "kind": "text"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{label}: {body}");
+    approved_template(
+        &api,
+        &fake,
+        &install_id,
+        "spring_sale",
+        "Hi {{1}}, spring sale in {{2}}: 20% off.",
+        &["Ada", "Paris"],
+    )
+    .await;
+    let (status, segment) = api
+        .post(
+            "/v1/segments",
+            json!({"name": "Berliners", "expression": {"attribute": "fields.city", "op": "eq", "value": "Berlin"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {segment}");
+    let berliners = segment["id"].as_str().expect("id").to_string();
+
+    // (name, phone, email, tags, city, consent) → expected outcome.
+    let people: Vec<Person> = vec![
+        (
+            Some("Ada"),
+            Some("+14155550101"),
+            None,
+            vec!["vip"],
+            Some("Paris"),
+            Some("opted_in"),
+            "sent",
+        ),
+        (
+            Some("Grace"),
+            Some("+14155550102"),
+            None,
+            vec!["vip"],
+            None,
+            Some("opted_in"),
+            "sent",
+        ),
+        (
+            Some("Linus"),
+            Some("+14155550103"),
+            None,
+            vec!["fans"],
+            Some("Oslo"),
+            Some("opted_in"),
+            "sent",
+        ),
+        (
+            Some("Barbara"),
+            Some("+14155550104"),
+            None,
+            vec!["vip", "fans"],
+            Some("Rome"),
+            Some("opted_in"),
+            "sent",
+        ),
+        (
+            Some("Ken"),
+            Some("+14155550105"),
+            None,
+            vec!["vip"],
+            Some("Lyon"),
+            Some("opted_in"),
+            "sent",
+        ),
+        (
+            Some("Out"),
+            Some("+14155550106"),
+            None,
+            vec!["vip"],
+            None,
+            Some("opted_out"),
+            "opted_out",
+        ),
+        (
+            Some("Unknown"),
+            Some("+14155550107"),
+            None,
+            vec!["vip"],
+            None,
+            None,
+            "not_opted_in",
+        ),
+        (
+            None,
+            Some("+14155550108"),
+            None,
+            vec!["vip"],
+            None,
+            Some("opted_in"),
+            "missing_variable:1",
+        ),
+        (
+            Some("Blocked"),
+            Some("+14155550109"),
+            None,
+            vec!["vip", "blocked"],
+            None,
+            Some("opted_in"),
+            "excluded_tag",
+        ),
+        (
+            Some("Berlin"),
+            Some("+14155550110"),
+            None,
+            vec!["vip"],
+            Some("Berlin"),
+            Some("opted_in"),
+            "excluded_segment",
+        ),
+        (
+            Some("Mailonly"),
+            None,
+            Some("mail@example.com"),
+            vec!["vip"],
+            None,
+            Some("opted_in"),
+            "no_phone",
+        ),
+        (
+            Some("Outsider"),
+            Some("+14155550112"),
+            None,
+            vec!["other"],
+            None,
+            Some("opted_in"),
+            "not targeted",
+        ),
+    ];
+    let mut expected: HashMap<String, (&str, Option<&str>, Option<&str>)> = HashMap::new(); // id → (outcome, name, city)
+    let mut phones: HashMap<String, String> = HashMap::new();
+    for (name, phone, email, tags, city, consent, outcome) in &people {
+        let mut contact = json!({"tags": tags});
+        if let Some(name) = name {
+            contact["name"] = json!(name);
+        }
+        if let Some(phone) = phone {
+            contact["phone"] = json!(phone);
+        }
+        if let Some(email) = email {
+            contact["email"] = json!(email);
+        }
+        if let Some(city) = city {
+            contact["fields"] = json!({"city": city});
+        }
+        let (status, created) = api.post("/v1/contacts", contact).await;
+        assert_eq!(status, 201, "{label}: {created}");
+        let id = created["id"].as_str().expect("id").to_string();
+        if let Some(consent) = consent {
+            let (status, body) = api
+                .post(
+                    &format!("/v1/contacts/{id}/consent"),
+                    json!({"channel": "whatsapp", "status": consent}),
+                )
+                .await;
+            assert_eq!(status, 201, "{label}: {body}");
+        }
+        if let Some(phone) = phone {
+            phones.insert(phone.trim_start_matches('+').to_string(), id.clone());
+        }
+        expected.insert(id, (*outcome, *name, *city));
+    }
+
+    // Bad definitions are 422s that say what to fix.
+    let good = json!({
+        "name": "Spring sale", "install_id": install_id,
+        "audience": {"tags": ["vip", "fans"], "exclude": {"segments": [berliners], "tags": ["blocked"]}},
+        "template": {"name": "spring_sale", "language": "en_US", "variables": {"body": [
+            {"field": "name"}, {"field": "city", "fallback": "your city"}]}},
+    });
+    for (change, needle) in [
+        (json!({"audience": {"tags": []}}), "audience"),
+        (json!({"audience": {"segments": ["nope"]}}), "no segment"),
+        (
+            json!({"template": {"name": "spring_sale", "language": "en_US", "variables": {"body": [{"field": "name"}]}}}),
+            "2 body variables",
+        ),
+        (
+            json!({"template": {"name": "spring_sale", "language": "en_US", "variables": {"body": [{"field": "name"}, {"field": "shoe_size"}]}}}),
+            "custom field",
+        ),
+        (
+            json!({"template": {"name": "missing", "language": "en_US"}}),
+            "no template",
+        ),
+        (json!({"install_id": "nope"}), "install"),
+        (json!({"throttle_per_minute": 0}), "throttle_per_minute"),
+        (
+            json!({"quiet_hours": {"start": "25:00", "end": "08:00"}}),
+            "quiet_hours",
+        ),
+    ] {
+        let mut body = good.clone();
+        for (key, value) in change.as_object().expect("object") {
+            body[key] = value.clone();
+        }
+        let (status, problem) = api.post("/v1/campaigns", body).await;
+        assert_eq!(status, 422, "{label}: {change} → {problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(needle),
+            "{label}: {change} → {problem}"
+        );
+    }
+    let (status, campaign) = api.post("/v1/campaigns", good.clone()).await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    assert_eq!(campaign["status"], "draft");
+
+    // The preview: counts, reasons, a rendered sample; nothing is written or sent.
+    let (status, preview) = api
+        .post(&format!("/v1/campaigns/{id}/preview?sample=2"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {preview}");
+    assert_eq!(preview["targeted"], 11, "{label}: {preview}");
+    assert_eq!(preview["eligible"], 5, "{label}: {preview}");
+    for reason in [
+        "opted_out",
+        "not_opted_in",
+        "missing_variable:1",
+        "excluded_tag",
+        "excluded_segment",
+        "no_phone",
+    ] {
+        assert_eq!(
+            preview["excluded"][reason], 1,
+            "{label}: {reason} in {preview}"
+        );
+    }
+    let sample = preview["sample"].as_array().expect("sample");
+    assert_eq!(sample.len(), 2, "{label}: {preview}");
+    for entry in sample {
+        let (_, name, city) = expected[entry["contact_id"].as_str().expect("id")];
+        assert_eq!(
+            entry["text"].as_str().expect("text").lines().next(),
+            Some(
+                format!(
+                    "Hi {}, spring sale in {}: 20% off.",
+                    name.expect("name"),
+                    city.unwrap_or("your city")
+                )
+                .as_str()
+            ),
+            "{label}: {entry}"
+        );
+    }
+    assert_eq!(fake.sent_count(), 0, "{label}");
+
+    // The month's allowance: 4,997 of the starter plan's 5,000 are used, the campaign
+    // needs 5 → refused with the numbers; an upgrade lifts it at once.
+    let storage = server.storage().await;
+    let db = storage.tenant(&TenantId::new(&tenant_id));
+    db.record_messages_sent(4_997, postdog_host::storage::now_ms())
+        .await
+        .expect("usage");
+    let (status, refused) = api
+        .post(&format!("/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 422, "{label}: {refused}");
+    assert_eq!(
+        refused["type"],
+        "https://postdog.dev/problems/quota-exceeded"
+    );
+    assert_eq!(
+        (
+            &refused["used"],
+            &refused["allowance"],
+            &refused["remaining"],
+            &refused["needed"]
+        ),
+        (&json!(4_997), &json!(5_000), &json!(3), &json!(5)),
+        "{label}: {refused}"
+    );
+    let response = reqwest::Client::new()
+        .patch(format!("{}/admin/v1/tenants/{tenant_id}", server.base_url))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"plan": "pro"}))
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_success(), "{label}: upgrade");
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+    assert_eq!(started["status"], "running", "{label}: {started}");
+    let (status, again) = api
+        .post(&format!("/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 409, "{label}: {again}");
+    let (status, edit) = api.put(&format!("/v1/campaigns/{id}"), good.clone()).await;
+    assert_eq!(status, 409, "{label}: {edit}");
+
+    // Exactly one correctly rendered template per eligible contact.
+    eventually("five sends at Meta", || async {
+        (fake.sent_count() >= 5).then_some(())
+    })
+    .await;
+    wait_for_status(&api, &id, "completed").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = fake.sent();
+    assert_eq!(sent.len(), 5, "{label}: {} sends", sent.len());
+    let mut wamids = HashMap::new();
+    for message in &sent {
+        assert_eq!(message.template_name(), Some("spring_sale"), "{label}");
+        let contact_id = &phones[&message.wa_id];
+        let (outcome, name, city) = expected[contact_id];
+        assert_eq!(outcome, "sent", "{label}: {} got a message", message.wa_id);
+        assert_eq!(
+            body_parameters(message),
+            vec![
+                name.expect("name").to_string(),
+                city.unwrap_or("your city").to_string()
+            ],
+            "{label}: {}",
+            message.body
+        );
+        assert!(
+            wamids
+                .insert(contact_id.clone(), message.wamid.clone())
+                .is_none()
+        );
+    }
+
+    // Statuses and a reply through the fake's webhooks.
+    let ids: Vec<String> = wamids.keys().cloned().collect();
+    for (index, contact_id) in ids.iter().enumerate() {
+        let wamid = &wamids[contact_id];
+        assert_eq!(
+            fake.deliver_status(wamid, "delivered", None)
+                .await
+                .expect("status"),
+            200
+        );
+        if index < 3 {
+            assert_eq!(
+                fake.deliver_status(wamid, "read", None)
+                    .await
+                    .expect("status"),
+                200
+            );
+        }
+    }
+    let replier = &ids[0];
+    let phone = phones
+        .iter()
+        .find(|(_, id)| *id == replier)
+        .map(|(phone, _)| phone.clone())
+        .expect("phone");
+    let (_, status) = fake
+        .inbound_text(&format!("+{phone}"), "Reply", "Thanks!")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200, "{label}");
+    let stats = eventually("the statuses in the statistics", || async {
+        let (_, stats) = api.get(&format!("/v1/campaigns/{id}/stats")).await;
+        (stats["read"] == 3 && stats["delivered"] == 5 && stats["replied"] == 1).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats["targeted"], 11, "{label}: {stats}");
+    assert_eq!(stats["sent"], 5, "{label}: {stats}");
+    assert_eq!(stats["accepted"], 5, "{label}: {stats}");
+    assert_eq!(stats["skipped"]["total"], 6, "{label}: {stats}");
+    assert_eq!(
+        stats["skipped"]["by_reason"]["opted_out"], 1,
+        "{label}: {stats}"
+    );
+    assert_eq!(
+        stats["skipped"]["by_reason"]["missing_variable:1"], 1,
+        "{label}: {stats}"
+    );
+    assert_eq!(stats["failed"]["total"], 0, "{label}: {stats}");
+    assert_eq!(stats["rates"]["read"], 0.6, "{label}: {stats}");
+    assert_eq!(stats["rates"]["reply"], 0.2, "{label}: {stats}");
+    assert_eq!(stats["variants"][0]["name"], "A", "{label}: {stats}");
+    assert_eq!(stats["variants"][0]["read"], 3, "{label}: {stats}");
+    // A zero-hour window would be refused; a narrower one still counts the reply.
+    let (status, _) = api
+        .get(&format!("/v1/campaigns/{id}/stats?reply_window_hours=0"))
+        .await;
+    assert_eq!(status, 422, "{label}");
+
+    // The export: one row per recipient with the status history of its message.
+    let response = api
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/campaigns/{id}/recipients.csv"),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200, "{label}");
+    let csv = response.text().await.expect("csv");
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let headers = reader.headers().expect("headers").clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).expect(name);
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+    assert_eq!(rows.len(), 11, "{label}: {csv}");
+    for row in &rows {
+        let (outcome, _, _) = expected[&row[column("contact_id")]];
+        if outcome == "sent" {
+            assert_eq!(&row[column("state")], "sent", "{label}: {row:?}");
+            let history = &row[column("status_history")];
+            assert!(
+                history.contains("accepted@") && history.contains("delivered@"),
+                "{label}: {row:?}"
+            );
+        } else {
+            assert_eq!(&row[column("state")], "skipped", "{label}: {row:?}");
+            assert_eq!(&row[column("skip_reason")], outcome, "{label}: {row:?}");
+        }
+    }
+
+    // Another tenant sees nothing of it.
+    let (other, _) = Api::tenant(&server, "business").await;
+    let (status, list) = other.get("/v1/campaigns").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["data"], json!([]), "{label}");
+    for (method, path) in [
+        ("GET", format!("/v1/campaigns/{id}")),
+        ("PUT", format!("/v1/campaigns/{id}")),
+        ("DELETE", format!("/v1/campaigns/{id}")),
+        ("POST", format!("/v1/campaigns/{id}/preview")),
+        ("POST", format!("/v1/campaigns/{id}/start")),
+        ("POST", format!("/v1/campaigns/{id}/pause")),
+        ("POST", format!("/v1/campaigns/{id}/resume")),
+        ("POST", format!("/v1/campaigns/{id}/cancel")),
+        ("POST", format!("/v1/campaigns/{id}/ab/decide")),
+        ("GET", format!("/v1/campaigns/{id}/stats")),
+        ("GET", format!("/v1/campaigns/{id}/recipients.csv")),
+    ] {
+        let body = if method == "PUT" {
+            Some(good.clone())
+        } else if method == "POST" {
+            Some(json!({}))
+        } else {
+            None
+        };
+        let (status, problem) = other
+            .call(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                &path,
+                body,
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{label}: {method} {path}: {problem}"
+        );
+    }
+    let (status, _) = api.delete(&format!("/v1/campaigns/{id}")).await;
+    assert_eq!(status, 204, "{label}: a completed campaign can be deleted");
+
+    // Pause, resume and cancel, on a campaign throttled to one message a minute: the
+    // first goes at once, the next waits a minute — or a resume, which queues the
+    // waiting recipients again from now; cancelling marks the rest cancelled.
+    let mut slow = good.clone();
+    slow["name"] = json!("Slow");
+    slow["throttle_per_minute"] = json!(1);
+    let (status, campaign) = api.post("/v1/campaigns", slow).await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let slow_id = campaign["id"].as_str().expect("id").to_string();
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{slow_id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+    eventually("the first throttled send", || async {
+        (fake.sent_count() == 6).then_some(())
+    })
+    .await;
+    let (status, paused) = api
+        .post(&format!("/v1/campaigns/{slow_id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {paused}");
+    assert_eq!(paused["status"], "paused");
+    let (status, _) = api
+        .post(&format!("/v1/campaigns/{slow_id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, 409, "{label}: pausing twice");
+    let (status, resumed) = api
+        .post(&format!("/v1/campaigns/{slow_id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {resumed}");
+    eventually("the next send after the resume", || async {
+        (fake.sent_count() == 7).then_some(())
+    })
+    .await;
+    let (status, cancelled) = api
+        .post(&format!("/v1/campaigns/{slow_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {cancelled}");
+    assert_eq!(cancelled["status"], "cancelled", "{label}: {cancelled}");
+    assert_eq!(cancelled["recipients_cancelled"], 3, "{label}: {cancelled}");
+    let (_, stats) = api.get(&format!("/v1/campaigns/{slow_id}/stats")).await;
+    assert_eq!(
+        (&stats["sent"], &stats["cancelled"]),
+        (&json!(2), &json!(3)),
+        "{label}: {stats}"
+    );
+    storage.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ab_test_sends_the_winner_to_the_rest_on_every_backend() {
+    for database_url in postdog_tests::database_urls().await {
+        ab_test(database_url).await;
+    }
+}
+
+/// Seeds `n` contacts tagged `tag`, opted in to WhatsApp, phones `+1415{prefix}{i:04}`.
+async fn seed_contacts(server: &PostdogServer, tenant_id: &str, tag: &str, prefix: &str, n: usize) {
+    let storage = server.storage().await;
+    let db = storage.tenant(&TenantId::new(tenant_id));
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let db = db.clone();
+            async move {
+                let contact = db
+                    .create_contact(&ContactData {
+                        name: Some(format!("Person{i:04}")),
+                        phone: Some(format!("+1415{prefix}{i:04}")),
+                        email: None,
+                        tags: vec![tag.to_string()],
+                        fields: json!({}),
+                    })
+                    .await
+                    .expect("contact");
+                db.record_consent(
+                    &contact.id,
+                    &ConsentEntry {
+                        channel: "whatsapp".into(),
+                        status: "opted_in".into(),
+                        source: "test".into(),
+                        proof: None,
+                        recorded_at: 0,
+                    },
+                )
+                .await
+                .expect("consent");
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    storage.close().await;
+}
+
+async fn ab_test(database_url: Option<String>) {
+    let label = label(database_url.as_ref());
+    let fake = FakeGraph::start(FakeGraphConfig::default()).await;
+    let (server, api, tenant_id, install_id) = setup(database_url, &fake, "business", &[]).await;
+    for (name, body) in [
+        ("promo_a", "Hi {{1}}, new arrivals."),
+        ("promo_b", "Dear {{1}}, 30% off today only!"),
+    ] {
+        approved_template(&api, &fake, &install_id, name, body, &["Ada"]).await;
+    }
+    seed_contacts(&server, &tenant_id, "ab", "555", 240).await;
+    let variant = |name: &str| json!({"name": name, "language": "en_US", "variables": {"body": [{"field": "name"}]}});
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": "AB", "install_id": install_id, "audience": {"tags": ["ab"]},
+                   "ab": {"variants": [variant("promo_a"), variant("promo_b")], "test_percent": 50,
+                          "metric": "read", "duration_seconds": 3600}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    let (status, preview) = api
+        .post(&format!("/v1/campaigns/{id}/preview"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {preview}");
+    let in_a = preview["by_variant"]["A"].as_u64().expect("A");
+    let in_b = preview["by_variant"]["B"].as_u64().expect("B");
+    let held = preview["held_for_winner"].as_u64().expect("held");
+    assert_eq!(in_a + in_b + held, 240, "{label}: {preview}");
+    assert!(in_a >= 30 && in_b >= 30 && held >= 60, "{label}: {preview}");
+    let (status, early) = api
+        .post(&format!("/v1/campaigns/{id}/ab/decide"), json!({}))
+        .await;
+    assert_eq!(status, 409, "{label}: a draft has no results yet: {early}");
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+
+    // The test share goes out; B's messages are read, A's only delivered.
+    let test_size = usize::try_from(in_a + in_b).expect("size");
+    eventually("the test share at Meta", || async {
+        (fake.sent_count() >= test_size).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let test_sends = fake.sent();
+    assert_eq!(
+        test_sends.len(),
+        test_size,
+        "{label}: only the test share before the decision"
+    );
+    let count = |template: &str| {
+        test_sends
+            .iter()
+            .filter(|m| m.template_name() == Some(template))
+            .count()
+    };
+    assert_eq!(
+        (count("promo_a"), count("promo_b")),
+        (
+            usize::try_from(in_a).expect("a"),
+            usize::try_from(in_b).expect("b")
+        ),
+        "{label}"
+    );
+    for message in &test_sends {
+        let status = if message.template_name() == Some("promo_b") {
+            "read"
+        } else {
+            "delivered"
+        };
+        assert_eq!(
+            fake.deliver_status(&message.wamid, status, None)
+                .await
+                .expect("status"),
+            200
+        );
+    }
+    eventually("the reads in the statistics", || async {
+        let (_, stats) = api.get(&format!("/v1/campaigns/{id}/stats")).await;
+        (stats["read"] == in_b && stats["delivered"] == in_a + in_b).then_some(())
+    })
+    .await;
+
+    // The decision: B, clearly; recorded with the numbers; the remainder gets B only.
+    let (status, decided) = api
+        .post(&format!("/v1/campaigns/{id}/ab/decide"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {decided}");
+    let decision = &decided["decision"];
+    assert_eq!(decision["winner"], "B", "{label}: {decision}");
+    assert_eq!(decision["rule"], "significant", "{label}: {decision}");
+    assert_eq!(
+        decision["variants"][1]["successes"], in_b,
+        "{label}: {decision}"
+    );
+    assert_eq!(
+        decision["variants"][0]["successes"], 0,
+        "{label}: {decision}"
+    );
+    let (_, shown) = api.get(&format!("/v1/campaigns/{id}")).await;
+    assert_eq!(shown["ab_decision"]["winner"], "B", "{label}: {shown}");
+    wait_for_status(&api, &id, "completed").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = fake.sent();
+    assert_eq!(all.len(), 240, "{label}: every contact once");
+    let recipients: HashSet<&str> = all.iter().map(|m| m.wa_id.as_str()).collect();
+    assert_eq!(recipients.len(), 240, "{label}: nobody twice");
+    let remainder: Vec<&SentMessage> = all[test_size..].iter().collect();
+    assert!(
+        remainder
+            .iter()
+            .all(|m| m.template_name() == Some("promo_b")),
+        "{label}: the remainder got the winner"
+    );
+    let (_, again) = api
+        .post(&format!("/v1/campaigns/{id}/ab/decide"), json!({}))
+        .await;
+    assert_eq!(again["decision"], *decision, "{label}: the decision stands");
+    let (_, stats) = api.get(&format!("/v1/campaigns/{id}/stats")).await;
+    let b = stats["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .find(|v| v["name"] == "B")
+        .expect("B");
+    assert_eq!(b["sent"], in_b + held, "{label}: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn campaign_fan_out_survives_sigkill_on_every_backend() {
+    for database_url in postdog_tests::database_urls().await {
+        crash(database_url).await;
+    }
+}
+
+const CRASH_RECIPIENTS: usize = 3_000;
+
+async fn crash(database_url: Option<String>) {
+    let label = label(database_url.as_ref());
+    let began = Instant::now();
+    // Statuses echo PostDog's message id, so a send the kill interrupted after Meta took
+    // it is completed by its status instead of being sent again.
+    let fake = FakeGraph::start(FakeGraphConfig {
+        auto_statuses: true,
+        ..FakeGraphConfig::default()
+    })
+    .await;
+    let env = [("POSTDOG_SEND_RECONCILE_SECONDS", "30".to_string())];
+    let (mut server, api, tenant_id, install_id) =
+        setup(database_url, &fake, "business", &env).await;
+    let full_env = [
+        (
+            "POSTDOG_HTTP_OVERRIDES",
+            format!("graph.facebook.com={}", fake.base_url()),
+        ),
+        env[0].clone(),
+    ];
+    approved_template(
+        &api,
+        &fake,
+        &install_id,
+        "crash_note",
+        "Hello {{1}}, this is a note for you.",
+        &["Ada"],
+    )
+    .await;
+    seed_contacts(&server, &tenant_id, "crash", "666", CRASH_RECIPIENTS).await;
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": "Crash", "install_id": install_id, "audience": {"tags": ["crash"]},
+                   "template": {"name": "crash_note", "language": "en_US",
+                                "variables": {"body": [{"field": "name"}]}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+
+    // Kill -9 in the middle of the fan-out.
+    let storage = server.storage().await;
+    let db = storage.tenant(&TenantId::new(&tenant_id));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let materialised = db
+            .campaign_recipient_count(&id, "queued")
+            .await
+            .expect("count")
+            + db.campaign_recipient_count(&id, "sent")
+                .await
+                .expect("count");
+        // Past the first batch, and with sends under way if they start before the
+        // fan-out is half done.
+        if materialised >= 1_500 || (materialised >= 500 && fake.sent_count() > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: the fan-out did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill_hard();
+    let at_kill = fake.sent_count();
+    let campaign_at_kill = db.campaign(&id).await.expect("read").expect("campaign");
+    let materialised = db
+        .campaign_recipient_count(&id, "queued")
+        .await
+        .expect("count")
+        + db.campaign_recipient_count(&id, "sent")
+            .await
+            .expect("count");
+    storage.close().await;
+    eprintln!(
+        "{label}: killed with {materialised} recipients materialised (fan-out done: {}), {at_kill} sends at Meta",
+        campaign_at_kill.fanout_done
+    );
+
+    server.restart_with(&full_env).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, campaign) = api.get(&format!("/v1/campaigns/{id}")).await;
+        if campaign["status"] == "completed" && fake.sent_count() >= CRASH_RECIPIENTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: {campaign}; {} sends at Meta",
+            fake.sent_count()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Let a duplicate arrive before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = fake.sent();
+    let mut per_recipient: HashMap<&str, usize> = HashMap::new();
+    for message in &sent {
+        *per_recipient.entry(message.wa_id.as_str()).or_default() += 1;
+    }
+    let doubled: Vec<_> = per_recipient.iter().filter(|(_, n)| **n > 1).collect();
+    let missing: Vec<String> = (0..CRASH_RECIPIENTS)
+        .map(|i| format!("1415666{i:04}"))
+        .filter(|wa_id| !per_recipient.contains_key(wa_id.as_str()))
+        .collect();
+    assert!(
+        doubled.is_empty() && missing.is_empty(),
+        "{label}: {} sends; {} recipients got more than one (e.g. {:?}); {} got none (e.g. {:?})",
+        sent.len(),
+        doubled.len(),
+        doubled.first(),
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(sent.len(), CRASH_RECIPIENTS, "{label}");
+    let (_, stats) = api.get(&format!("/v1/campaigns/{id}/stats")).await;
+    assert_eq!(stats["targeted"], CRASH_RECIPIENTS, "{label}: {stats}");
+    assert_eq!(stats["sent"], CRASH_RECIPIENTS, "{label}: {stats}");
+    eprintln!(
+        "{label}: every recipient exactly once, {:?} in all",
+        began.elapsed()
+    );
+}
