@@ -617,18 +617,16 @@ impl TenantDb {
 
     /// One run.
     pub async fn run(&self, id: &str) -> Result<Option<Run>, StorageError> {
-        if let Some(reads) = self.storage().sqlite_reads() {
-            let sql =
-                format!("SELECT {RUN_COLUMNS} FROM flow_runs WHERE tenant_id = $1 AND id = $2");
-            let tenant = self.tenant_id().as_str();
-            match reads
-                .read(|c| super::sqlite_writer::query(c, &sql, &[&tenant, &id], decode_run_direct))
-            {
-                Ok(mut runs) => return Ok(runs.pop()),
-                Err(error) => {
-                    tracing::debug!(%error, "direct SQLite read failed; reading through sqlx");
-                }
-            }
+        let tenant = self.tenant_id().as_str();
+        if let Some(mut runs) = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                &format!("SELECT {RUN_COLUMNS} FROM flow_runs WHERE tenant_id = $1 AND id = $2"),
+                &[&tenant, &id],
+                decode_run_direct,
+            )
+        }) {
+            return Ok(runs.pop());
         }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM flow_runs WHERE tenant_id = $1 AND id = $2"

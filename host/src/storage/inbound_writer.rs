@@ -16,7 +16,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -83,17 +82,6 @@ impl InboundWriter {
     }
 }
 
-fn open(path: &PathBuf) -> rusqlite::Result<Connection> {
-    let connection = Connection::open(path)?;
-    connection.busy_timeout(Duration::from_secs(10))?;
-    connection.pragma_update(None, "journal_mode", "WAL")?;
-    connection.pragma_update(None, "synchronous", "NORMAL")?;
-    connection.pragma_update(None, "foreign_keys", "ON")?;
-    connection.pragma_update(None, "cache_size", -32768)?;
-    connection.set_prepared_statement_cache_capacity(32);
-    Ok(connection)
-}
-
 fn run(
     path: &PathBuf,
     mut receiver: mpsc::Receiver<Request>,
@@ -109,7 +97,7 @@ fn run(
             }
         }
         if connection.is_none() {
-            match open(path) {
+            match super::sqlite_writer::open_for_writing(path, 32) {
                 Ok(opened) => connection = Some(opened),
                 Err(error) => {
                     for request in batch {

@@ -12,7 +12,8 @@
 //! for the writer); statements are cached per connection; a read that fails for any
 //! reason (a busy database, a schema it does not expect) reports an error and the
 //! caller falls back to sqlx, so this path can only make reads faster, never fail
-//! them. Writes always go through sqlx.
+//! them. Writes go through sqlx or, for the hot paths, the group-commit writers
+//! (`sqlite_writer`, `inbound_writer`).
 
 use std::path::PathBuf;
 use std::sync::Mutex;

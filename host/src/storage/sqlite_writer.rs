@@ -112,14 +112,16 @@ impl SqliteWriter {
     }
 }
 
-fn open(path: &PathBuf) -> rusqlite::Result<Connection> {
+/// A write connection to the SQLite file at `path`, set up like the sqlx pool's (WAL,
+/// NORMAL sync, foreign keys, 32 MiB cache) with `statements` cached statements.
+pub(crate) fn open_for_writing(path: &PathBuf, statements: usize) -> rusqlite::Result<Connection> {
     let connection = Connection::open(path)?;
     connection.busy_timeout(Duration::from_secs(10))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
     connection.pragma_update(None, "cache_size", -32768)?;
-    connection.set_prepared_statement_cache_capacity(128);
+    connection.set_prepared_statement_cache_capacity(statements);
     Ok(connection)
 }
 
@@ -138,7 +140,7 @@ fn run(
             }
         }
         if connection.is_none() {
-            match open(path) {
+            match open_for_writing(path, 128) {
                 Ok(opened) => connection = Some(opened),
                 Err(error) => {
                     for item in batch {
