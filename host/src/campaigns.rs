@@ -14,9 +14,14 @@
 //!   recipient (key `campaign:{id}:{contact}`) and the fan-out cursor are one
 //!   transaction, so a crash repeats at most an uncommitted batch, which adds nothing
 //!   twice.
-//! - **Send** (`campaign.send` job): `Messaging::send` with the idempotency key
-//!   `campaign:{id}:{contact}` — a second run finds the first message — then the
-//!   outbox's `message.send` job delivers it (and reconciles sends a crash interrupted).
+//! - **Send** (`campaign.send` job): `Messaging::send_template_now` with the idempotency
+//!   key `campaign:{id}:{contact}`: the message (its attempt recorded) and the recipient
+//!   turning `sent` are one transaction, the plugin is called from the job, and the
+//!   acceptance and the job's completion are the second. A second run of the job finds
+//!   the first message and leaves it to the outbox's `message.send` job, which
+//!   reconciles an attempt a crash interrupted; a retryable provider error also goes to
+//!   the outbox. What every send needs (campaign, approved templates, plan, timezone)
+//!   is read once per campaign and shared for [`CONTEXT_TTL`].
 //! - **A/B**: a reproducible share of the audience (a hash of campaign and contact) is
 //!   split between the variants; the rest is `held`. After the test duration (or on
 //!   demand) `campaign.ab_decide` picks the winner by the documented rule ([`decide`]),
@@ -25,13 +30,14 @@
 //!   live counts on the event stream and completes the campaign when nothing is left.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::jobs::{JobFailure, Jobs};
-use crate::messaging::{Messaging, SendError, SendRequest, TemplateContent};
+use crate::messaging::{Messaging, SendError, SentNow, TemplateNow};
 use crate::plans::Plan;
 use crate::segments::{Condition, Expr};
 use crate::storage::{
@@ -703,6 +709,24 @@ pub fn render_variables(variables: &Value, contact: &Contact) -> Result<SendVari
 struct Inner {
     jobs: Jobs,
     messaging: Messaging,
+    /// Send contexts by (tenant, campaign).
+    contexts: Mutex<HashMap<(String, String), Arc<SendContext>>>,
+}
+
+/// How long the sends of a campaign share what they read once ([`SendContext`]). A
+/// pause made on another node reaches this one's sends within it; on this node pause,
+/// resume and cancel drop the context at once, and a cancel is also checked in the
+/// send's own transaction (the recipient must still be queued).
+pub const CONTEXT_TTL: Duration = Duration::from_millis(500);
+
+/// What every send of a running campaign needs, read once.
+struct SendContext {
+    campaign: Campaign,
+    /// The approved template of each variant, or why one cannot be sent.
+    templates: Result<HashMap<String, TemplateRecord>, String>,
+    plan: Plan,
+    zone: jiff::tz::TimeZone,
+    loaded: Instant,
 }
 
 /// The campaign service: API operations and the job handlers. Cheap to clone.
@@ -774,7 +798,11 @@ impl Campaigns {
     /// The service; registers its job handlers on `jobs`.
     pub fn new(jobs: Jobs, messaging: Messaging) -> Self {
         let campaigns = Self {
-            inner: Arc::new(Inner { jobs, messaging }),
+            inner: Arc::new(Inner {
+                jobs,
+                messaging,
+                contexts: Mutex::default(),
+            }),
         };
         for kind in [
             "campaign.start",
@@ -806,17 +834,14 @@ impl Campaigns {
     async fn run_job(&self, job: crate::storage::Job) -> Result<(), JobFailure> {
         let db = self.db_of(&job)?;
         let campaign_id = job.payload["campaign_id"].as_str().unwrap_or_default();
+        if job.kind == "campaign.send" {
+            return self.run_send(&db, campaign_id, &job).await;
+        }
         let Some(campaign) = db.campaign(campaign_id).await? else {
             return Ok(()); // deleted
         };
         match job.kind.as_str() {
             "campaign.start" => self.run_start(&db, campaign, &job.payload).await,
-            "campaign.send" => {
-                let contact_id = job.payload["contact_id"].as_str().unwrap_or_default();
-                let last_attempt = job.attempts + 1 >= job.max_attempts;
-                self.run_send(&db, &campaign, contact_id, last_attempt)
-                    .await
-            }
             "campaign.ab_decide" => match self.decide(&db, &campaign).await {
                 Ok(_) | Err(CampaignError::State { .. } | CampaignError::Invalid(_)) => Ok(()),
                 Err(error) => Err(JobFailure::retry(error.to_string())),
@@ -828,6 +853,74 @@ impl Campaigns {
         }
     }
 
+    /// The send context of `campaign_id` (`None`: deleted): shared while fresh, read
+    /// again when stale or when it shows the campaign not running (a resume must never
+    /// be missed).
+    async fn send_context(
+        &self,
+        db: &TenantDb,
+        campaign_id: &str,
+    ) -> Result<Option<Arc<SendContext>>, StorageError> {
+        let key = (db.tenant_id().as_str().to_string(), campaign_id.to_string());
+        let cached = self
+            .inner
+            .contexts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(context) = cached
+            && context.loaded.elapsed() < CONTEXT_TTL
+            && context.campaign.status == "running"
+        {
+            return Ok(Some(context));
+        }
+        let Some(campaign) = db.campaign(campaign_id).await? else {
+            self.forget(db, campaign_id);
+            return Ok(None);
+        };
+        let templates = match Self::approved_templates(db, &campaign).await {
+            Ok(templates) => Ok(templates),
+            Err(CampaignError::Storage(error)) => return Err(error),
+            Err(error) => Err(error.to_string()),
+        };
+        let tenant = db.storage().get_tenant(db.tenant_id()).await?;
+        let plan = tenant
+            .as_ref()
+            .and_then(|tenant| Plan::parse(&tenant.plan))
+            .unwrap_or(Plan::Starter);
+        let zone = tenant
+            .as_ref()
+            .and_then(|tenant| jiff::tz::TimeZone::get(&tenant.timezone).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC);
+        let context = Arc::new(SendContext {
+            campaign,
+            templates,
+            plan,
+            zone,
+            loaded: Instant::now(),
+        });
+        let mut contexts = self
+            .inner
+            .contexts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if contexts.len() > 1_000 {
+            contexts.retain(|_, context| context.loaded.elapsed() < CONTEXT_TTL);
+        }
+        contexts.insert(key, context.clone());
+        Ok(Some(context))
+    }
+
+    /// Drops the send context of `campaign_id` (its status or plan changed here).
+    fn forget(&self, db: &TenantDb, campaign_id: &str) {
+        self.inner
+            .contexts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(db.tenant_id().as_str().to_string(), campaign_id.to_string()));
+    }
+
     fn publish(&self, db: &TenantDb, kind: &str, data: Value) {
         self.inner
             .messaging
@@ -835,6 +928,8 @@ impl Campaigns {
     }
 
     fn publish_status(&self, db: &TenantDb, campaign_id: &str, status: &str, reason: Option<&str>) {
+        // Every status change made here passes through: the sends see it at once.
+        self.forget(db, campaign_id);
         self.publish(
             db,
             "campaign.status",
@@ -1459,10 +1554,15 @@ impl Campaigns {
     async fn run_send(
         &self,
         db: &TenantDb,
-        campaign: &Campaign,
-        contact_id: &str,
-        last_attempt: bool,
+        campaign_id: &str,
+        job: &crate::storage::Job,
     ) -> Result<(), JobFailure> {
+        let contact_id = job.payload["contact_id"].as_str().unwrap_or_default();
+        let last_attempt = job.attempts + 1 >= job.max_attempts;
+        let Some(context) = self.send_context(db, campaign_id).await? else {
+            return Ok(()); // deleted
+        };
+        let campaign = &context.campaign;
         if campaign.status != "running" {
             return Ok(()); // paused: resume queues it again; cancelled: marked already
         }
@@ -1470,6 +1570,17 @@ impl Campaigns {
             return Ok(());
         };
         if recipient.state != "queued" {
+            if recipient.state == "sent"
+                && job.attempts > 1
+                && let Some(message_id) = &recipient.message_id
+            {
+                // An earlier run queued the message and was interrupted before its
+                // outcome was recorded: the outbox finishes (and reconciles) it.
+                self.inner
+                    .messaging
+                    .resume_send(db, message_id, now_ms())
+                    .await?;
+            }
             return Ok(());
         }
         let finish = |state: &'static str,
@@ -1500,22 +1611,12 @@ impl Campaigns {
             .as_ref()
             .and_then(|value| serde_json::from_value::<QuietHours>(value.clone()).ok())
         {
-            let zone = match contact
+            let zone = contact
                 .fields
                 .get("timezone")
                 .and_then(Value::as_str)
                 .and_then(|name| jiff::tz::TimeZone::get(name).ok())
-            {
-                Some(zone) => zone,
-                None => {
-                    let name = db
-                        .storage()
-                        .get_tenant(db.tenant_id())
-                        .await?
-                        .map_or_else(|| "UTC".to_string(), |tenant| tenant.timezone);
-                    jiff::tz::TimeZone::get(&name).unwrap_or(jiff::tz::TimeZone::UTC)
-                }
-            };
+                .unwrap_or_else(|| context.zone.clone());
             if let Some(resume_at) = quiet.resume_at(now_ms(), &zone) {
                 let mut later = send_job(db, campaign, contact_id, resume_at);
                 later.idempotency_key = Some(format!(
@@ -1541,6 +1642,30 @@ impl Campaigns {
             .await?;
             return Ok(());
         };
+        let template = match &context.templates {
+            Ok(templates) => templates.get(&variant.name),
+            Err(problem) => {
+                self.pause_for(
+                    db,
+                    &campaign.id,
+                    &format!("template_not_approved: {problem}"),
+                )
+                .await?;
+                return Ok(());
+            }
+        };
+        let Some(template) = template else {
+            self.pause_for(
+                db,
+                &campaign.id,
+                &format!(
+                    "template_not_approved: variant {} has no template",
+                    variant.name
+                ),
+            )
+            .await?;
+            return Ok(());
+        };
         let variables = match render_variables(&variant.variables, &contact) {
             Ok(variables) => variables,
             Err(missing) => {
@@ -1554,34 +1679,21 @@ impl Campaigns {
                 return Ok(());
             }
         };
-        let request = SendRequest {
-            install_id: campaign.install_id.clone(),
-            contact_id: Some(contact.id.clone()),
-            to: None,
-            text: None,
-            template: Some(TemplateContent {
-                name: variant.template_name.clone(),
-                language: variant.template_language.clone(),
-                variables: Some(json!(variables)),
-            }),
-            media: None,
-            interactive: None,
-            reply_to: None,
-            purpose: Some("marketing".into()),
+        let send = TemplateNow {
+            install_id: &campaign.install_id,
+            contact: &contact,
+            template,
+            variables: &variables,
+            plan: context.plan,
+            idempotency_key: format!("campaign:{}:{contact_id}", campaign.id),
+            sent_by: &format!("campaign:{}", campaign.id),
+            recipient: (campaign.id.clone(), contact_id.to_string()),
+            job,
         };
-        let key = format!("campaign:{}:{contact_id}", campaign.id);
-        let sent_by = format!("campaign:{}", campaign.id);
-        match self
-            .inner
-            .messaging
-            .send(db, request, Some(key), Some(&sent_by))
-            .await
-        {
-            Ok((message, _)) => {
-                finish("sent", None, Some(message.id), None).await?;
-            }
-            // The key's first message (its body rendered from older contact data).
-            Err(SendError::KeyConflict(message_id)) => {
+        match self.inner.messaging.send_template_now(db, send).await {
+            Ok(SentNow::Queued(_) | SentNow::RecipientNotQueued) => {}
+            // The key's first message (queued by an earlier, interrupted run).
+            Ok(SentNow::Existing(message_id)) => {
                 finish("sent", None, Some(message_id), None).await?;
             }
             Err(SendError::Refused {
@@ -1596,18 +1708,6 @@ impl Campaigns {
             }) => {
                 self.pause_for(db, &campaign.id, &format!("quota_exceeded: {message}"))
                     .await?;
-            }
-            Err(SendError::Refused {
-                code: "template-not-approved",
-                message,
-                ..
-            }) => {
-                self.pause_for(
-                    db,
-                    &campaign.id,
-                    &format!("template_not_approved: {message}"),
-                )
-                .await?;
             }
             Err(SendError::Storage(error)) => return Err(error.into()),
             Err(SendError::Marketplace(error)) if !last_attempt => {

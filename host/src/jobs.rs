@@ -255,6 +255,7 @@ impl Jobs {
             .get(&job.kind)
             .cloned();
         let id = job.id.clone();
+        let completed = job.completed.clone();
         let attempts = job.attempts;
         let max_attempts = job.max_attempts;
         let outcome = match handler {
@@ -291,7 +292,11 @@ impl Jobs {
         let recorded = match outcome {
             Ok(()) => {
                 counters.completed.fetch_add(1, Ordering::Relaxed);
-                inner.storage.complete_job(&id, &inner.owner).await
+                if completed.is_set() {
+                    Ok(()) // the handler recorded it with its own writes
+                } else {
+                    inner.storage.complete_job(&id, &inner.owner).await
+                }
             }
             Err(failure) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);

@@ -176,6 +176,55 @@ fn reconcile_window() -> Duration {
 
 type KeywordEntry = (Instant, Arc<(Vec<String>, Vec<String>)>);
 
+/// The highest `throughput_per_second` an install may configure. Meta grants a number 80
+/// messages/s by default and up to 1,000 once upgraded; the ceiling is higher so other
+/// providers (and the loopback fakes of the benchmarks) are not capped by Meta's tiers.
+pub const MAX_THROUGHPUT_PER_SECOND: f64 = 10_000.0;
+
+/// How a send attempt is made: whether a retryable failure may ask for another attempt,
+/// whether the attempt is already recorded on the message, and the job completed with
+/// an acceptance.
+struct Attempt<'a> {
+    retries_left: bool,
+    stamped: bool,
+    lease: Option<&'a crate::storage::JobLease>,
+}
+
+/// A campaign's template message to send from its job (`Messaging::send_template_now`).
+#[derive(Debug)]
+pub struct TemplateNow<'a> {
+    /// The channel install.
+    pub install_id: &'a str,
+    /// The recipient (with its consent).
+    pub contact: &'a crate::storage::Contact,
+    /// The approved template.
+    pub template: &'a crate::storage::TemplateRecord,
+    /// Its variables for this contact.
+    pub variables: &'a crate::template_model::SendVariables,
+    /// The tenant's plan (its monthly allowance is checked).
+    pub plan: crate::plans::Plan,
+    /// At most one message per key.
+    pub idempotency_key: String,
+    /// Recorded as the message's sender.
+    pub sent_by: &'a str,
+    /// The campaign recipient (campaign id, contact id) that turns `sent` with it.
+    pub recipient: (String, String),
+    /// The running job sending it (completed with the acceptance).
+    pub job: &'a Job,
+}
+
+/// What `Messaging::send_template_now` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentNow {
+    /// Queued and handed over (accepted, failed, or left to the outbox to retry): the
+    /// message id.
+    Queued(String),
+    /// The key's message existed already (an earlier run of the job): its id.
+    Existing(String),
+    /// The recipient was no longer queued; nothing was written.
+    RecipientNotQueued,
+}
+
 /// The messaging service. Cheap to clone.
 #[derive(Clone)]
 pub struct Messaging {
@@ -612,7 +661,7 @@ impl Messaging {
                 if let Some(callback) = &update.callback_data
                     && let Some(message) = db.message_awaiting_receipt(install_id, callback).await?
                 {
-                    self.accept_send(db, &message, &update.provider_message_id)
+                    self.accept_send(db, &message, &update.provider_message_id, None)
                         .await?;
                 }
                 let status = status_name(update.status);
@@ -949,29 +998,12 @@ impl Messaging {
                     ))
                 })?,
             };
-            let components = crate::template_model::send_components(&stored.spec, &variables)
-                .map_err(|problems| {
-                    SendError::Invalid(format!(
-                        "template {} ({}): {}",
-                        stored.name,
-                        stored.language,
-                        problems.join("; ")
-                    ))
-                })?;
-            if stored.category == "MARKETING" {
+            let (content, marketing) =
+                template_content(&stored, &variables, template.variables.as_ref())?;
+            if marketing {
                 purpose = "marketing";
             }
-            (
-                "template",
-                json!({ "template": {
-                    "name": stored.name,
-                    "language": stored.language,
-                    "category": stored.category,
-                    "components": components,
-                    "variables": template.variables,
-                    "preview": crate::template_model::render_preview(&stored.spec, &variables),
-                }}),
-            )
+            ("template", content)
         };
         if purpose == "marketing" {
             let consent = db.current_consent(&contact.id).await?;
@@ -1012,26 +1044,7 @@ impl Messaging {
                 });
             }
         }
-        let plan = db
-            .storage()
-            .get_tenant(db.tenant_id())
-            .await?
-            .and_then(|tenant| crate::plans::Plan::parse(&tenant.plan))
-            .unwrap_or(crate::plans::Plan::Starter);
-        let used = db
-            .messages_sent(&crate::storage::month_of(now_ms()))
-            .await?;
-        if used >= plan.monthly_messages() {
-            return Err(SendError::Refused {
-                code: "quota-exceeded",
-                message: format!(
-                    "this month's message allowance of the {} plan is used up ({used} of {}); upgrade the plan to send more",
-                    plan.as_str(),
-                    plan.monthly_messages()
-                ),
-                details: json!({ "used": used, "allowance": plan.monthly_messages() }),
-            });
-        }
+        check_quota(db, None).await?;
         let message_id = uuid::Uuid::now_v7().to_string();
         let record = OutboundRecord {
             message_id: message_id.clone(),
@@ -1067,7 +1080,128 @@ impl Messaging {
             }
             Queued::Replayed(message) => Ok((message, true)),
             Queued::KeyConflict(message) => Err(SendError::KeyConflict(message.id)),
+            Queued::RecipientNotQueued => Err(SendError::Invalid(
+                "the campaign recipient is no longer queued".into(),
+            )),
         }
+    }
+
+    /// Sends a campaign's template message from the job that owns it: the message is
+    /// queued with its attempt already recorded and the recipient marked `sent` in one
+    /// transaction, then handed to the plugin at once, its acceptance and the job's
+    /// completion written together — two writes and no second job. A retryable failure
+    /// leaves the message to an outbox job (as `send` would); a crash is reconciled
+    /// like any interrupted attempt.
+    ///
+    /// # Errors
+    /// As [`Messaging::send`]: `Refused` (`opted-out`, `quota-exceeded`), `Invalid`,
+    /// `Marketplace`, `Storage`.
+    pub async fn send_template_now(
+        &self,
+        db: &TenantDb,
+        send: TemplateNow<'_>,
+    ) -> Result<SentNow, SendError> {
+        let handle = self.inner.marketplace.channel(db, send.install_id).await?;
+        let channel = channel_of(handle.plugin());
+        let Some(phone) = send.contact.phone.clone() else {
+            return Err(SendError::Invalid(format!(
+                "contact {} has no phone number; {channel} needs one",
+                send.contact.id
+            )));
+        };
+        if send
+            .contact
+            .consent
+            .get(channel.as_str())
+            .map(|entry| entry.status.as_str())
+            == Some("opted_out")
+        {
+            return Err(SendError::Refused {
+                code: "opted-out",
+                message: format!(
+                    "contact {} opted out of {channel} messages; marketing messages are not sent to them",
+                    send.contact.id
+                ),
+                details: json!({ "contact_id": send.contact.id }),
+            });
+        }
+        let raw = json!(send.variables);
+        let (content, _) = template_content(send.template, send.variables, Some(&raw))?;
+        check_quota(db, Some(send.plan)).await?;
+        let request_hash = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(content.to_string().as_bytes()))
+        };
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let record = OutboundRecord {
+            message_id: message_id.clone(),
+            install_id: send.install_id.to_string(),
+            channel,
+            contact_id: send.contact.id.clone(),
+            kind: "template".into(),
+            content,
+            reply_to: None,
+            purpose: "marketing".into(),
+            idempotency_key: Some(send.idempotency_key),
+            request_hash: Some(request_hash),
+            sent_by: Some(send.sent_by.to_string()),
+        };
+        let how = crate::storage::Outbox::Now {
+            attempted_at: now_ms(),
+            recipient: Some(send.recipient),
+        };
+        let message = match db.queue_outbound_with(&record, &how).await? {
+            Queued::New(message) => message,
+            Queued::Replayed(message) | Queued::KeyConflict(message) => {
+                // An earlier run queued it and was interrupted: the outbox finishes it.
+                self.resume_send(db, &message.id, now_ms()).await?;
+                return Ok(SentNow::Existing(message.id));
+            }
+            Queued::RecipientNotQueued => return Ok(SentNow::RecipientNotQueued),
+        };
+        self.publish(
+            db.tenant_id().as_str(),
+            "message.queued",
+            message_event(&message),
+        );
+        let lease = send.job.lease();
+        let attempt = Attempt {
+            retries_left: true,
+            stamped: true,
+            lease: lease.as_ref(),
+        };
+        if let Err(failure) = self.hand_over(db, &handle, &message, phone, attempt).await {
+            let wait = failure
+                .retry_after
+                .unwrap_or_else(|| crate::jobs::backoff(0));
+            tracing::debug!(message_id = %message.id, error = %failure.message, "a campaign send goes to the outbox to retry");
+            let at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(60_000);
+            self.resume_send(db, &message.id, at).await?;
+        }
+        Ok(SentNow::Queued(message.id))
+    }
+
+    /// Makes sure queued message `message_id` has its outbox send job (due at `at`); the
+    /// job does nothing once the message left `queued`.
+    ///
+    /// # Errors
+    /// Storage.
+    pub async fn resume_send(
+        &self,
+        db: &TenantDb,
+        message_id: &str,
+        at: i64,
+    ) -> Result<(), StorageError> {
+        let mut job = NewJob::new(
+            "messages",
+            "message.send",
+            Some(db.tenant_id()),
+            json!({ "message_id": message_id }),
+        );
+        job.idempotency_key = Some(format!("send:{message_id}"));
+        job.max_attempts = 12;
+        job.run_at = at;
+        self.inner.jobs.enqueue(&job).await.map(drop)
     }
 
     fn take_token(&self, install_id: &str, rate: f64) -> Option<Duration> {
@@ -1236,6 +1370,28 @@ impl Messaging {
                 return Ok(());
             }
         }
+        let attempt = Attempt {
+            retries_left: job.attempts < job.max_attempts,
+            stamped: false,
+            lease: None,
+        };
+        self.hand_over(&db, &handle, &message, phone, attempt).await
+    }
+
+    /// Hands `message` to its channel plugin (after the install's throughput limiter
+    /// and the recipient's pair-rate hold) and records the outcome: accepted (with
+    /// `attempt.lease`'s job completed in the same transaction), failed, or an error
+    /// asking for a retry.
+    async fn hand_over(
+        &self,
+        db: &TenantDb,
+        handle: &ChannelHandle,
+        message: &Message,
+        phone: String,
+        attempt: Attempt<'_>,
+    ) -> Result<(), JobFailure> {
+        let message_id = message.id.clone();
+        let fail = |code: &str, text: String| json!({ "code": code, "message": text });
         let content = outbound_content(&message.content)
             .map_err(|error| JobFailure::permanent(format!("stored content: {error}")))?;
         let rate = handle
@@ -1244,7 +1400,7 @@ impl Messaging {
             .get("throughput_per_second")
             .and_then(Value::as_f64)
             .unwrap_or(80.0)
-            .clamp(1.0, 1000.0);
+            .clamp(1.0, MAX_THROUGHPUT_PER_SECOND);
         while let Some(wait) = self.take_token(&message.install_id, rate) {
             tokio::time::sleep(wait).await;
         }
@@ -1260,7 +1416,9 @@ impl Messaging {
             content,
             reply_to: message.reply_to.clone(),
         };
-        db.set_send_attempt(&message_id, Some(now_ms())).await?;
+        if !attempt.stamped {
+            db.set_send_attempt(&message_id, Some(now_ms())).await?;
+        }
         let result = handle.send(&outbound).await;
         match result {
             // The plugin trapped or timed out: whether the provider got it is unknown, so
@@ -1270,7 +1428,7 @@ impl Messaging {
             ))),
             Ok(Ok(receipt)) => {
                 drop(not_before);
-                self.accept_send(&db, &message, &receipt.provider_message_id)
+                self.accept_send(db, message, &receipt.provider_message_id, attempt.lease)
                     .await?;
                 Ok(())
             }
@@ -1287,7 +1445,7 @@ impl Messaging {
                             .unwrap_or(6000);
                 }
                 drop(not_before);
-                if retry && job.attempts < job.max_attempts {
+                if retry && attempt.retries_left {
                     return Err(JobFailure {
                         retryable: true,
                         message: text,
@@ -1306,7 +1464,7 @@ impl Messaging {
                     }
                     _ => fail(code, text.clone()),
                 };
-                self.finish_failed(&db, &message_id, "failed", error_json)
+                self.finish_failed(db, &message_id, "failed", error_json)
                     .await?;
                 Ok(())
             }
@@ -1321,17 +1479,23 @@ impl Messaging {
         db: &TenantDb,
         message: &Message,
         provider_message_id: &str,
+        complete: Option<&crate::storage::JobLease>,
     ) -> Result<(), StorageError> {
         let tenant = db.tenant_id().as_str().to_string();
         let subscribed = self.inner.webhooks.subscriptions(db).await?;
         let accepted = db
-            .mark_accepted(&message.id, provider_message_id, |message, status| {
-                subscribed.fanout(
-                    &tenant,
-                    &format!("message.{status}"),
-                    message_event(message),
-                )
-            })
+            .mark_accepted(
+                &message.id,
+                provider_message_id,
+                |message, status| {
+                    subscribed.fanout(
+                        &tenant,
+                        &format!("message.{status}"),
+                        message_event(message),
+                    )
+                },
+                complete,
+            )
             .await?;
         if let Some(updated) = accepted {
             // The month's usage and the contact's last-contacted time were recorded
@@ -1414,6 +1578,71 @@ impl Messaging {
             serde_json::to_value(conversation).unwrap_or(Value::Null),
         );
     }
+}
+
+/// The stored content of a send of the approved template `stored` with `variables`
+/// (`raw`: the variables as the caller gave them), and whether its category makes it a
+/// marketing message.
+///
+/// # Errors
+/// `Invalid` naming what the variables lack for the template.
+fn template_content(
+    stored: &crate::storage::TemplateRecord,
+    variables: &crate::template_model::SendVariables,
+    raw: Option<&Value>,
+) -> Result<(Value, bool), SendError> {
+    let components =
+        crate::template_model::send_components(&stored.spec, variables).map_err(|problems| {
+            SendError::Invalid(format!(
+                "template {} ({}): {}",
+                stored.name,
+                stored.language,
+                problems.join("; ")
+            ))
+        })?;
+    Ok((
+        json!({ "template": {
+            "name": stored.name,
+            "language": stored.language,
+            "category": stored.category,
+            "components": components,
+            "variables": raw,
+            "preview": crate::template_model::render_preview(&stored.spec, variables),
+        }}),
+        stored.category == "MARKETING",
+    ))
+}
+
+/// Refuses a send when this month's message allowance of the tenant's plan (`plan`, or
+/// read now) is used up.
+///
+/// # Errors
+/// `Refused` (`quota-exceeded`) with the numbers.
+async fn check_quota(db: &TenantDb, plan: Option<crate::plans::Plan>) -> Result<(), SendError> {
+    let plan = match plan {
+        Some(plan) => plan,
+        None => db
+            .storage()
+            .get_tenant(db.tenant_id())
+            .await?
+            .and_then(|tenant| crate::plans::Plan::parse(&tenant.plan))
+            .unwrap_or(crate::plans::Plan::Starter),
+    };
+    let used = db
+        .messages_sent(&crate::storage::month_of(now_ms()))
+        .await?;
+    if used >= plan.monthly_messages() {
+        return Err(SendError::Refused {
+            code: "quota-exceeded",
+            message: format!(
+                "this month's message allowance of the {} plan is used up ({used} of {}); upgrade the plan to send more",
+                plan.as_str(),
+                plan.monthly_messages()
+            ),
+            details: json!({ "used": used, "allowance": plan.monthly_messages() }),
+        });
+    }
+    Ok(())
 }
 
 fn suggest(names: &[String]) -> String {

@@ -59,11 +59,11 @@ pub use custom_fields::{CustomField, FieldKind};
 pub use flows::{ContactEdit, Flow, FlowVersion, Run, RunChange, Step};
 pub use imports::{DuplicateStrategy, ImportCounts, ImportJob, ImportRow, RowOutcome};
 pub use installs::Install;
-pub use jobs::{Job, NewJob, QueueDepth};
+pub use jobs::{CompletedFlag, Job, JobLease, NewJob, QueueDepth};
 pub use messaging::{
     AssigneeFilter, Conversation, ConversationChange, ConversationFilter, ConversationNote,
-    DEFAULT_OPT_IN, DEFAULT_OPT_OUT, InboundRecord, InboundResult, Message, OutboundRecord, Queued,
-    StatusEntry, WINDOW_MS, status_rank,
+    DEFAULT_OPT_IN, DEFAULT_OPT_OUT, InboundRecord, InboundResult, Message, OutboundRecord, Outbox,
+    Queued, StatusEntry, WINDOW_MS, status_rank,
 };
 pub use notes::Note;
 pub use plugin_kv::{KvError, KvQuota, PluginKv};

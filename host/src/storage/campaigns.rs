@@ -574,6 +574,30 @@ impl TenantDb {
         campaign_id: &str,
         contact_id: &str,
     ) -> Result<Option<Recipient>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        if let Some(mut found) = self.storage().read_direct(|c| {
+            super::sqlite_writer::query(
+                c,
+                &format!(
+                    "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients r \
+                     WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.contact_id = $3"
+                ),
+                &[&tenant, &campaign_id, &contact_id],
+                |row| {
+                    Ok(Recipient {
+                        contact_id: row.get(0)?,
+                        variant: row.get(1)?,
+                        test_group: row.get::<_, i64>(2)? != 0,
+                        state: row.get(3)?,
+                        skip_reason: row.get(4)?,
+                        message_id: row.get(5)?,
+                        error: row.get(6)?,
+                    })
+                },
+            )
+        }) {
+            return Ok(found.pop());
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients r \
              WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.contact_id = $3"

@@ -85,10 +85,91 @@ pub struct Job {
     pub updated_at: i64,
     /// Finished (done, dead or cancelled), Unix ms.
     pub finished_at: Option<i64>,
+    /// The worker holding it while it runs.
+    pub lease_owner: Option<String>,
+    /// Set by a handler that recorded the job's completion in its own transaction (see
+    /// [`Job::lease`]), so the worker does not record it again.
+    #[serde(skip)]
+    pub completed: CompletedFlag,
+}
+
+/// Whether a running job's handler completed it itself. Shared between the worker and
+/// the handler's copy of the job.
+#[derive(Debug, Clone, Default)]
+pub struct CompletedFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CompletedFlag {
+    /// Whether the handler completed the job.
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// A running job's lease: what a handler needs to complete the job inside its own
+/// transaction (`complete_job_direct` / `complete_job_in`), saving the worker's separate
+/// write.
+#[derive(Debug, Clone)]
+pub struct JobLease {
+    /// The job.
+    pub id: String,
+    /// The worker holding it.
+    pub owner: String,
+    completed: CompletedFlag,
+}
+
+impl JobLease {
+    /// Tells the worker the job's completion was committed.
+    pub fn committed(&self) {
+        self.completed
+            .0
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Job {
+    /// The lease of a claimed job (`None` for a job not running).
+    pub fn lease(&self) -> Option<JobLease> {
+        Some(JobLease {
+            id: self.id.clone(),
+            owner: self.lease_owner.clone()?,
+            completed: self.completed.clone(),
+        })
+    }
+}
+
+/// Marks a running job done, if `owner` still holds it: $1 now, $2 id, $3 owner.
+pub(crate) const COMPLETE_JOB: &str = "UPDATE jobs SET state = 'done', lease_owner = NULL, finished_at = $1, updated_at = $1 \
+     WHERE id = $2 AND lease_owner = $3 AND state = 'running'";
+
+/// Completes `lease`'s job inside a transaction on the direct SQLite path.
+pub(crate) fn complete_job_direct(
+    connection: &rusqlite::Connection,
+    lease: &JobLease,
+) -> rusqlite::Result<usize> {
+    super::sqlite_writer::exec(
+        connection,
+        COMPLETE_JOB,
+        &[&now_ms(), &lease.id, &lease.owner],
+    )
+}
+
+/// Completes `lease`'s job inside a sqlx transaction.
+pub(crate) async fn complete_job_in(
+    connection: &mut sqlx::AnyConnection,
+    lease: &JobLease,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(COMPLETE_JOB)
+        .bind(now_ms())
+        .bind(&lease.id)
+        .bind(&lease.owner)
+        .execute(connection)
+        .await
+        .map(drop)
 }
 
 const COLUMNS: &str = "id, tenant_id, queue, kind, payload, priority, run_at, state, attempts, \
-                       max_attempts, last_error, idempotency_key, created_at, updated_at, finished_at";
+                       max_attempts, last_error, idempotency_key, created_at, updated_at, finished_at, \
+                       lease_owner";
 
 /// A job row read through the direct SQLite path (columns in [`COLUMNS`] order).
 fn decode_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
@@ -109,6 +190,8 @@ fn decode_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
         finished_at: row.get(14)?,
+        lease_owner: row.get(15)?,
+        completed: CompletedFlag::default(),
     })
 }
 
@@ -161,6 +244,8 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<Job, sqlx::Error> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        completed: CompletedFlag::default(),
     })
 }
 
@@ -298,8 +383,7 @@ impl Storage {
 
     /// Marks a job done (if `owner` still holds it).
     pub async fn complete_job(&self, id: &str, owner: &str) -> Result<(), StorageError> {
-        const SQL: &str = "UPDATE jobs SET state = 'done', lease_owner = NULL, finished_at = $1, updated_at = $1 \
-             WHERE id = $2 AND lease_owner = $3 AND state = 'running'";
+        const SQL: &str = COMPLETE_JOB;
         let now = now_ms();
         if let Some(writer) = self.sqlite_writer() {
             let (id, owner) = (id.to_string(), owner.to_string());

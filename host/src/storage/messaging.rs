@@ -194,7 +194,40 @@ pub enum Queued {
     Replayed(Message),
     /// The idempotency key was used before for a different request.
     KeyConflict(Message),
+    /// The campaign recipient it was for is no longer queued (paused or cancelled since):
+    /// nothing was written.
+    RecipientNotQueued,
 }
+
+/// How [`TenantDb::queue_outbound_with`] hands a message on.
+#[derive(Debug, Clone)]
+pub enum Outbox {
+    /// With its send job, in the same transaction.
+    Job(NewJob),
+    /// Handed to the provider by the caller right after the commit, so the message is
+    /// written with that attempt already recorded (`send_attempted_at`): a crash before
+    /// the receipt is recorded is reconciled like any interrupted attempt. Optionally
+    /// the campaign recipient (campaign id, contact id) it is for turns `sent` in the
+    /// same transaction, if it is still queued.
+    Now {
+        /// The attempt's time, Unix ms.
+        attempted_at: i64,
+        /// (campaign id, contact id).
+        recipient: Option<(String, String)>,
+    },
+}
+
+/// What the queueing transaction did.
+enum QueueOutcome {
+    Queued,
+    KeyTaken,
+    RecipientNotQueued,
+}
+
+/// A queued campaign recipient turns `sent` with its message: $1 message id, $2 now,
+/// $3 tenant, $4 campaign, $5 contact.
+const RECIPIENT_SENT: &str = "UPDATE campaign_recipients SET state = 'sent', message_id = $1, updated_at = $2 \
+     WHERE tenant_id = $3 AND campaign_id = $4 AND contact_id = $5 AND state = 'queued'";
 
 /// Appends a status to a message's history unless it is there already.
 const HISTORY_INSERT: &str = "INSERT INTO message_status_history (id, tenant_id, message_id, status, provider_at, error, recorded_at) \
@@ -282,8 +315,8 @@ const UPSERT_CONVERSATION: &str = "INSERT INTO conversations (id, tenant_id, ins
 
 const INSERT_OUTBOUND: &str = "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, install_id, direction, kind, \
      content, reply_to, status, status_rank, purpose, idempotency_key, request_hash, sent_by, \
-     created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, 'outbound', $6, $7, $8, 'queued', 0, $9, $10, $11, $12, $13, $13)";
+     created_at, updated_at, send_attempted_at) \
+     VALUES ($1, $2, $3, $4, $5, 'outbound', $6, $7, $8, 'queued', 0, $9, $10, $11, $12, $13, $13, $14)";
 
 fn json_column(row: &sqlx::any::AnyRow, name: &str) -> Result<Option<Value>, sqlx::Error> {
     let text: Option<String> = row.try_get(name)?;
@@ -534,18 +567,50 @@ impl TenantDb {
         record: &OutboundRecord,
         job: &NewJob,
     ) -> Result<Queued, StorageError> {
+        self.queue_outbound_with(record, &Outbox::Job(job.clone()))
+            .await
+    }
+
+    /// As [`TenantDb::queue_outbound`], the message written as `how` says: with its send
+    /// job, or handed to the provider at once by its caller.
+    pub async fn queue_outbound_with(
+        &self,
+        record: &OutboundRecord,
+        how: &Outbox,
+    ) -> Result<Queued, StorageError> {
         if let Some(key) = &record.idempotency_key
             && let Some(existing) = self.message_by_idempotency_key(key).await?
         {
             return Ok(self.replay(existing, record));
         }
         let tenant = self.tenant_id().as_str();
-        if let Some(writer) = self.storage().sqlite_writer() {
-            let (tenant, owned, job) = (tenant.to_string(), record.clone(), job.clone());
-            let queued = writer
+        let (job, attempted_at, recipient) = match how {
+            Outbox::Job(job) => (Some(job), None, None),
+            Outbox::Now {
+                attempted_at,
+                recipient,
+            } => (None, Some(*attempted_at), recipient.as_ref()),
+        };
+        let outcome = if let Some(writer) = self.storage().sqlite_writer() {
+            let (tenant, owned, job, recipient) = (
+                tenant.to_string(),
+                record.clone(),
+                job.cloned(),
+                recipient.cloned(),
+            );
+            writer
                 .write(move |c| {
                     use super::sqlite_writer::{exec, query};
                     let now = now_ms();
+                    if let Some((campaign, contact)) = &recipient
+                        && exec(
+                            c,
+                            RECIPIENT_SENT,
+                            &[&owned.message_id, &now, &tenant, campaign, contact],
+                        )? == 0
+                    {
+                        return Ok(QueueOutcome::RecipientNotQueued);
+                    }
                     let conversation_id: String = query(
                         c,
                         UPSERT_CONVERSATION,
@@ -578,6 +643,7 @@ impl TenantDb {
                             &owned.request_hash,
                             &owned.sent_by,
                             &now,
+                            &attempted_at,
                         ],
                     );
                     match inserted {
@@ -585,89 +651,102 @@ impl TenantDb {
                         // is kept (the savepoint is released with no other change
                         // than the conversation's timestamps).
                         Err(error) if super::sqlite_writer::is_unique_violation(&error) => {
-                            return Ok(false);
+                            return Ok(QueueOutcome::KeyTaken);
                         }
                         other => other?,
                     };
-                    super::jobs::insert_job_direct(c, &job)?;
-                    Ok(true)
+                    if let Some(job) = &job {
+                        super::jobs::insert_job_direct(c, job)?;
+                    }
+                    Ok(QueueOutcome::Queued)
                 })
                 .await
                 .map_err(|message| StorageError::Direct {
                     context: "queueing a message",
                     message,
-                })?;
-            if !queued {
+                })?
+        } else {
+            let outcome: Result<QueueOutcome, sqlx::Error> = async {
+                let mut tx = self.storage().begin_write().await?;
+                let now = now_ms();
+                if let Some((campaign, contact)) = recipient {
+                    let updated = sqlx::query(RECIPIENT_SENT)
+                        .bind(&record.message_id)
+                        .bind(now)
+                        .bind(tenant)
+                        .bind(campaign)
+                        .bind(contact)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if updated == 0 {
+                        return Ok(QueueOutcome::RecipientNotQueued);
+                    }
+                }
+                let row = sqlx::query(UPSERT_CONVERSATION)
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(tenant)
+                    .bind(&record.install_id)
+                    .bind(&record.channel)
+                    .bind(&record.contact_id)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let conversation_id: String = row.try_get("id")?;
+                sqlx::query(INSERT_OUTBOUND)
+                    .bind(&record.message_id)
+                    .bind(tenant)
+                    .bind(&conversation_id)
+                    .bind(&record.contact_id)
+                    .bind(&record.install_id)
+                    .bind(&record.kind)
+                    .bind(record.content.to_string())
+                    .bind(record.reply_to.as_deref())
+                    .bind(&record.purpose)
+                    .bind(record.idempotency_key.as_deref())
+                    .bind(record.request_hash.as_deref())
+                    .bind(record.sent_by.as_deref())
+                    .bind(now)
+                    .bind(attempted_at)
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(job) = job {
+                    insert_job(&mut *tx, job).await?;
+                }
+                tx.commit().await?;
+                Ok(QueueOutcome::Queued)
+            }
+            .await;
+            match outcome {
+                Err(error) if is_unique_violation(&error) && record.idempotency_key.is_some() => {
+                    QueueOutcome::KeyTaken
+                }
+                other => other.map_err(|source| StorageError::Query {
+                    context: "queueing a message",
+                    source,
+                })?,
+            }
+        };
+        match outcome {
+            QueueOutcome::Queued => {
+                Ok(Queued::New(self.message(&record.message_id).await?.ok_or(
+                    StorageError::Query {
+                        context: "reading a queued message",
+                        source: sqlx::Error::RowNotFound,
+                    },
+                )?))
+            }
+            QueueOutcome::RecipientNotQueued => Ok(Queued::RecipientNotQueued),
+            QueueOutcome::KeyTaken => {
                 let key = record.idempotency_key.as_deref().unwrap_or_default();
-                return match self.message_by_idempotency_key(key).await? {
+                match self.message_by_idempotency_key(key).await? {
                     Some(existing) => Ok(self.replay(existing, record)),
                     None => Err(StorageError::Direct {
                         context: "queueing a message",
                         message: "a message id was used twice".into(),
                     }),
-                };
-            }
-            return Ok(Queued::New(self.message(&record.message_id).await?.ok_or(
-                StorageError::Query {
-                    context: "reading a queued message",
-                    source: sqlx::Error::RowNotFound,
-                },
-            )?));
-        }
-        let outcome: Result<(), sqlx::Error> = async {
-            let mut tx = self.storage().begin_write().await?;
-            let now = now_ms();
-            let row = sqlx::query(UPSERT_CONVERSATION)
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(tenant)
-                .bind(&record.install_id)
-                .bind(&record.channel)
-                .bind(&record.contact_id)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-            let conversation_id: String = row.try_get("id")?;
-            sqlx::query(INSERT_OUTBOUND)
-                .bind(&record.message_id)
-                .bind(tenant)
-                .bind(&conversation_id)
-                .bind(&record.contact_id)
-                .bind(&record.install_id)
-                .bind(&record.kind)
-                .bind(record.content.to_string())
-                .bind(record.reply_to.as_deref())
-                .bind(&record.purpose)
-                .bind(record.idempotency_key.as_deref())
-                .bind(record.request_hash.as_deref())
-                .bind(record.sent_by.as_deref())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            insert_job(&mut *tx, job).await?;
-            tx.commit().await
-        }
-        .await;
-        match outcome {
-            Ok(()) => Ok(Queued::New(self.message(&record.message_id).await?.ok_or(
-                StorageError::Query {
-                    context: "reading a queued message",
-                    source: sqlx::Error::RowNotFound,
-                },
-            )?)),
-            Err(error) if is_unique_violation(&error) && record.idempotency_key.is_some() => {
-                let key = record.idempotency_key.as_deref().unwrap_or_default();
-                match self.message_by_idempotency_key(key).await? {
-                    Some(existing) => Ok(self.replay(existing, record)),
-                    None => Err(StorageError::Query {
-                        context: "queueing a message",
-                        source: error,
-                    }),
                 }
             }
-            Err(source) => Err(StorageError::Query {
-                context: "queueing a message",
-                source,
-            }),
         }
     }
 
@@ -913,12 +992,14 @@ impl TenantDb {
     }
 
     /// Records the provider's acceptance of an outbound message (its provider id), then
-    /// applies statuses that arrived before it. The message after all of that.
+    /// applies statuses that arrived before it. The message after all of that. With
+    /// `complete`, that running job is marked done in the same transaction.
     pub async fn mark_accepted(
         &self,
         message_id: &str,
         provider_message_id: &str,
         make_jobs: impl Fn(&Message, &str) -> Vec<NewJob>,
+        complete: Option<&super::JobLease>,
     ) -> Result<Option<Message>, StorageError> {
         let tenant = self.tenant_id().as_str();
         let now = now_ms();
@@ -936,14 +1017,18 @@ impl TenantDb {
              AND id = (SELECT contact_id FROM messages WHERE tenant_id = $2 AND id = $3)";
         let month = super::month_of(now);
         let updated = if let Some(writer) = self.storage().sqlite_writer() {
-            let (tenant, message_id, provider) = (
+            let (tenant, message_id, provider, lease) = (
                 tenant.to_string(),
                 message_id.to_string(),
                 provider_message_id.to_string(),
+                complete.cloned(),
             );
             writer
                 .write(move |c| {
                     use super::sqlite_writer::exec;
+                    if let Some(lease) = &lease {
+                        super::jobs::complete_job_direct(c, lease)?;
+                    }
                     let updated = exec(c, ACCEPT, &[&provider, &now, &tenant, &message_id])?;
                     if updated > 0 {
                         exec(
@@ -972,6 +1057,9 @@ impl TenantDb {
         } else {
             let updated: Result<usize, sqlx::Error> = async {
                 let mut tx = self.storage().begin_write().await?;
+                if let Some(lease) = complete {
+                    super::jobs::complete_job_in(&mut tx, lease).await?;
+                }
                 let updated = sqlx::query(ACCEPT)
                     .bind(provider_message_id)
                     .bind(now)
@@ -993,13 +1081,16 @@ impl TenantDb {
                         .bind(message_id)
                         .execute(&mut *tx)
                         .await?;
-                    tx.commit().await?;
                 }
+                tx.commit().await?;
                 Ok(usize::try_from(updated).unwrap_or(usize::MAX))
             }
             .await;
             updated.context("recording a send receipt")?
         };
+        if let Some(lease) = complete {
+            lease.committed();
+        }
         if updated == 0 {
             return Ok(None);
         }
