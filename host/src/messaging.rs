@@ -144,6 +144,9 @@ pub struct MediaContent {
 struct Bucket {
     tokens: f64,
     updated: Instant,
+    /// The provider asked the whole number to slow down (130429, app or account
+    /// limits): nothing is sent through it before this instant.
+    held_until: Option<Instant>,
 }
 
 struct Inner {
@@ -1210,7 +1213,16 @@ impl Messaging {
         let bucket = buckets.entry(install_id.to_string()).or_insert(Bucket {
             tokens: rate,
             updated: now,
+            held_until: None,
         });
+        if let Some(until) = bucket.held_until {
+            if until > now {
+                return Some(until - now);
+            }
+            bucket.held_until = None;
+            bucket.tokens = 0.0;
+            bucket.updated = now;
+        }
         let elapsed = now.duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
         bucket.updated = now;
@@ -1220,6 +1232,24 @@ impl Messaging {
         } else {
             Some(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
         }
+    }
+
+    /// Holds every send through `install_id` for `wait` (the provider's backoff).
+    fn hold_install(&self, install_id: &str, wait: Duration) {
+        let mut buckets = self.inner.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let bucket = buckets.entry(install_id.to_string()).or_insert(Bucket {
+            tokens: 0.0,
+            updated: now,
+            held_until: None,
+        });
+        let until = now + wait.min(Duration::from_secs(3600));
+        bucket.held_until = Some(bucket.held_until.map_or(until, |held| held.max(until)));
+        tracing::warn!(
+            install_id,
+            wait_ms = wait.as_millis(),
+            "the provider asked the number to slow down; its sends wait"
+        );
     }
 
     fn recipient_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<i64>> {
@@ -1438,6 +1468,16 @@ impl Messaging {
                     db.set_send_attempt(&message_id, None).await?;
                 }
                 let (retry, retry_after, code, text) = classify(&error);
+                if let ct::ChannelError::RateLimited(pe) = &error
+                    && pe.code != 131056
+                {
+                    // The number (or the app) is over its limit: every send through
+                    // it waits, not just this one.
+                    self.hold_install(
+                        &message.install_id,
+                        retry_after.unwrap_or(Duration::from_secs(1)),
+                    );
+                }
                 if matches!(&error, ct::ChannelError::RateLimited(pe) if pe.code == 131056) {
                     // The pair rate limit: hold further messages to this recipient.
                     *not_before = now_ms()
