@@ -858,6 +858,9 @@ pub enum StartError {
     Storage(#[from] StorageError),
 }
 
+/// A published version with its parsed graph, as cached.
+type ParsedVersion = Arc<(FlowVersion, Graph)>;
+
 fn step_job(db: &TenantDb, run_id: &str, node: &str, visit: i64, run_at: i64) -> NewJob {
     let mut job = NewJob::new(
         "flows",
@@ -1281,15 +1284,14 @@ impl Flows {
         Ok(run)
     }
 
-    /// Starts a run through the API (`api` or `manual` trigger).
-    pub async fn start_by_api(
+    /// The published version of `flow_id` and the id of its trigger for runs started
+    /// from `source` (`api` or `manual`, either one as a fallback).
+    async fn api_entry(
         &self,
         db: &TenantDb,
         flow_id: &str,
-        contact_id: Option<&str>,
-        payload: Value,
         source: &str,
-    ) -> Result<Run, StartError> {
+    ) -> Result<(ParsedVersion, String), StartError> {
         let flow = db
             .flow(flow_id)
             .await?
@@ -1310,7 +1312,7 @@ impl Flows {
                     StartError::Invalid(format!("the published version: {}", failure.message))
                 }
             })?;
-        let (version, graph) = (&parsed.0, &parsed.1);
+        let graph = &parsed.1;
         let trigger = graph
             .triggers
             .iter()
@@ -1325,27 +1327,78 @@ impl Flows {
                     .iter()
                     .find(|t| matches!(t.kind, TriggerKind::Api | TriggerKind::Manual))
             })
-            .ok_or_else(|| {
-                StartError::Invalid("the flow has no `api` or `manual` trigger".into())
-            })?;
+            .ok_or_else(|| StartError::Invalid("the flow has no `api` or `manual` trigger".into()))?
+            .id
+            .clone();
+        Ok((parsed, trigger))
+    }
+
+    /// Starts a run through the API (`api` or `manual` trigger).
+    pub async fn start_by_api(
+        &self,
+        db: &TenantDb,
+        flow_id: &str,
+        contact_id: Option<&str>,
+        payload: Value,
+        source: &str,
+    ) -> Result<Run, StartError> {
+        let (parsed, trigger) = self.api_entry(db, flow_id, source).await?;
+        self.start_one(db, &parsed, &trigger, contact_id, &payload, source)
+            .await
+    }
+
+    async fn start_one(
+        &self,
+        db: &TenantDb,
+        parsed: &ParsedVersion,
+        trigger: &str,
+        contact_id: Option<&str>,
+        payload: &Value,
+        source: &str,
+    ) -> Result<Run, StartError> {
         if let Some(contact_id) = contact_id
             && db.get_contact(contact_id).await?.is_none()
         {
             return Err(StartError::NotFound(format!("no contact {contact_id}")));
         }
-        let trigger_payload =
-            json!({ "type": source, "trigger_id": trigger.id, "payload": payload });
+        let trigger_payload = json!({ "type": source, "trigger_id": trigger, "payload": payload });
         self.start(
             db,
-            version,
-            graph,
-            &trigger.id,
+            &parsed.0,
+            &parsed.1,
+            trigger,
             contact_id,
             trigger_payload,
             None,
         )
         .await?
         .ok_or(StartError::AlreadyRunning)
+    }
+
+    /// Enrolls many contacts at once (`POST /v1/flows/{id}/runs/batch`): one run each,
+    /// started concurrently so their writes share commits. Each contact's outcome, in
+    /// the order given.
+    ///
+    /// # Errors
+    /// `NotFound` (flow), `Invalid` (not startable); per contact: `NotFound`,
+    /// `AlreadyRunning`, `Storage`.
+    pub async fn start_many(
+        &self,
+        db: &TenantDb,
+        flow_id: &str,
+        contact_ids: &[String],
+        payload: &Value,
+        source: &str,
+    ) -> Result<Vec<Result<Run, StartError>>, StartError> {
+        let (parsed, trigger) = self.api_entry(db, flow_id, source).await?;
+        let mut outcomes = Vec::with_capacity(contact_ids.len());
+        for chunk in contact_ids.chunks(64) {
+            let starts = chunk.iter().map(|contact_id| {
+                self.start_one(db, &parsed, &trigger, Some(contact_id), payload, source)
+            });
+            outcomes.extend(futures::future::join_all(starts).await);
+        }
+        Ok(outcomes)
     }
 
     /// Reacts to a stored inbound message: resumes runs waiting for the contact's reply

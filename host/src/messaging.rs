@@ -1400,10 +1400,11 @@ impl Messaging {
                 return Ok(());
             }
         }
+        let lease = job.lease();
         let attempt = Attempt {
             retries_left: job.attempts < job.max_attempts,
             stamped: false,
-            lease: None,
+            lease: lease.as_ref(),
         };
         self.hand_over(&db, &handle, &message, phone, attempt).await
     }

@@ -414,6 +414,56 @@ async fn scenario(database_url: Option<String>) {
     })
     .await;
 
+    // Bulk enrollment: every known contact starts, an unknown one is reported.
+    let mut enrolled = Vec::new();
+    for (name, phone) in [("Dee", "+14155550161"), ("Eve", "+14155550162")] {
+        let (status, contact) = api
+            .post("/v1/contacts", json!({"name": name, "phone": phone}))
+            .await;
+        assert_eq!(status, 201, "{label}: {contact}");
+        enrolled.push(contact["id"].as_str().expect("id").to_string());
+    }
+    let (status, batch) = api
+        .post(
+            &format!("/v1/flows/{vip}/runs/batch"),
+            json!({"contact_ids": [enrolled[0], "no-such-contact", enrolled[1]], "payload": {"tier": "silver"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{label}: {batch}");
+    assert_eq!(
+        (batch["started"].as_u64(), batch["skipped"].as_u64()),
+        (Some(2), Some(1)),
+        "{label}: {batch}"
+    );
+    assert_eq!(
+        batch["problems"][0]["contact_id"], "no-such-contact",
+        "{label}: {batch}"
+    );
+    assert_eq!(
+        batch["problems"][0]["type"], "not-found",
+        "{label}: {batch}"
+    );
+    assert_eq!(
+        batch["runs"][1]["contact_id"],
+        enrolled[1].as_str(),
+        "{label}: {batch}"
+    );
+    for id in &enrolled {
+        eventually("the batch's field", || async {
+            let (_, contact) = api.get(&format!("/v1/contacts/{id}")).await;
+            (contact["fields"]["tier"] == "silver").then_some(())
+        })
+        .await;
+    }
+    for bad in [
+        json!({"contact_ids": []}),
+        json!({"contact_ids": vec!["x"; 1001]}),
+        json!({"contact_ids": "x"}),
+    ] {
+        let (status, problem) = api.post(&format!("/v1/flows/{vip}/runs/batch"), bad).await;
+        assert_eq!(status, 422, "{label}: {problem}");
+    }
+
     // Another tenant sees none of it.
     let (_, theirs) = other.get("/v1/flows").await;
     assert_eq!(theirs["data"].as_array().map(Vec::len), Some(0), "{label}");
@@ -437,5 +487,16 @@ async fn scenario(database_url: Option<String>) {
             .0,
         404,
         "{label}"
+    );
+    assert_eq!(
+        other
+            .post(
+                &format!("/v1/flows/{vip}/runs/batch"),
+                json!({"contact_ids": [contact_id]})
+            )
+            .await
+            .0,
+        404,
+        "{label}: another tenant cannot enroll into this flow"
     );
 }

@@ -28,6 +28,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/v1/flows/{id}/simulate", post(simulate))
         .route("/v1/flows/{id}/versions/{version}", get(version))
         .route("/v1/flows/{id}/runs", get(runs).post(start))
+        .route("/v1/flows/{id}/runs/batch", post(start_batch))
         .route("/v1/flows/{id}/runs/{run}", get(run))
         .route("/v1/flows/{id}/runs/{run}/cancel", post(cancel))
         .route(
@@ -231,26 +232,104 @@ async fn start(
         .await
     {
         Ok(run) => Ok((StatusCode::CREATED, Json(json!(run)))),
-        Err(StartError::NotFound(text)) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "Not found",
-            text,
-        )),
-        Err(StartError::Invalid(text)) => Err(ApiError::new(
+        Err(error) => Err(start_error(error)),
+    }
+}
+
+/// The problem answer of a run that could not start.
+fn start_error(error: StartError) -> ApiError {
+    match error {
+        StartError::NotFound(text) => {
+            ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", text)
+        }
+        StartError::Invalid(text) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "flow-not-startable",
             "The flow cannot be started",
             text,
-        )),
-        Err(error @ StartError::AlreadyRunning) => Err(ApiError::new(
+        ),
+        error @ StartError::AlreadyRunning => ApiError::new(
             StatusCode::CONFLICT,
             "run-active",
             "Run already active",
             error.to_string(),
-        )),
-        Err(StartError::Storage(error)) => Err(error.into()),
+        ),
+        StartError::Storage(error) => error.into(),
     }
+}
+
+/// At most this many contacts per `POST /v1/flows/{id}/runs/batch`.
+const BATCH_LIMIT: usize = 1_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchStartRequest {
+    contact_ids: Vec<String>,
+    #[serde(default)]
+    payload: Value,
+    /// `api` (default) or `manual`.
+    source: Option<String>,
+}
+
+/// Enrolls up to 1,000 contacts: `200 {started, skipped, runs: [{contact_id, run_id}],
+/// problems: [{contact_id, type, detail}]}`; a contact already in an active run or
+/// unknown is reported, not fatal.
+async fn start_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<BatchStartRequest>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&WRITERS)?;
+    let source = match request.source.as_deref() {
+        None | Some("api") => "api",
+        Some("manual") => "manual",
+        Some(other) => return Err(invalid(format!("`source` is api or manual, not `{other}`"))),
+    };
+    if request.contact_ids.is_empty() || request.contact_ids.len() > BATCH_LIMIT {
+        return Err(invalid(format!(
+            "`contact_ids` holds 1 to {BATCH_LIMIT} contact ids, not {}",
+            request.contact_ids.len()
+        )));
+    }
+    let outcomes = match state
+        .flows
+        .start_many(
+            caller.db(),
+            &id,
+            &request.contact_ids,
+            &request.payload,
+            source,
+        )
+        .await
+    {
+        Ok(outcomes) => outcomes,
+        Err(error) => return Err(start_error(error)),
+    };
+    let mut runs = Vec::new();
+    let mut problems = Vec::new();
+    for (contact_id, outcome) in request.contact_ids.iter().zip(outcomes) {
+        match outcome {
+            Ok(run) => runs.push(json!({"contact_id": contact_id, "run_id": run.id})),
+            Err(StartError::Storage(error)) => return Err(error.into()),
+            Err(error) => {
+                let kind = match &error {
+                    StartError::NotFound(_) => "not-found",
+                    StartError::AlreadyRunning => "run-active",
+                    _ => "flow-not-startable",
+                };
+                problems.push(
+                    json!({"contact_id": contact_id, "type": kind, "detail": error.to_string()}),
+                );
+            }
+        }
+    }
+    Ok(Json(json!({
+        "started": runs.len(),
+        "skipped": problems.len(),
+        "runs": runs,
+        "problems": problems,
+    })))
 }
 
 #[derive(Deserialize)]

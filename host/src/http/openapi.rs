@@ -429,6 +429,12 @@ fn operations() -> Vec<Operation> {
             .error(404, "not-found")
             .error(409, "run-active")
             .error(422, "invalid-body,flow-not-startable"),
+        op("post", "/v1/flows/{id}/runs/batch", "Flows", "Enroll up to 1,000 contacts (one run each)", Tenant(WRITERS))
+            .describe("Body `{contact_ids: [...], payload?, source?: api|manual}`. Answers `{started, skipped, runs: [{contact_id, run_id}], problems: [{contact_id, type: not-found|run-active, detail}]}`: a contact that cannot start is reported, the others start.")
+            .body("AnyObject")
+            .ok(200, "What started", Some("AnyObject"))
+            .error(404, "not-found")
+            .error(422, "invalid-body,flow-not-startable"),
         op("get", "/v1/flows/{id}/runs/{run}", "Flows", "A run with each step's input, output, effects, timing and error", Tenant(ANY_ROLE))
             .ok(200, "The run", Some("AnyObject"))
             .error(404, "not-found"),
