@@ -22,8 +22,9 @@
 //!   reconciles an attempt a crash interrupted; a retryable provider error also goes to
 //!   the outbox. What every send needs (campaign, approved templates, plan, timezone)
 //!   is read once per campaign and shared for [`CONTEXT_TTL`].
-//! - **A/B**: a reproducible share of the audience (a hash of campaign and contact) is
-//!   split between the variants; the rest is `held`. After the test duration (or on
+//! - **A/B**: the eligible audience in a random but reproducible order (a hash of
+//!   campaign and contact); exactly the test share of it, rounded, is dealt to the
+//!   variants in turn ([`ab_split`]); the rest is `held`. After the test duration (or on
 //!   demand) `campaign.ab_decide` picks the winner by the documented rule ([`decide`]),
 //!   records it with the numbers, and queues the held recipients with the winner.
 //! - **Progress** (`campaign.progress` job, every few seconds while running): publishes
@@ -625,25 +626,42 @@ async fn audience_page(
         .collect())
 }
 
-/// The A/B bucket of a contact: (in the test share, variant index), reproducible from
-/// the campaign and contact ids alone.
-#[must_use]
-pub fn ab_bucket(
-    campaign_id: &str,
-    contact_id: &str,
-    test_percent: u32,
-    variants: usize,
-) -> (bool, usize) {
+/// A contact's place in a campaign's random order: a hash of the campaign and contact
+/// ids, so the order is random across contacts and the same every time it is computed.
+fn ab_key(campaign_id: &str, contact_id: &str) -> u64 {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("{campaign_id}:{contact_id}").as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    let mut second = [0u8; 8];
-    second.copy_from_slice(&digest[8..16]);
-    let share = u64::from_be_bytes(first) % 10_000;
-    let in_test = share < u64::from(test_percent) * 100;
-    let index = usize::try_from(u64::from_be_bytes(second) % variants.max(1) as u64).unwrap_or(0);
-    (in_test, index)
+    u64::from_be_bytes(first)
+}
+
+/// The A/B test share of an audience: the eligible `contact_ids` in the campaign's
+/// random order ([`ab_key`]), the first `test_percent` % of them (rounded) in the test,
+/// dealt to the `variants` in turn — so the share is exact and the variants differ by
+/// at most one recipient. Each test contact's variant index; the others are held for
+/// the winner. The same audience always gives the same split.
+#[must_use]
+pub fn ab_split(
+    campaign_id: &str,
+    contact_ids: &[String],
+    test_percent: u32,
+    variants: usize,
+) -> HashMap<String, usize> {
+    let mut order: Vec<(u64, &String)> = contact_ids
+        .iter()
+        .map(|id| (ab_key(campaign_id, id), id))
+        .collect();
+    order.sort_unstable();
+    let total = u64::try_from(order.len()).unwrap_or(u64::MAX);
+    let test = usize::try_from((total * u64::from(test_percent.min(100)) + 50) / 100)
+        .unwrap_or(usize::MAX);
+    order
+        .into_iter()
+        .take(test)
+        .enumerate()
+        .map(|(rank, (_, id))| (id.clone(), rank % variants.max(1)))
+        .collect()
 }
 
 /// The value of a contact field for a variable.
@@ -986,20 +1004,52 @@ impl Campaigns {
             .and_then(|percent| u32::try_from(percent).ok())
     }
 
+    /// The A/B split of the campaign's audience ([`ab_split`] over the contacts that pass
+    /// the audience and consent rules); `None` without an A/B test.
+    async fn split(
+        db: &TenantDb,
+        campaign: &Campaign,
+        audience: &Audience,
+    ) -> Result<Option<HashMap<String, usize>>, CampaignError> {
+        let Some(percent) = Self::test_share(campaign) else {
+            return Ok(None);
+        };
+        let mut eligible = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = audience_page(db, audience, &campaign.channel, after.as_deref()).await?;
+            let full = page.len() == BATCH as usize;
+            after = page.last().map(|(contact, _)| contact.id.clone());
+            eligible.extend(
+                page.into_iter()
+                    .filter(|(_, reason)| reason.is_none())
+                    .map(|(contact, _)| contact.id),
+            );
+            if !full {
+                break;
+            }
+        }
+        Ok(Some(ab_split(
+            &campaign.id,
+            &eligible,
+            percent,
+            campaign.variants.len(),
+        )))
+    }
+
     /// Which variant (or held) an eligible contact gets, and its skip reason if its
     /// variables are missing.
     fn assign(
         campaign: &Campaign,
         templates: &HashMap<String, TemplateRecord>,
+        split: Option<&HashMap<String, usize>>,
         contact: &Contact,
     ) -> (Option<String>, bool, Result<Option<SendVariables>, String>) {
-        let (variant, test_group) = match Self::test_share(campaign) {
-            Some(percent) => {
-                let (in_test, index) =
-                    ab_bucket(&campaign.id, &contact.id, percent, campaign.variants.len());
-                if !in_test {
+        let (variant, test_group) = match split {
+            Some(split) => {
+                let Some(&index) = split.get(&contact.id) else {
                     return (None, false, Ok(None));
-                }
+                };
                 (
                     &campaign.variants[index.min(campaign.variants.len() - 1)],
                     true,
@@ -1034,6 +1084,7 @@ impl Campaigns {
     ) -> Result<AudienceSummary, CampaignError> {
         let templates = Self::approved_templates(db, campaign).await?;
         let audience = compile_audience(db, &campaign.audience).await?;
+        let split = Self::split(db, campaign, &audience).await?;
         let mut summary = AudienceSummary::default();
         let mut after: Option<String> = None;
         loop {
@@ -1049,7 +1100,7 @@ impl Campaigns {
                     *summary.excluded.entry(reason.to_string()).or_default() += 1;
                     continue;
                 }
-                match Self::assign(campaign, &templates, &contact) {
+                match Self::assign(campaign, &templates, split.as_ref(), &contact) {
                     (None, _, _) => {
                         summary.eligible += 1;
                         summary.held_for_winner += 1;
@@ -1466,6 +1517,14 @@ impl Campaigns {
                 return Ok(());
             }
         };
+        let split = match Self::split(db, &campaign, &audience).await {
+            Ok(split) => split,
+            Err(CampaignError::Storage(error)) => return Err(error.into()),
+            Err(error) => {
+                self.pause_for(db, &campaign.id, &error.to_string()).await?;
+                return Ok(());
+            }
+        };
         let already = db.campaign_recipient_count(&campaign.id, "sent").await?
             + db.campaign_recipient_count(&campaign.id, "queued").await?;
         let now = now_ms();
@@ -1506,7 +1565,7 @@ impl Campaigns {
                         skip_reason: Some((*reason).to_string()),
                     }
                 } else {
-                    match Self::assign(&campaign, &templates, contact) {
+                    match Self::assign(&campaign, &templates, split.as_ref(), contact) {
                         (None, _, _) => NewRecipient {
                             contact_id: contact.id.clone(),
                             variant: None,
@@ -2220,25 +2279,36 @@ mod tests {
     }
 
     #[test]
-    fn buckets_are_reproducible_and_roughly_even() {
+    fn the_split_is_exact_even_random_and_reproducible() {
+        let contacts: Vec<String> = (0..3001).map(|n| format!("contact-{n}")).collect();
+        let split = ab_split("campaign-1", &contacts, 30, 3);
+        // 30 % of 3,001, rounded; dealt in turn, so the variants differ by at most one.
+        assert_eq!(split.len(), 900);
         let mut per_variant = [0; 3];
-        let mut in_test = 0;
-        for n in 0..3000 {
-            let contact = format!("contact-{n}");
-            let bucket = ab_bucket("campaign-1", &contact, 30, 3);
-            assert_eq!(bucket, ab_bucket("campaign-1", &contact, 30, 3));
-            if bucket.0 {
-                in_test += 1;
-                per_variant[bucket.1] += 1;
-            }
+        for index in split.values() {
+            per_variant[*index] += 1;
         }
-        assert!((800..1000).contains(&in_test), "{in_test}");
-        for count in per_variant {
-            assert!(
-                (in_test / 3 - 80..in_test / 3 + 80).contains(&count),
-                "{per_variant:?}"
-            );
-        }
+        assert_eq!(per_variant, [300, 300, 300]);
+        // The same audience in any order gives the same split.
+        let mut reversed = contacts.clone();
+        reversed.reverse();
+        assert_eq!(split, ab_split("campaign-1", &reversed, 30, 3));
+        // Random, not the first contacts by id: the test share is spread over the
+        // whole audience, and another campaign picks other contacts.
+        let in_first_third = contacts[..1000]
+            .iter()
+            .filter(|id| split.contains_key(*id))
+            .count();
+        assert!((200..400).contains(&in_first_third), "{in_first_third}");
+        let other = ab_split("campaign-2", &contacts, 30, 3);
+        let shared = split.keys().filter(|id| other.contains_key(*id)).count();
+        assert!(shared < 400, "{shared} of 900 shared with another campaign");
+        // Edge cases: nobody, everybody, uneven deals.
+        assert!(ab_split("c", &[], 50, 2).is_empty());
+        assert_eq!(ab_split("c", &contacts[..7], 100, 2).len(), 7);
+        let uneven = ab_split("c", &contacts[..10], 50, 2);
+        assert_eq!(uneven.len(), 5);
+        assert_eq!(uneven.values().filter(|index| **index == 0).count(), 3);
     }
 
     #[test]
