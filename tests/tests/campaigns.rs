@@ -11,12 +11,21 @@
 //!   the clearly better read rate wins, the decision and its numbers are recorded, and
 //!   the held remainder is sent the winner only;
 //! - a campaign of 3,000 recipients killed with SIGKILL in the middle of its fan-out and
-//!   started again: at the fake, every targeted recipient received exactly one message.
+//!   started again: at the fake, every targeted recipient received exactly one message;
+//! - time: a campaign scheduled at a local date-time without an offset is read in the
+//!   tenant's time zone (a past one is a 422) and sends nothing before that instant, then
+//!   one message per recipient; quiet hours hold a recipient whose own `timezone` field
+//!   puts it inside them (queued in the statistics and the export, cancelled with the
+//!   campaign, never sent) while recipients whose zone — their own or the tenant's —
+//!   puts them outside are sent at once; an A/B test decides by itself when its duration
+//!   is up, keeps the first variant when the samples are under `MIN_SAMPLE` (even though
+//!   the other looked better) and says why, and sends the held remainder that variant.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
+use postdog_host::campaigns::MIN_SAMPLE;
 use postdog_host::ids::TenantId;
 use postdog_host::storage::{ConsentEntry, ContactData};
 use postdog_tests::fake_graph::{FakeGraph, FakeGraphConfig, SentMessage};
@@ -984,4 +993,442 @@ async fn crash(database_url: Option<String>) {
         "{label}: every recipient exactly once, {:?} in all",
         began.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn campaign_schedule_quiet_hours_and_timed_ab_on_every_backend() {
+    for database_url in postdog_tests::database_urls().await {
+        schedule_quiet_hours_and_timed_ab(database_url).await;
+    }
+}
+
+/// The tenant's time zone in the schedule scenario, and its offset from UTC: India has
+/// kept UTC+05:30 without daylight saving since 1945, so its wall clock is arithmetic
+/// and the test needs no time-zone database of its own.
+const TENANT_ZONE: (&str, i64) = ("Asia/Kolkata", 19_800_000);
+/// The shortest A/B duration the API accepts (`ab.duration_seconds` is 60 to 30 days).
+const AB_SECONDS: i64 = 60;
+const AB_RECIPIENTS: usize = 40;
+/// Phone prefixes (after `1415`) of the seeded contacts of each scenario.
+const AB_PREFIX: &str = "555";
+const SCHEDULED_PREFIX: &str = "777";
+
+fn unix_ms(at: SystemTime) -> i64 {
+    let since = at.duration_since(UNIX_EPOCH).expect("a time after 1970");
+    i64::try_from(since.as_millis()).expect("milliseconds fit an i64")
+}
+
+/// The wall-clock date-time, without an offset (`2025-06-01T14:30:05`), of the instant
+/// `at_ms` in a zone `offset_ms` ahead of UTC.
+fn local_date_time(at_ms: i64, offset_ms: i64) -> String {
+    let shifted = postdog_host::webhooks::utc_rfc3339(at_ms + offset_ms);
+    shifted[.."YYYY-MM-DDTHH:MM:SS".len()].to_string()
+}
+
+/// The messages the fake accepted for the seeded contacts with phone prefix `prefix`.
+fn sends_to(fake: &FakeGraph, prefix: &str) -> Vec<SentMessage> {
+    let wa_prefix = format!("1415{prefix}");
+    fake.sent()
+        .into_iter()
+        .filter(|message| message.wa_id.starts_with(&wa_prefix))
+        .collect()
+}
+
+/// Messages per recipient.
+fn per_recipient(messages: &[SentMessage]) -> HashMap<&str, usize> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for message in messages {
+        *counts.entry(message.wa_id.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+fn note(template: &str) -> Value {
+    json!({"name": template, "language": "en_US", "variables": {"body": [{"field": "name"}]}})
+}
+
+async fn schedule_quiet_hours_and_timed_ab(database_url: Option<String>) {
+    let label = label(database_url.as_ref());
+    let began = Instant::now();
+    let fake = FakeGraph::start(FakeGraphConfig::default()).await;
+    let (server, api, tenant_id, install_id) = setup(database_url, &fake, "business", &[]).await;
+    for (name, body) in [
+        ("promo_a", "Hi {{1}}, new arrivals."),
+        ("promo_b", "Dear {{1}}, 30% off today only!"),
+        ("notice", "Hello {{1}}, a note for you."),
+    ] {
+        approved_template(&api, &fake, &install_id, name, body, &["Ada"]).await;
+    }
+
+    // The timed A/B test starts first: its decision is due a minute later, and the
+    // other two scenarios run while it waits.
+    seed_contacts(&server, &tenant_id, "ab", AB_PREFIX, AB_RECIPIENTS).await;
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": "Timed AB", "install_id": install_id, "audience": {"tags": ["ab"]},
+                   "ab": {"variants": [note("promo_a"), note("promo_b")], "test_percent": 50,
+                          "metric": "delivery", "duration_seconds": AB_SECONDS}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let ab_id = campaign["id"].as_str().expect("id").to_string();
+    let (status, preview) = api
+        .post(&format!("/v1/campaigns/{ab_id}/preview"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {preview}");
+    let in_a = preview["by_variant"]["A"].as_u64().unwrap_or(0);
+    let in_b = preview["by_variant"]["B"].as_u64().unwrap_or(0);
+    let held = preview["held_for_winner"].as_u64().expect("held");
+    assert_eq!(in_a + in_b + held, 40, "{label}: {preview}");
+    // The scenario needs both variants and a remainder, and a sample too small to
+    // compare (the buckets hash the random campaign id: each holds with p > 0.9999).
+    assert!(in_a >= 1 && in_b >= 1 && held >= 1, "{label}: {preview}");
+    let min_sample = u64::try_from(MIN_SAMPLE).expect("positive");
+    assert!(in_a.min(in_b) < min_sample, "{label}: {preview}");
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{ab_id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+    let ab_started_at = started["started_at"].as_i64().expect("started_at");
+    let test_size = usize::try_from(in_a + in_b).expect("size");
+    let test_share = eventually("the A/B test share at Meta", || async {
+        let sent = sends_to(&fake, AB_PREFIX);
+        (sent.len() >= test_size).then_some(sent)
+    })
+    .await;
+    // B is delivered, A is not: B looks better, but on too small a sample to count.
+    for message in &test_share {
+        if message.template_name() == Some("promo_b") {
+            assert_eq!(
+                fake.deliver_status(&message.wamid, "delivered", None)
+                    .await
+                    .expect("status"),
+                200
+            );
+        }
+    }
+    eventually("B's deliveries in the statistics", || async {
+        let (_, stats) = api.get(&format!("/v1/campaigns/{ab_id}/stats")).await;
+        (stats["variants"][1]["delivered"] == in_b).then_some(())
+    })
+    .await;
+
+    scheduled_start(&server, &api, &fake, &tenant_id, &install_id, label).await;
+    quiet_hours(&api, &fake, &install_id, label).await;
+
+    // Until shortly before the duration is up, nothing is decided and the remainder
+    // waits; then the decision is taken by itself.
+    let due = ab_started_at + AB_SECONDS * 1_000;
+    let until_due = due - 2_000 - unix_ms(SystemTime::now());
+    assert!(
+        until_due > 0,
+        "{label}: the other scenarios outlasted the A/B duration; nothing left to check before it"
+    );
+    tokio::time::sleep(Duration::from_millis(until_due.unsigned_abs())).await;
+    let (_, waiting) = api.get(&format!("/v1/campaigns/{ab_id}")).await;
+    assert_eq!(waiting["status"], "running", "{label}: {waiting}");
+    assert!(
+        waiting["ab_decision"].is_null(),
+        "{label}: decided before the duration was up: {waiting}"
+    );
+    assert_eq!(
+        sends_to(&fake, AB_PREFIX).len(),
+        test_size,
+        "{label}: the remainder waits for the decision"
+    );
+    let decided = eventually("the timed A/B decision", || async {
+        let (_, campaign) = api.get(&format!("/v1/campaigns/{ab_id}")).await;
+        (!campaign["ab_decision"].is_null()).then_some(campaign)
+    })
+    .await;
+    let decision = &decided["ab_decision"];
+    assert_eq!(decision["winner"], "A", "{label}: {decision}");
+    assert_eq!(decision["rule"], "sample_too_small", "{label}: {decision}");
+    assert_eq!(decision["metric"], "delivery", "{label}: {decision}");
+    assert_eq!(decision["min_sample"], MIN_SAMPLE, "{label}: {decision}");
+    let explanation = decision["explanation"].as_str().unwrap_or_default();
+    assert!(
+        explanation.contains(&format!(
+            "only {} sent messages (fewer than {MIN_SAMPLE})",
+            in_a.min(in_b)
+        )) && explanation.contains("the first variant, A, is kept"),
+        "{label}: {decision}"
+    );
+    assert_eq!(
+        decision["variants"],
+        json!([
+            {"variant": "A", "sent": in_a, "successes": 0, "rate": 0.0},
+            {"variant": "B", "sent": in_b, "successes": in_b, "rate": 1.0},
+        ]),
+        "{label}: {decision}"
+    );
+    // The job's run time is taken a moment before `started_at` is stamped.
+    let decided_at = decision["decided_at"].as_i64().expect("decided_at");
+    assert!(
+        decided_at >= due - 1_000,
+        "{label}: decided at {decided_at}, due at {due}"
+    );
+
+    // The remainder gets the kept variant only, after the decision; everyone once.
+    wait_for_status(&api, &ab_id, "completed").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = sends_to(&fake, AB_PREFIX);
+    let counts = per_recipient(&all);
+    assert_eq!(counts.len(), AB_RECIPIENTS, "{label}: every contact");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "{label}: nobody twice: {counts:?}"
+    );
+    let tested: HashSet<&str> = test_share.iter().map(|m| m.wa_id.as_str()).collect();
+    let remainder: Vec<&SentMessage> = all
+        .iter()
+        .filter(|m| !tested.contains(m.wa_id.as_str()))
+        .collect();
+    assert_eq!(
+        remainder.len(),
+        usize::try_from(held).expect("held"),
+        "{label}"
+    );
+    for message in &remainder {
+        assert_eq!(
+            message.template_name(),
+            Some("promo_a"),
+            "{label}: {}",
+            message.body
+        );
+        assert!(
+            unix_ms(message.accepted_at) >= decided_at - 50,
+            "{label}: {} sent before the decision",
+            message.wa_id
+        );
+    }
+    let (_, stats) = api.get(&format!("/v1/campaigns/{ab_id}/stats")).await;
+    assert_eq!(
+        stats["variants"][0]["sent"],
+        in_a + held,
+        "{label}: {stats}"
+    );
+    assert_eq!(stats["variants"][1]["sent"], in_b, "{label}: {stats}");
+    eprintln!("{label}: {:?}", began.elapsed());
+}
+
+/// A campaign scheduled at a local date-time of the tenant's zone starts at that instant.
+async fn scheduled_start(
+    server: &PostdogServer,
+    api: &Api,
+    fake: &FakeGraph,
+    tenant_id: &str,
+    install_id: &str,
+    label: &str,
+) {
+    let (zone, offset_ms) = TENANT_ZONE;
+    let (status, tenant) = api.patch("/v1/tenant", json!({"timezone": zone})).await;
+    assert_eq!(status, 200, "{label}: {tenant}");
+    assert_eq!(tenant["timezone"], zone, "{label}: {tenant}");
+    seed_contacts(server, tenant_id, "sched", SCHEDULED_PREFIX, 3).await;
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": "Scheduled", "install_id": install_id,
+                   "audience": {"tags": ["sched"]}, "template": note("notice")}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    let schedule = format!("/v1/campaigns/{id}/schedule");
+
+    // A minute ago in the tenant's zone is refused (read as UTC it would be 5½ hours
+    // ahead), as is a time that is no time.
+    let now = unix_ms(SystemTime::now());
+    for (at, needle) in [
+        (local_date_time(now - 60_000, offset_ms), "in the past"),
+        ("next tuesday".to_string(), "local date-time"),
+    ] {
+        let (status, problem) = api.post(&schedule, json!({ "at": at })).await;
+        assert_eq!(status, 422, "{label}: {at} → {problem}");
+        assert_eq!(
+            problem["type"], "https://postdog.dev/problems/invalid-campaign",
+            "{label}: {at} → {problem}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(needle),
+            "{label}: {at} → {problem}"
+        );
+    }
+    let (_, unchanged) = api.get(&format!("/v1/campaigns/{id}")).await;
+    assert_eq!(unchanged["status"], "draft", "{label}: {unchanged}");
+
+    // About four seconds ahead, on a whole second, written in the tenant's zone.
+    let at = (unix_ms(SystemTime::now()) + 4_999) / 1_000 * 1_000;
+    let local = local_date_time(at, offset_ms);
+    let (status, scheduled) = api.post(&schedule, json!({ "at": local })).await;
+    assert_eq!(status, 200, "{label}: {local} → {scheduled}");
+    assert_eq!(scheduled["status"], "scheduled", "{label}: {scheduled}");
+    assert_eq!(
+        scheduled["schedule_at"], at,
+        "{label}: {local} in {zone} → {scheduled}"
+    );
+    assert!(sends_to(fake, SCHEDULED_PREFIX).is_empty(), "{label}");
+    let running = eventually("the scheduled campaign to start", || async {
+        let (_, campaign) = api.get(&format!("/v1/campaigns/{id}")).await;
+        matches!(campaign["status"].as_str(), Some("running" | "completed")).then_some(campaign)
+    })
+    .await;
+    let started_at = running["started_at"].as_i64().expect("started_at");
+    assert!(started_at >= at, "{label}: started {started_at}, due {at}");
+    wait_for_status(api, &id, "completed").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = sends_to(fake, SCHEDULED_PREFIX);
+    let counts = per_recipient(&sent);
+    assert_eq!(counts.len(), 3, "{label}: every recipient: {counts:?}");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "{label}: nobody twice: {counts:?}"
+    );
+    for message in &sent {
+        assert_eq!(message.template_name(), Some("notice"), "{label}");
+        // 50 ms for the two processes' clocks.
+        assert!(
+            unix_ms(message.accepted_at) >= at - 50,
+            "{label}: {} sent at {} before {at}",
+            message.wa_id,
+            unix_ms(message.accepted_at)
+        );
+    }
+}
+
+/// Quiet hours in each recipient's zone: its `timezone` field, else the tenant's.
+async fn quiet_hours(api: &Api, fake: &FakeGraph, install_id: &str, label: &str) {
+    let (status, field) = api
+        .put(
+            "/v1/custom-fields/timezone",
+            json!({"label": "Time zone", "kind": "text"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{label}: {field}");
+    // From an hour ago to an hour ahead, in UTC (wrapping midnight when it must).
+    let seconds = unix_ms(SystemTime::now()) / 1_000;
+    let (hour, minute) = (seconds / 3_600 % 24, seconds / 60 % 60);
+    let window = json!({
+        "start": format!("{:02}:{minute:02}", (hour + 23) % 24),
+        "end": format!("{:02}:{minute:02}", (hour + 1) % 24),
+    });
+    // Quiet is in the window; Tokyo (UTC+9) is 8 hours past it; Tenant has no zone of
+    // its own and takes the tenant's (Kolkata, UTC+05:30), 4½ hours past it.
+    let people = [
+        ("Quiet", "+14158880001", Some("UTC")),
+        ("Tokyo", "+14158880002", Some("Asia/Tokyo")),
+        ("Tenant", "+14158880003", None),
+    ];
+    for (name, phone, zone) in people {
+        let mut contact = json!({"name": name, "phone": phone, "tags": ["quiet"]});
+        if let Some(zone) = zone {
+            contact["fields"] = json!({ "timezone": zone });
+        }
+        let (status, created) = api.post("/v1/contacts", contact).await;
+        assert_eq!(status, 201, "{label}: {created}");
+        let contact_id = created["id"].as_str().expect("id");
+        let (status, body) = api
+            .post(
+                &format!("/v1/contacts/{contact_id}/consent"),
+                json!({"channel": "whatsapp", "status": "opted_in"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{label}: {body}");
+    }
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": "Quiet", "install_id": install_id, "audience": {"tags": ["quiet"]},
+                   "template": note("notice"), "quiet_hours": window}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+    let quiet_sends = || sends_to(fake, "888");
+    eventually("Tokyo's and Tenant's messages", || async {
+        (quiet_sends().len() >= 2).then_some(())
+    })
+    .await;
+    // Time for Quiet's send to run too: it waits for the window's end instead.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = quiet_sends();
+    let mut recipients: Vec<&str> = sent.iter().map(|m| m.wa_id.as_str()).collect();
+    recipients.sort_unstable();
+    assert_eq!(
+        recipients,
+        ["14158880002", "14158880003"],
+        "{label}: quiet hours {window}"
+    );
+    let (_, stats) = api.get(&format!("/v1/campaigns/{id}/stats")).await;
+    assert_eq!(
+        (&stats["status"], &stats["sent"], &stats["queued"]),
+        (&json!("running"), &json!(2), &json!(1)),
+        "{label}: {stats}"
+    );
+    let states = export_states(api, &id).await;
+    assert_eq!(
+        states,
+        HashMap::from([
+            ("+14158880001".to_string(), ("queued".to_string(), false)),
+            ("+14158880002".to_string(), ("sent".to_string(), true)),
+            ("+14158880003".to_string(), ("sent".to_string(), true)),
+        ]),
+        "{label}: (state, has a message) by phone"
+    );
+
+    // Cancelled while Quiet waits: Quiet is never sent.
+    let (status, cancelled) = api
+        .post(&format!("/v1/campaigns/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {cancelled}");
+    assert_eq!(cancelled["recipients_cancelled"], 1, "{label}: {cancelled}");
+    let (_, stats) = api.get(&format!("/v1/campaigns/{id}/stats")).await;
+    assert_eq!(
+        (&stats["sent"], &stats["queued"], &stats["cancelled"]),
+        (&json!(2), &json!(0), &json!(1)),
+        "{label}: {stats}"
+    );
+    assert_eq!(
+        export_states(api, &id).await["+14158880001"],
+        ("cancelled".to_string(), false),
+        "{label}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(quiet_sends().len(), 2, "{label}: Quiet stays unsent");
+}
+
+/// The export's (state, has a message id) of each recipient, by phone.
+async fn export_states(api: &Api, id: &str) -> HashMap<String, (String, bool)> {
+    let response = api
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/campaigns/{id}/recipients.csv"),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let csv = response.text().await.expect("csv");
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let headers = reader.headers().expect("headers").clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).expect(name);
+    let (phone, state, message) = (column("phone"), column("state"), column("message_id"));
+    reader
+        .records()
+        .map(|row| {
+            let row = row.expect("row");
+            (
+                row[phone].to_string(),
+                (row[state].to_string(), !row[message].is_empty()),
+            )
+        })
+        .collect()
 }
