@@ -94,6 +94,10 @@ pub struct Options {
     /// How long to wait for the campaign to complete.
     #[arg(long, default_value_t = 900)]
     timeout_seconds: u64,
+    /// Keep the server's data (SQLite) in this new directory for inspection [default: a
+    /// temporary directory, removed at the end].
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 /// The audience's tag.
@@ -373,20 +377,22 @@ struct Outcome {
     finished: bool,
 }
 
-/// Waits until the campaign is completed (or stopped) with no message left queued, or
-/// `timeout`; prints progress to stderr every 5 s. Statistics are read only once the
-/// campaign has stopped running, so the polling stays light.
+/// Waits until the campaign is completed (or stopped) with no message left in the outbox,
+/// or nothing changed (sends at the fake, messages left) for `idle_limit`, or `timeout`;
+/// prints progress to stderr every 5 s. Statistics are read only once the campaign has
+/// stopped running or every send arrived, so the polling stays light.
 async fn wait_campaign(
     api: &Api,
     campaign_id: &str,
     sends: &Sends,
     expected: usize,
     timeout: Duration,
+    idle_limit: Duration,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let deadline = started + timeout;
     let mut last_progress = started;
-    let (mut last_count, mut last_change) = (sends.count(), Instant::now());
+    let (mut last_count, mut last_left, mut last_change) = (sends.count(), -1, Instant::now());
     loop {
         let campaign = api
             .expect(
@@ -413,8 +419,12 @@ async fn wait_campaign(
             let left =
                 stats["pending"].as_i64().unwrap_or(0) + stats["queued"].as_i64().unwrap_or(0);
             let stopped = matches!(status.as_str(), "completed" | "cancelled" | "paused");
-            // Completed and drained; or stopped and nothing arrived for 10 s.
-            if stopped && (left == 0 || last_change.elapsed() > Duration::from_secs(10)) {
+            if left != last_left {
+                (last_left, last_change) = (left, Instant::now());
+            }
+            // Drained; or nothing moved for longer than an interrupted send waits for
+            // its statuses before it is sent again.
+            if stopped && (left == 0 || last_change.elapsed() > idle_limit) {
                 let finished = status == "completed" && left == 0;
                 return Ok(Outcome {
                     status,
@@ -593,7 +603,15 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 }
 
 async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
-    let data = tempfile::tempdir()?;
+    let temporary = tempfile::tempdir()?;
+    let data = match &options.data_dir {
+        Some(dir) => {
+            std::fs::create_dir(dir)
+                .with_context(|| format!("creating {} (it must not exist)", dir.display()))?;
+            dir.clone()
+        }
+        None => temporary.path().to_path_buf(),
+    };
     let sends = Arc::new(Sends::default());
     let fake_url = start_fake_graph(sends.clone()).await?;
     let mut env = vec![(
@@ -606,7 +624,7 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
     if let Some(seconds) = options.reconcile_seconds {
         env.push(("POSTDOG_SEND_RECONCILE_SECONDS", seconds.to_string()));
     }
-    let mut server = Server::start(binary, data.path(), &env).await?;
+    let mut server = Server::start(binary, &data, &env).await?;
 
     // Setup.
     let setup_started = Instant::now();
@@ -708,7 +726,7 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
         let killed = Instant::now();
         let at_kill = sends.count();
         eprintln!("killed the server (SIGKILL) at {at_kill} sends; restarting…");
-        server = Server::start(binary, data.path(), &env).await?;
+        server = Server::start(binary, &data, &env).await?;
         let restart_seconds = killed.elapsed().as_secs_f64();
         api.base_url.clone_from(&server.base_url);
         let since = killed
@@ -725,7 +743,10 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
             options.replay_seconds
         ));
     }
-    let outcome = wait_campaign(&api, &campaign_id, &sends, eligible, timeout).await?;
+    // Longer than an interrupted send waits for its statuses before it is sent again.
+    let idle_limit = Duration::from_secs(options.reconcile_seconds.unwrap_or(120) + 60);
+    let outcome =
+        wait_campaign(&api, &campaign_id, &sends, eligible, timeout, idle_limit).await?;
     if options.crash {
         // Let a late duplicate arrive before counting.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -784,8 +805,10 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
     );
     println!(
         "sends at the fake Graph API: {} for {eligible} eligible recipients; the first \
-         {to_first:.2} s and the last {to_last:.2} s after the start request",
-        tally.sends
+         {to_first:.2} s and the last {to_last:.2} s after the start request ({:.0} \
+         messages/s between them)",
+        tally.sends,
+        tally.sends.saturating_sub(1) as f64 / (to_last - to_first).max(f64::MIN_POSITIVE)
     );
     println!("messages/s: {postdog_rate:.0}");
     println!("postdog server peak RSS (VmHWM): {peak_rss:.1} MB");
