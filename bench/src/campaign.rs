@@ -34,6 +34,9 @@
 //! kill may have interrupted between the provider's answer and its recording. Without
 //! them the outbox, after `POSTDOG_SEND_RECONCILE_SECONDS` (`--reconcile-seconds`,
 //! server default 120), sends such a message again. Messages/s then counts the restart.
+//! The loopback fake answers in microseconds, so a kill rarely finds such a send;
+//! `--graph-latency-ms` makes the fake answer later (as Meta does, some 100 ms), so the
+//! kill finds every send in flight taken by the provider and not yet recorded.
 //!
 //! Baseline, in the same run, after the server stopped (so they do not compete): a bare
 //! `reqwest` client posts `--baseline-requests` sends — the same path, the body the plugin
@@ -82,6 +85,11 @@ pub struct Options {
     /// before the kill.
     #[arg(long, default_value_t = 5.0)]
     replay_seconds: f64,
+    /// Milliseconds the fake Graph API takes to answer a send after noting it (the
+    /// PostDog phase only; with `--crash`, a kill then finds sends the provider took but
+    /// PostDog has not recorded).
+    #[arg(long, default_value_t = 0)]
+    graph_latency_ms: u64,
     /// Concurrent requests opting the contacts in (setup).
     #[arg(long, default_value_t = 32)]
     setup_connections: usize,
@@ -379,8 +387,10 @@ struct Outcome {
 
 /// Waits until the campaign is completed (or stopped) with no message left in the outbox,
 /// or nothing changed (sends at the fake, messages left) for `idle_limit`, or `timeout`;
-/// prints progress to stderr every 5 s. Statistics are read only once the campaign has
-/// stopped running or every send arrived, so the polling stays light.
+/// prints progress to stderr every 5 s. The campaign's row is read every 200 ms; its
+/// statistics (a pass over every recipient) at most once a second, and only once every
+/// send arrived or the campaign stopped running and no send arrived for 2 s, so the
+/// polling does not slow the server down while it sends.
 async fn wait_campaign(
     api: &Api,
     campaign_id: &str,
@@ -391,7 +401,7 @@ async fn wait_campaign(
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let deadline = started + timeout;
-    let mut last_progress = started;
+    let (mut last_progress, mut last_stats) = (started, None::<Instant>);
     let (mut last_count, mut last_left, mut last_change) = (sends.count(), -1, Instant::now());
     loop {
         let campaign = api
@@ -407,7 +417,12 @@ async fn wait_campaign(
         if count != last_count {
             (last_count, last_change) = (count, Instant::now());
         }
-        if status != "running" || count >= expected {
+        let timed_out = Instant::now() > deadline;
+        let want_stats = count >= expected
+            || timed_out
+            || (status != "running" && last_change.elapsed() > Duration::from_secs(2));
+        if want_stats && last_stats.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            last_stats = Some(Instant::now());
             let stats = api
                 .expect(
                     reqwest::Method::GET,
@@ -418,13 +433,13 @@ async fn wait_campaign(
                 .await?;
             let left =
                 stats["pending"].as_i64().unwrap_or(0) + stats["queued"].as_i64().unwrap_or(0);
-            let stopped = matches!(status.as_str(), "completed" | "cancelled" | "paused");
             if left != last_left {
                 (last_left, last_change) = (left, Instant::now());
             }
+            let stopped = matches!(status.as_str(), "completed" | "cancelled" | "paused");
             // Drained; or nothing moved for longer than an interrupted send waits for
-            // its statuses before it is sent again.
-            if stopped && (left == 0 || last_change.elapsed() > idle_limit) {
+            // its statuses before it is sent again; or out of time.
+            if (stopped && (left == 0 || last_change.elapsed() > idle_limit)) || timed_out {
                 let finished = status == "completed" && left == 0;
                 return Ok(Outcome {
                     status,
@@ -432,27 +447,6 @@ async fn wait_campaign(
                     finished,
                 });
             }
-            if Instant::now() > deadline {
-                return Ok(Outcome {
-                    status,
-                    stats,
-                    finished: false,
-                });
-            }
-        } else if Instant::now() > deadline {
-            let stats = api
-                .expect(
-                    reqwest::Method::GET,
-                    &format!("/v1/campaigns/{campaign_id}/stats"),
-                    None,
-                    200,
-                )
-                .await?;
-            return Ok(Outcome {
-                status,
-                stats,
-                finished: false,
-            });
         }
         if last_progress.elapsed() >= Duration::from_secs(5) {
             last_progress = Instant::now();
@@ -612,7 +606,9 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
         }
         None => temporary.path().to_path_buf(),
     };
-    let sends = Arc::new(Sends::default());
+    let sends = Arc::new(Sends::with_latency(Duration::from_millis(
+        options.graph_latency_ms,
+    )));
     let fake_url = start_fake_graph(sends.clone()).await?;
     let mut env = vec![(
         "POSTDOG_HTTP_OVERRIDES",
@@ -657,13 +653,15 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
     println!(
         "setup: {} contacts imported in {import_seconds:.1} s and opted in in \
          {consent_seconds:.1} s ({} connections); template approved by webhook; \
-         {:.1} s in all; throughput_per_second {throughput}; job concurrency {}",
+         {:.1} s in all; throughput_per_second {throughput}; job concurrency {}; the fake \
+         answers sends after {} ms",
         options.recipients,
         options.setup_connections,
         setup_started.elapsed().as_secs_f64(),
         options
             .job_concurrency
-            .map_or_else(|| "32 (default)".to_string(), |n| n.to_string())
+            .map_or_else(|| "32 (default)".to_string(), |n| n.to_string()),
+        options.graph_latency_ms
     );
 
     // The campaign.
@@ -745,8 +743,7 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
     }
     // Longer than an interrupted send waits for its statuses before it is sent again.
     let idle_limit = Duration::from_secs(options.reconcile_seconds.unwrap_or(120) + 60);
-    let outcome =
-        wait_campaign(&api, &campaign_id, &sends, eligible, timeout, idle_limit).await?;
+    let outcome = wait_campaign(&api, &campaign_id, &sends, eligible, timeout, idle_limit).await?;
     if options.crash {
         // Let a late duplicate arrive before counting.
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -3,7 +3,7 @@
 //! The real `postdog` binary runs as a child process (release build, SQLite in a
 //! temporary directory, `POSTDOG_HTTP_OVERRIDES` sending `graph.facebook.com` to a
 //! loopback fake Graph API inside this process that answers every send with Meta's
-//! success JSON and notes the recipient and the arrival time). One Business tenant
+//! success JSON and notes the recipient and the arrival time; see `harness`). One Business tenant
 //! connects a WhatsApp number (`postdog/whatsapp` with its secrets and
 //! `throughput_per_second` = `--throughput`) and installs the first-party actions.
 //! `--contacts` signed inbound webhooks, one per distinct sender, create the contacts and

@@ -69,9 +69,20 @@ pub struct Sends {
     list: Mutex<Vec<Sent>>,
     first_body: Mutex<Option<Value>>,
     templates: AtomicU64,
+    /// How long the fake takes to answer a send after noting it.
+    latency: Duration,
 }
 
 impl Sends {
+    /// A fake that answers each send `latency` after noting it (Meta takes some 100 ms;
+    /// the default fake answers at once).
+    pub fn with_latency(latency: Duration) -> Self {
+        Self {
+            latency,
+            ..Self::default()
+        }
+    }
+
     /// The message id the fake answered the `number`th send (from 1) with.
     pub fn wamid(number: usize) -> String {
         format!("wamid.HBgLbenchsent{number:010}")
@@ -149,6 +160,9 @@ async fn fake_graph(
     if method == Method::POST && path.ends_with("/messages") {
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let (to, number) = sends.record(request, arrived);
+        if !sends.latency.is_zero() {
+            tokio::time::sleep(sends.latency).await;
+        }
         return (
             StatusCode::OK,
             axum::Json(json!({
