@@ -3,7 +3,7 @@
 //! The real `postdog` binary runs as a child process (release build, SQLite in a
 //! temporary directory, `POSTDOG_HTTP_OVERRIDES` sending `graph.facebook.com` to a
 //! loopback fake Graph API inside this process that answers every send with Meta's
-//! success JSON and notes the recipient and the arrival time). One Business tenant
+//! success JSON and notes the recipient and the arrival time; see `harness`). One Business tenant
 //! connects a WhatsApp number (`postdog/whatsapp` with its secrets and
 //! `throughput_per_second` = `--throughput`) and installs the first-party actions.
 //! `--contacts` signed inbound webhooks, one per distinct sender, create the contacts and
@@ -33,20 +33,19 @@
 //! everything is printed.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use axum::http::{Method, StatusCode, Uri};
 use futures::StreamExt;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use sqlx::{ConnectOptions, Connection};
 
+use crate::harness::{
+    Api, PHONE_NUMBER_ID, Sends, Server, WABA_ID, connect_whatsapp, start_fake_graph, wa_id,
+};
 use crate::plugin_call;
-use crate::server_process::{self, OPERATOR_TOKEN, bench_tenant};
+use crate::server_process;
 
 /// Options of `flow-steps`.
 #[derive(clap::Args)]
@@ -76,10 +75,6 @@ pub struct Options {
     baseline_seconds: f64,
 }
 
-/// The Meta app secret the install verifies signatures with.
-const APP_SECRET: &str = "bench-meta-app-secret-6c0f5b2e";
-const PHONE_NUMBER_ID: &str = "1000000001";
-const WABA_ID: &str = "2000000001";
 /// The actions the flows use.
 const ACTIONS: [&str; 5] = [
     "postdog/condition",
@@ -92,28 +87,6 @@ const ACTIONS: [&str; 5] = [
 const STEPS_PER_RUN: usize = 5;
 /// Runs started (and finished) before timing, on the first contacts.
 const WARM_UP_RUNS: usize = 50;
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// `sha256=<hex HMAC-SHA256(APP_SECRET, body)>`.
-fn signature(body: &[u8]) -> anyhow::Result<String> {
-    let mut mac = HmacSha256::new_from_slice(APP_SECRET.as_bytes())?;
-    mac.update(body);
-    Ok(format!(
-        "sha256={}",
-        hex::encode(mac.finalize().into_bytes())
-    ))
-}
-
-/// The WhatsApp id (E.164 digits) of contact `index`: a distinct valid San Francisco
-/// number, 1 415 2XX XXXX (as in `inbound`).
-fn wa_id(index: usize) -> anyhow::Result<String> {
-    let exchange = (200..=299)
-        .filter(|exchange| *exchange != 211)
-        .nth(index / 10_000)
-        .context("at most 990,000 contacts")?;
-    Ok(format!("1415{exchange}{:04}", index % 10_000))
-}
 
 /// An inbound text message webhook in Meta's shape from contact `index`.
 fn webhook_body(index: usize, wamid: &str, timestamp: u64, text: &str) -> anyhow::Result<Vec<u8>> {
@@ -143,245 +116,9 @@ fn webhook_body(index: usize, wamid: &str, timestamp: u64, text: &str) -> anyhow
 }
 
 // ---------------------------------------------------------------------------------
-// The fake Graph API.
-
-/// What the fake Graph API received: each send's recipient (digits) and arrival.
-#[derive(Default)]
-struct Sends {
-    list: Mutex<Vec<(String, Instant)>>,
-}
-
-impl Sends {
-    fn count(&self) -> usize {
-        self.list
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    fn snapshot(&self) -> Vec<(String, Instant)> {
-        self.list
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Waits until at least `expected` sends arrived (or `timeout` passed); the count.
-    async fn wait_for(&self, expected: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let count = self.count();
-            if count >= expected || Instant::now() >= deadline {
-                return count;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-/// `POST /v{N}.0/{phone_number_id}/messages`: Meta's success answer; any `GET` (template
-/// listings): an empty page; anything else: 404.
-async fn fake_graph(
-    axum::extract::State(sends): axum::extract::State<Arc<Sends>>,
-    method: Method,
-    uri: Uri,
-    body: axum::body::Bytes,
-) -> (StatusCode, axum::Json<Value>) {
-    let arrived = Instant::now();
-    if method == Method::POST && uri.path().ends_with("/messages") {
-        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let to = request["to"].as_str().unwrap_or_default().to_string();
-        let number = {
-            let mut list = sends.list.lock().unwrap_or_else(PoisonError::into_inner);
-            list.push((to.clone(), arrived));
-            list.len()
-        };
-        return (
-            StatusCode::OK,
-            axum::Json(json!({
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": to, "wa_id": to}],
-                "messages": [{"id": format!("wamid.HBgLbenchsent{number:010}")}],
-            })),
-        );
-    }
-    if method == Method::GET {
-        return (StatusCode::OK, axum::Json(json!({"data": []})));
-    }
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(
-            json!({"error": {"message": "not faked", "type": "OAuthException", "code": 100}}),
-        ),
-    )
-}
-
-/// Serves the fake on a loopback port (on the calling runtime); its base URL.
-async fn start_fake_graph(sends: Arc<Sends>) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let app = axum::Router::new().fallback(fake_graph).with_state(sends);
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            eprintln!("the fake Graph API stopped: {error}");
-        }
-    });
-    Ok(format!("http://{address}"))
-}
-
-// ---------------------------------------------------------------------------------
-// The server under test.
-
-/// `postdog serve` started as `server_process::ServerProcess` starts it, plus extra
-/// environment (the Graph API override), which that helper does not take. Terminated on
-/// drop.
-struct Server {
-    base_url: String,
-    child: Child,
-}
-
-impl Server {
-    async fn start(binary: &Path, data_dir: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
-        let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg("--listen")
-            .arg(address.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("POSTDOG_OPERATOR_TOKEN", OPERATOR_TOKEN)
-            .env("POSTDOG_LOG", "warn")
-            .env_remove("DATABASE_URL")
-            .env_remove("POSTDOG_REGISTRY")
-            .env_remove("POSTDOG_OPERATOR_KEY_FILE")
-            .env_remove("POSTDOG_HTTP_OVERRIDES")
-            .env_remove("POSTDOG_JOB_CONCURRENCY")
-            .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut server = Self {
-            base_url: format!("http://{address}"),
-            child,
-        };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("the server exited before it was ready: {status}");
-            }
-            if let Ok(response) = http
-                .get(format!("{}/healthz", server.base_url))
-                .send()
-                .await
-                && response.status() == 200
-            {
-                return Ok(server);
-            }
-            if Instant::now() > deadline {
-                bail!("the server at {address} was not healthy within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The server's peak resident memory (`VmHWM`), in MB.
-    fn peak_rss_mb(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .context("no VmHWM in /proc/<pid>/status")?
-            .parse()?;
-        Ok(kib * 1024.0 / 1e6)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM for a graceful stop; SIGKILL if it does not exit within 5 s.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------------
 // The API.
 
-/// The tenant's API, as the bench calls it.
-struct Api {
-    http: reqwest::Client,
-    base_url: String,
-    key: String,
-}
-
 impl Api {
-    /// Sends a request with the API key; the status and the JSON body (`null` if none).
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base_url))
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await?;
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Ok((status, value))
-    }
-
-    /// As `call`, failing unless the status is `expected`.
-    async fn expect(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        expected: u16,
-    ) -> anyhow::Result<Value> {
-        let (status, value) = self.call(method.clone(), path, body).await?;
-        if status != expected {
-            bail!("{method} {path}: {status} {value}");
-        }
-        Ok(value)
-    }
-
-    /// POSTs a signed webhook to `/hooks/{install_id}`; fails unless it is answered 200.
-    async fn webhook(&self, install_id: &str, body: Vec<u8>) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .post(format!("{}/hooks/{install_id}", self.base_url))
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", signature(&body)?)
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status();
-        if status != 200 {
-            bail!("a webhook was answered {status} {}", response.text().await?);
-        }
-        Ok(())
-    }
-
     /// Publishes a new flow; its id.
     async fn publish_flow(&self, name: &str, graph: Value) -> anyhow::Result<String> {
         let flow = self
@@ -411,51 +148,7 @@ impl Api {
 /// Creates the tenant, connects the WhatsApp number and installs the actions; the API and
 /// the WhatsApp install id.
 async fn set_up(base_url: &str, throughput: u32) -> anyhow::Result<(Api, String)> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()?;
-    let key = bench_tenant(&http, base_url).await?;
-    let api = Api {
-        http,
-        base_url: base_url.to_string(),
-        key,
-    };
-    let install = api
-        .expect(
-            reqwest::Method::POST,
-            "/v1/installs",
-            Some(&json!({
-                "plugin": "postdog/whatsapp",
-                "grants": ["http:graph.facebook.com", "webhook"],
-                "config": {
-                    "phone_number_id": PHONE_NUMBER_ID,
-                    "waba_id": WABA_ID,
-                    "throughput_per_second": throughput,
-                },
-            })),
-            201,
-        )
-        .await?;
-    let install_id = install["id"]
-        .as_str()
-        .context("install without id")?
-        .to_string();
-    for (name, value) in [
-        ("access_token", "bench-access-token"),
-        ("app_secret", APP_SECRET),
-        ("verify_token", "bench-verify-token"),
-    ] {
-        let (status, body) = api
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/installs/{install_id}/secrets/{name}"),
-                Some(&json!({ "value": value })),
-            )
-            .await?;
-        if !(200..300).contains(&status) {
-            bail!("setting the secret {name}: {status} {body}");
-        }
-    }
+    let (api, install_id) = connect_whatsapp(base_url, throughput).await?;
     for action in ACTIONS {
         api.expect(
             reqwest::Method::POST,
@@ -666,19 +359,21 @@ async fn keyword_phase(
     sends
         .wait_for(before + posted, Duration::from_secs(30))
         .await;
-    let received = sends.snapshot();
-    let received = received.get(before..).unwrap_or_default();
     let mut latencies_ms = Vec::with_capacity(posted);
-    for (index, posted) in posted_at.iter().enumerate() {
-        let Some(posted) = posted else { continue };
-        let to = wa_id(index)?;
-        if let Some((_, arrived)) = received
-            .iter()
-            .find(|(recipient, arrived)| *recipient == to && arrived >= posted)
-        {
-            latencies_ms.push(arrived.duration_since(*posted).as_secs_f64() * 1e3);
+    sends.with(|received| {
+        let received = received.get(before..).unwrap_or_default();
+        for (index, posted) in posted_at.iter().enumerate() {
+            let Some(posted) = posted else { continue };
+            let to = wa_id(index)?;
+            if let Some(sent) = received
+                .iter()
+                .find(|sent| sent.to == to && sent.at >= *posted)
+            {
+                latencies_ms.push(sent.at.duration_since(*posted).as_secs_f64() * 1e3);
+            }
         }
-    }
+        anyhow::Ok(())
+    })?;
     latencies_ms.sort_by(f64::total_cmp);
     Ok(KeywordReport {
         posted,
@@ -865,10 +560,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let expected_sends = warm_up + started;
     let sent = client.block_on(sends.wait_for(expected_sends, Duration::from_secs(300)));
     let last_send_seconds = sends
-        .snapshot()
-        .iter()
-        .map(|(_, arrived)| arrived.saturating_duration_since(first_start))
-        .max()
+        .with(|sent| {
+            sent.iter()
+                .map(|sent| sent.at.saturating_duration_since(first_start))
+                .max()
+        })
         .unwrap_or_default()
         .as_secs_f64();
 

@@ -3,15 +3,17 @@
 //! out. Nothing here asserts on time.
 //!
 //! `cargo run --release -p postdog-bench -- plugin-call | csv-import | api-read | hot-swap
-//! | tenant-density | inbound | flow-steps`
+//! | tenant-density | inbound | flow-steps | campaign [--crash]`
 //!
-//! `csv-import`, `api-read`, `hot-swap`, `tenant-density`, `inbound` and `flow-steps`
-//! build and start the real `postdog` binary as a child process (`server_process`), so
-//! its memory is measured on its own.
+//! `csv-import`, `api-read`, `hot-swap`, `tenant-density`, `inbound`, `flow-steps` and
+//! `campaign` build and start the real `postdog` binary as a child process
+//! (`server_process`, `harness`), so its memory is measured on its own.
 
 mod api_read;
+mod campaign;
 mod csv_import;
 mod flow_steps;
+mod harness;
 mod hot_swap;
 mod http_load;
 mod inbound;
@@ -48,6 +50,10 @@ enum Scenario {
     /// Contacts through a 5-step flow (condition, tag, field, send to a loopback fake Graph
     /// API, end): steps/s vs a bare plugin call, plus keyword → reply p50 / p99 latency.
     FlowSteps(flow_steps::Options),
+    /// A campaign to 100,000 opted-in contacts through a loopback fake Graph API: messages/s
+    /// vs a bare reqwest client posting the same sends; `--crash` kills the server with
+    /// SIGKILL halfway and counts lost and duplicated messages.
+    Campaign(campaign::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::TenantDensity(options) => tenant_density::run(options),
         Scenario::Inbound(options) => inbound::run(options),
         Scenario::FlowSteps(options) => flow_steps::run(options),
+        Scenario::Campaign(options) => campaign::run(options),
     }
 }
