@@ -247,6 +247,8 @@ impl Storage {
                         // phone and email indexes of a large tenant touch pages all over
                         // them; with the default they are re-read from the OS on each batch.
                         connection.execute("PRAGMA cache_size = -32768").await?;
+                        // Statement journals of savepoints in memory, not temp files.
+                        connection.execute("PRAGMA temp_store = MEMORY").await?;
                         connection.execute("PRAGMA foreign_keys = ON").await?;
                         Ok(())
                     })

@@ -509,40 +509,84 @@ impl TenantDb {
         cursor: Option<&str>,
         done: bool,
     ) -> Result<(), StorageError> {
+        const INSERT_RECIPIENT: &str = "INSERT INTO campaign_recipients (tenant_id, campaign_id, contact_id, variant, test_group, \
+             state, skip_reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+             ON CONFLICT (campaign_id, contact_id) DO NOTHING";
+        const MOVE_CURSOR: &str = "UPDATE campaigns SET fanout_cursor = COALESCE($1, fanout_cursor), fanout_done = $2, \
+             updated_at = $3 WHERE tenant_id = $4 AND id = $5";
+        if let Some(writer) = self.storage().sqlite_writer() {
+            // The SQLite file path: one closure on the group-commit writer (statements
+            // prepared once) instead of a channel hop per row.
+            let (tenant, campaign, recipients, jobs, cursor) = (
+                self.tenant_id().as_str().to_string(),
+                campaign_id.to_string(),
+                recipients.to_vec(),
+                jobs.to_vec(),
+                cursor.map(str::to_string),
+            );
+            return writer
+                .write(move |c| {
+                    use super::sqlite_writer::exec;
+                    let now = now_ms();
+                    for recipient in &recipients {
+                        exec(
+                            c,
+                            INSERT_RECIPIENT,
+                            &[
+                                &tenant,
+                                &campaign,
+                                &recipient.contact_id,
+                                &recipient.variant,
+                                &i64::from(recipient.test_group),
+                                &recipient.state,
+                                &recipient.skip_reason,
+                                &now,
+                            ],
+                        )?;
+                    }
+                    for job in &jobs {
+                        super::jobs::insert_job_direct(c, job)?;
+                    }
+                    exec(
+                        c,
+                        MOVE_CURSOR,
+                        &[&cursor, &i64::from(done), &now, &tenant, &campaign],
+                    )
+                    .map(drop)
+                })
+                .await
+                .map_err(|message| StorageError::Direct {
+                    context: "recording a campaign fan-out batch",
+                    message,
+                });
+        }
         let result: Result<(), sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
             let now = now_ms();
             for recipient in recipients {
-                sqlx::query(
-                    "INSERT INTO campaign_recipients (tenant_id, campaign_id, contact_id, variant, test_group, \
-                     state, skip_reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
-                     ON CONFLICT (campaign_id, contact_id) DO NOTHING",
-                )
-                .bind(self.tenant_id().as_str())
-                .bind(campaign_id)
-                .bind(&recipient.contact_id)
-                .bind(recipient.variant.as_deref())
-                .bind(i64::from(recipient.test_group))
-                .bind(recipient.state)
-                .bind(recipient.skip_reason.as_deref())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(INSERT_RECIPIENT)
+                    .bind(self.tenant_id().as_str())
+                    .bind(campaign_id)
+                    .bind(&recipient.contact_id)
+                    .bind(recipient.variant.as_deref())
+                    .bind(i64::from(recipient.test_group))
+                    .bind(recipient.state)
+                    .bind(recipient.skip_reason.as_deref())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
             }
             for job in jobs {
                 insert_job(&mut *tx, job).await?;
             }
-            sqlx::query(
-                "UPDATE campaigns SET fanout_cursor = COALESCE($1, fanout_cursor), fanout_done = $2, \
-                 updated_at = $3 WHERE tenant_id = $4 AND id = $5",
-            )
-            .bind(cursor)
-            .bind(i64::from(done))
-            .bind(now)
-            .bind(self.tenant_id().as_str())
-            .bind(campaign_id)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(MOVE_CURSOR)
+                .bind(cursor)
+                .bind(i64::from(done))
+                .bind(now)
+                .bind(self.tenant_id().as_str())
+                .bind(campaign_id)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await
         }
         .await;

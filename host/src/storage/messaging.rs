@@ -219,7 +219,8 @@ pub enum Outbox {
 
 /// What the queueing transaction did.
 enum QueueOutcome {
-    Queued,
+    /// Written, in this conversation, at this time.
+    Queued(String, i64),
     KeyTaken,
     RecipientNotQueued,
 }
@@ -578,11 +579,8 @@ impl TenantDb {
         record: &OutboundRecord,
         how: &Outbox,
     ) -> Result<Queued, StorageError> {
-        if let Some(key) = &record.idempotency_key
-            && let Some(existing) = self.message_by_idempotency_key(key).await?
-        {
-            return Ok(self.replay(existing, record));
-        }
+        // A reused idempotency key is found by the insert's unique violation (the
+        // transaction, or the savepoint, then keeps nothing), not by a read before it.
         let tenant = self.tenant_id().as_str();
         let (job, attempted_at, recipient) = match how {
             Outbox::Job(job) => (Some(job), None, None),
@@ -658,7 +656,7 @@ impl TenantDb {
                     if let Some(job) = &job {
                         super::jobs::insert_job_direct(c, job)?;
                     }
-                    Ok(QueueOutcome::Queued)
+                    Ok(QueueOutcome::Queued(conversation_id, now))
                 })
                 .await
                 .map_err(|message| StorageError::Direct {
@@ -714,7 +712,7 @@ impl TenantDb {
                     insert_job(&mut *tx, job).await?;
                 }
                 tx.commit().await?;
-                Ok(QueueOutcome::Queued)
+                Ok(QueueOutcome::Queued(conversation_id, now))
             }
             .await;
             match outcome {
@@ -728,14 +726,29 @@ impl TenantDb {
             }
         };
         match outcome {
-            QueueOutcome::Queued => {
-                Ok(Queued::New(self.message(&record.message_id).await?.ok_or(
-                    StorageError::Query {
-                        context: "reading a queued message",
-                        source: sqlx::Error::RowNotFound,
-                    },
-                )?))
-            }
+            // The row as written, without reading it back.
+            QueueOutcome::Queued(conversation_id, now) => Ok(Queued::New(Message {
+                id: record.message_id.clone(),
+                conversation_id,
+                contact_id: record.contact_id.clone(),
+                install_id: record.install_id.clone(),
+                direction: "outbound".into(),
+                kind: record.kind.clone(),
+                content: record.content.clone(),
+                provider_message_id: None,
+                reply_to: record.reply_to.clone(),
+                status: "queued".into(),
+                error: None,
+                purpose: record.purpose.clone(),
+                sent_by: record.sent_by.clone(),
+                provider_at: None,
+                created_at: now,
+                updated_at: now,
+                sent_at: None,
+                delivered_at: None,
+                read_at: None,
+                failed_at: None,
+            })),
             QueueOutcome::RecipientNotQueued => Ok(Queued::RecipientNotQueued),
             QueueOutcome::KeyTaken => {
                 let key = record.idempotency_key.as_deref().unwrap_or_default();
@@ -1007,14 +1020,20 @@ impl TenantDb {
         // crash lost the receipt) may both try; the first records it. The status, its
         // history entry, the month's usage and the contact's last-contacted time are
         // written together, so a crash cannot count a message twice or not at all.
-        const ACCEPT: &str = "UPDATE messages SET provider_message_id = $1, send_attempted_at = NULL, \
-             status = CASE WHEN status_rank < 1 THEN 'accepted' ELSE status END, \
-             status_rank = CASE WHEN status_rank < 1 THEN 1 ELSE status_rank END, updated_at = $2 \
-             WHERE tenant_id = $3 AND id = $4 AND provider_message_id IS NULL";
+        // The row comes back from the update itself (no read after it).
+        static ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "UPDATE messages SET provider_message_id = $1, send_attempted_at = NULL, \
+                 status = CASE WHEN status_rank < 1 THEN 'accepted' ELSE status END, \
+                 status_rank = CASE WHEN status_rank < 1 THEN 1 ELSE status_rank END, updated_at = $2 \
+                 WHERE tenant_id = $3 AND id = $4 AND provider_message_id IS NULL \
+                 RETURNING {MESSAGE_COLUMNS}"
+            )
+        });
         const USAGE: &str = "INSERT INTO message_usage (tenant_id, month, sent) VALUES ($1, $2, 1) \
              ON CONFLICT (tenant_id, month) DO UPDATE SET sent = message_usage.sent + excluded.sent";
-        const CONTACTED: &str = "UPDATE contacts SET last_contacted_at = $1 WHERE tenant_id = $2 \
-             AND id = (SELECT contact_id FROM messages WHERE tenant_id = $2 AND id = $3)";
+        const CONTACTED: &str =
+            "UPDATE contacts SET last_contacted_at = $1 WHERE tenant_id = $2 AND id = $3";
         let month = super::month_of(now);
         let updated = if let Some(writer) = self.storage().sqlite_writer() {
             let (tenant, message_id, provider, lease) = (
@@ -1025,12 +1044,18 @@ impl TenantDb {
             );
             writer
                 .write(move |c| {
-                    use super::sqlite_writer::exec;
+                    use super::sqlite_writer::{exec, query};
                     if let Some(lease) = &lease {
                         super::jobs::complete_job_direct(c, lease)?;
                     }
-                    let updated = exec(c, ACCEPT, &[&provider, &now, &tenant, &message_id])?;
-                    if updated > 0 {
+                    let updated = query(
+                        c,
+                        &ACCEPT,
+                        &[&provider, &now, &tenant, &message_id],
+                        decode_message_direct,
+                    )?
+                    .pop();
+                    if let Some(message) = &updated {
                         exec(
                             c,
                             HISTORY_INSERT,
@@ -1045,7 +1070,7 @@ impl TenantDb {
                             ],
                         )?;
                         exec(c, USAGE, &[&tenant, &month])?;
-                        exec(c, CONTACTED, &[&now, &tenant, &message_id])?;
+                        exec(c, CONTACTED, &[&now, &tenant, &message.contact_id])?;
                     }
                     Ok(updated)
                 })
@@ -1055,20 +1080,22 @@ impl TenantDb {
                     message,
                 })?
         } else {
-            let updated: Result<usize, sqlx::Error> = async {
+            let updated: Result<Option<Message>, sqlx::Error> = async {
                 let mut tx = self.storage().begin_write().await?;
                 if let Some(lease) = complete {
                     super::jobs::complete_job_in(&mut tx, lease).await?;
                 }
-                let updated = sqlx::query(ACCEPT)
+                let updated = sqlx::query(sqlx::AssertSqlSafe(ACCEPT.as_str()))
                     .bind(provider_message_id)
                     .bind(now)
                     .bind(tenant)
                     .bind(message_id)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?
-                    .rows_affected();
-                if updated > 0 {
+                    .as_ref()
+                    .map(decode_message)
+                    .transpose()?;
+                if let Some(message) = &updated {
                     history_insert(&mut tx, tenant, message_id, "accepted", None, None).await?;
                     sqlx::query(USAGE)
                         .bind(tenant)
@@ -1078,12 +1105,12 @@ impl TenantDb {
                     sqlx::query(CONTACTED)
                         .bind(now)
                         .bind(tenant)
-                        .bind(message_id)
+                        .bind(&message.contact_id)
                         .execute(&mut *tx)
                         .await?;
                 }
                 tx.commit().await?;
-                Ok(usize::try_from(updated).unwrap_or(usize::MAX))
+                Ok(updated)
             }
             .await;
             updated.context("recording a send receipt")?
@@ -1091,10 +1118,7 @@ impl TenantDb {
         if let Some(lease) = complete {
             lease.committed();
         }
-        if updated == 0 {
-            return Ok(None);
-        }
-        let Some(message) = self.message(message_id).await? else {
+        let Some(message) = updated else {
             return Ok(None);
         };
         let install = message.install_id.clone();
