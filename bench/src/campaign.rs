@@ -75,7 +75,7 @@ pub struct Options {
     /// The WhatsApp number's `throughput_per_second` (1000 if the install refuses more).
     #[arg(long, default_value_t = 10_000)]
     throughput: u32,
-    /// `POSTDOG_JOB_CONCURRENCY` for the server [default: the server's own, 32].
+    /// `POSTDOG_JOB_CONCURRENCY` for the server [default: the server's own, 128].
     #[arg(long)]
     job_concurrency: Option<usize>,
     /// `POSTDOG_SEND_RECONCILE_SECONDS` for the server [default: the server's own, 120].
@@ -660,7 +660,7 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
         setup_started.elapsed().as_secs_f64(),
         options
             .job_concurrency
-            .map_or_else(|| "32 (default)".to_string(), |n| n.to_string()),
+            .map_or_else(|| "128 (default)".to_string(), |n| n.to_string()),
         options.graph_latency_ms
     );
 

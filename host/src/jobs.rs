@@ -1,5 +1,6 @@
 //! Workers of the durable job queue (`storage::jobs`): claim due jobs, run their kind's
-//! handler with the lease kept alive by a heartbeat, then record the outcome — done,
+//! handler with the lease kept alive by a heartbeat (one loop extends the leases of all
+//! the jobs running here, every third of the lease), then record the outcome — done,
 //! back in the queue after an exponential backoff with jitter (or the handler's
 //! `retry_after`), or dead-lettered with the last error once attempts run out.
 //!
@@ -7,11 +8,12 @@
 //! worker dies mid-run (after the lease expires). Enqueueing wakes the local workers at
 //! once; other nodes find work by polling (every 250 ms).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, Semaphore};
 
@@ -79,6 +81,8 @@ struct Inner {
     concurrency: usize,
     lease: Duration,
     counters: JobCounters,
+    /// The jobs running here, whose leases the heartbeat extends.
+    running: Mutex<HashSet<String>>,
 }
 
 /// The job queue: enqueue from anywhere, handlers registered by kind, workers started
@@ -124,6 +128,7 @@ impl Jobs {
                 concurrency,
                 lease: Duration::from_secs(60),
                 counters: JobCounters::default(),
+                running: Mutex::default(),
             }),
         }
     }
@@ -167,6 +172,37 @@ impl Jobs {
     /// Runs workers until `stop` turns true, then waits for running jobs to finish (at
     /// most `grace`) and gives back the leases of any still running.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>, grace: Duration) {
+        let heartbeat = tokio::spawn(self.clone().heartbeat());
+        self.work(&mut stop, grace).await;
+        heartbeat.abort();
+    }
+
+    /// Extends the leases of the jobs running here, every third of the lease.
+    async fn heartbeat(self) {
+        let inner = &self.inner;
+        let lease_ms = i64::try_from(inner.lease.as_millis()).unwrap_or(60_000);
+        loop {
+            tokio::time::sleep(inner.lease / 3).await;
+            let ids: Vec<String> = inner
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect();
+            for chunk in ids.chunks(500) {
+                if let Err(error) = inner
+                    .storage
+                    .heartbeat_jobs(&inner.owner, chunk, lease_ms)
+                    .await
+                {
+                    tracing::warn!(%error, "job heartbeat failed");
+                }
+            }
+        }
+    }
+
+    async fn work(&self, stop: &mut tokio::sync::watch::Receiver<bool>, grace: Duration) {
         let inner = &self.inner;
         let mut last_sweep = now_ms();
         loop {
@@ -233,6 +269,20 @@ impl Jobs {
         }
     }
 
+    /// Marks job `id` running here (its lease is kept alive) or not.
+    fn running(&self, id: &str, running: bool) {
+        let mut set = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if running {
+            set.insert(id.to_string());
+        } else {
+            set.remove(id);
+        }
+    }
+
     async fn spawn(&self, job: Job) {
         let Ok(permit) = self.inner.slots.clone().acquire_owned().await else {
             return;
@@ -264,29 +314,14 @@ impl Jobs {
                 job.kind
             ))),
             Some(handler) => {
-                let storage = inner.storage.clone();
-                let owner = inner.owner.clone();
-                let lease_ms = i64::try_from(inner.lease.as_millis()).unwrap_or(60_000);
-                let beat_id = vec![id.clone()];
-                let heartbeat = async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_millis(
-                            u64::try_from(lease_ms / 3).unwrap_or(20_000),
-                        ))
-                        .await;
-                        if let Err(error) = storage.heartbeat_jobs(&owner, &beat_id, lease_ms).await
-                        {
-                            tracing::warn!(%error, "job heartbeat failed");
-                        }
-                    }
-                };
-                let run = tokio::spawn(handler(job));
-                tokio::select! {
-                    result = run => result.unwrap_or_else(|error| {
-                        Err(JobFailure::retry(format!("the job's task failed: {error}")))
-                    }),
-                    () = heartbeat => unreachable_heartbeat(),
-                }
+                self.running(&id, true);
+                // A panicking handler fails its attempt instead of the worker.
+                let outcome = std::panic::AssertUnwindSafe(handler(job))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(JobFailure::retry("the job's handler panicked")));
+                self.running(&id, false);
+                outcome
             }
         };
         let recorded = match outcome {
@@ -318,10 +353,6 @@ impl Jobs {
             tracing::error!(job = %id, %error, "recording a job's outcome failed; it will run again after its lease");
         }
     }
-}
-
-fn unreachable_heartbeat() -> Result<(), JobFailure> {
-    Err(JobFailure::retry("the heartbeat loop ended"))
 }
 
 #[cfg(test)]

@@ -1258,8 +1258,13 @@ impl Messaging {
             .recipients
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if recipients.len() > 100_000 {
-            recipients.retain(|_, lock| Arc::strong_count(lock) > 1);
+        // Only recipients with a send in flight (or a pair-rate hold) matter: prune the
+        // rest before the map grows large (a campaign touches every recipient once).
+        if recipients.len() > 10_000 {
+            let now = now_ms();
+            recipients.retain(|_, lock| {
+                Arc::strong_count(lock) > 1 || lock.try_lock().is_ok_and(|hold| *hold > now)
+            });
         }
         recipients.entry(key.to_string()).or_default().clone()
     }
