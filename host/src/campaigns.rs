@@ -744,6 +744,7 @@ struct SendContext {
     templates: Result<HashMap<String, TemplateRecord>, String>,
     plan: Plan,
     zone: jiff::tz::TimeZone,
+    quiet_hours: Option<QuietHours>,
     loaded: Instant,
 }
 
@@ -905,17 +906,21 @@ impl Campaigns {
         let tenant = db.storage().get_tenant(db.tenant_id()).await?;
         let plan = tenant
             .as_ref()
-            .and_then(|tenant| Plan::parse(&tenant.plan))
-            .unwrap_or(Plan::Starter);
+            .map_or(Plan::Starter, |tenant| Plan::of(&tenant.plan));
         let zone = tenant
             .as_ref()
             .and_then(|tenant| jiff::tz::TimeZone::get(&tenant.timezone).ok())
             .unwrap_or(jiff::tz::TimeZone::UTC);
+        let quiet_hours = campaign
+            .quiet_hours
+            .as_ref()
+            .and_then(|value| serde_json::from_value::<QuietHours>(value.clone()).ok());
         let context = Arc::new(SendContext {
             campaign,
             templates,
             plan,
             zone,
+            quiet_hours,
             loaded: Instant::now(),
         });
         let mut contexts = self
@@ -1144,8 +1149,7 @@ impl Campaigns {
             .storage()
             .get_tenant(db.tenant_id())
             .await?
-            .and_then(|tenant| Plan::parse(&tenant.plan))
-            .unwrap_or(Plan::Starter);
+            .map_or(Plan::Starter, |tenant| Plan::of(&tenant.plan));
         let used = db
             .messages_sent(&crate::storage::month_of(now_ms()))
             .await?;
@@ -1665,11 +1669,7 @@ impl Campaigns {
             finish("skipped", Some(reason.into()), None, None).await?;
             return Ok(());
         }
-        if let Some(quiet) = campaign
-            .quiet_hours
-            .as_ref()
-            .and_then(|value| serde_json::from_value::<QuietHours>(value.clone()).ok())
-        {
+        if let Some(quiet) = &context.quiet_hours {
             let zone = contact
                 .fields
                 .get("timezone")

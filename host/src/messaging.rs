@@ -1010,20 +1010,7 @@ impl Messaging {
         };
         if purpose == "marketing" {
             let consent = db.current_consent(&contact.id).await?;
-            if consent
-                .get(channel.as_str())
-                .map(|entry| entry.status.as_str())
-                == Some("opted_out")
-            {
-                return Err(SendError::Refused {
-                    code: "opted-out",
-                    message: format!(
-                        "contact {} opted out of {channel} messages; marketing messages are not sent to them",
-                        contact.id
-                    ),
-                    details: json!({ "contact_id": contact.id }),
-                });
-            }
+            refuse_opted_out(&consent, &contact.id, &channel)?;
         }
         if kind != "template" {
             let conversation = db.conversation_of(&request.install_id, &contact.id).await?;
@@ -1062,15 +1049,7 @@ impl Messaging {
             request_hash: Some(request_hash),
             sent_by: sent_by.map(str::to_string),
         };
-        let mut job = NewJob::new(
-            "messages",
-            "message.send",
-            Some(db.tenant_id()),
-            json!({ "message_id": message_id }),
-        );
-        job.idempotency_key = Some(format!("send:{message_id}"));
-        job.max_attempts = 12;
-        job.priority = if purpose == "service" { 10 } else { 0 };
+        let job = outbox_job(db, &message_id, if purpose == "service" { 10 } else { 0 });
         match db.queue_outbound(&record, &job).await? {
             Queued::New(message) => {
                 self.inner.jobs.wake();
@@ -1112,22 +1091,7 @@ impl Messaging {
                 send.contact.id
             )));
         };
-        if send
-            .contact
-            .consent
-            .get(channel.as_str())
-            .map(|entry| entry.status.as_str())
-            == Some("opted_out")
-        {
-            return Err(SendError::Refused {
-                code: "opted-out",
-                message: format!(
-                    "contact {} opted out of {channel} messages; marketing messages are not sent to them",
-                    send.contact.id
-                ),
-                details: json!({ "contact_id": send.contact.id }),
-            });
-        }
+        refuse_opted_out(&send.contact.consent, &send.contact.id, &channel)?;
         let raw = json!(send.variables);
         let (content, _) = template_content(send.template, send.variables, Some(&raw))?;
         check_quota(db, Some(send.plan)).await?;
@@ -1195,14 +1159,7 @@ impl Messaging {
         message_id: &str,
         at: i64,
     ) -> Result<(), StorageError> {
-        let mut job = NewJob::new(
-            "messages",
-            "message.send",
-            Some(db.tenant_id()),
-            json!({ "message_id": message_id }),
-        );
-        job.idempotency_key = Some(format!("send:{message_id}"));
-        job.max_attempts = 12;
+        let mut job = outbox_job(db, message_id, 0);
         job.run_at = at;
         self.inner.jobs.enqueue(&job).await.map(drop)
     }
@@ -1659,6 +1616,42 @@ fn template_content(
     ))
 }
 
+/// The outbox job that sends queued message `message_id` (one per message: its key).
+fn outbox_job(db: &TenantDb, message_id: &str, priority: i32) -> NewJob {
+    let mut job = NewJob::new(
+        "messages",
+        "message.send",
+        Some(db.tenant_id()),
+        json!({ "message_id": message_id }),
+    );
+    job.idempotency_key = Some(format!("send:{message_id}"));
+    job.max_attempts = 12;
+    job.priority = priority;
+    job
+}
+
+/// Refuses a marketing send to a contact whose latest `consent` for `channel` is an
+/// opt-out.
+///
+/// # Errors
+/// `Refused` (`opted-out`).
+fn refuse_opted_out(
+    consent: &std::collections::BTreeMap<String, ConsentEntry>,
+    contact_id: &str,
+    channel: &str,
+) -> Result<(), SendError> {
+    if consent.get(channel).map(|entry| entry.status.as_str()) == Some("opted_out") {
+        return Err(SendError::Refused {
+            code: "opted-out",
+            message: format!(
+                "contact {contact_id} opted out of {channel} messages; marketing messages are not sent to them"
+            ),
+            details: json!({ "contact_id": contact_id }),
+        });
+    }
+    Ok(())
+}
+
 /// Refuses a send when this month's message allowance of the tenant's plan (`plan`, or
 /// read now) is used up.
 ///
@@ -1671,8 +1664,9 @@ async fn check_quota(db: &TenantDb, plan: Option<crate::plans::Plan>) -> Result<
             .storage()
             .get_tenant(db.tenant_id())
             .await?
-            .and_then(|tenant| crate::plans::Plan::parse(&tenant.plan))
-            .unwrap_or(crate::plans::Plan::Starter),
+            .map_or(crate::plans::Plan::Starter, |tenant| {
+                crate::plans::Plan::of(&tenant.plan)
+            }),
     };
     let used = db
         .messages_sent(&crate::storage::month_of(now_ms()))

@@ -33,6 +33,12 @@ impl Plan {
         Plan::ALL.into_iter().find(|plan| plan.as_str() == name)
     }
 
+    /// A stored tenant's plan: an unknown name counts as Starter.
+    #[must_use]
+    pub fn of(name: &str) -> Plan {
+        Self::parse(name).unwrap_or(Plan::Starter)
+    }
+
     /// API requests per minute, across all of the tenant's keys.
     pub fn requests_per_minute(self) -> u32 {
         match self {

@@ -79,7 +79,7 @@ pub async fn authenticate(
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
-    let plan = Plan::parse(&caller.tenant.plan).unwrap_or(Plan::Starter);
+    let plan = Plan::of(&caller.tenant.plan);
     let decision = state.rate_limiter.check(
         &caller.tenant.id,
         caller

@@ -183,7 +183,7 @@ async fn create(
             "a contact needs at least a name, a phone or an email",
         ));
     }
-    let plan = Plan::parse(&caller.tenant.plan).unwrap_or(Plan::Starter);
+    let plan = Plan::of(&caller.tenant.plan);
     if let Some(limit) = plan.contact_limit() {
         let count = caller.db().count_contacts().await?;
         if count >= limit {

@@ -258,7 +258,7 @@ async fn start(
         .db()
         .create_import(&id, strategy, &layout.mapping_json())
         .await?;
-    let plan = Plan::parse(&caller.tenant.plan).unwrap_or(Plan::Starter);
+    let plan = Plan::of(&caller.tenant.plan);
     importer.spawn(ImportJobSpec {
         id: id.clone(),
         db: caller.db().clone(),

@@ -203,7 +203,7 @@ pub(super) async fn save_profile(storage: &Storage, tenant: &Tenant) -> Result<(
 
 /// The tenant's plan limits and what it has used of them.
 async fn usage(tenant: &Tenant, db: &TenantDb) -> Result<Value, ApiError> {
-    let plan = Plan::parse(&tenant.plan).unwrap_or(Plan::Starter);
+    let plan = Plan::of(&tenant.plan);
     let month = month_of(now_ms());
     let sent = db.messages_sent(&month).await?;
     let allowance = plan.monthly_messages();
