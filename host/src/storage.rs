@@ -32,6 +32,7 @@ mod messaging;
 mod notes;
 mod plugin_kv;
 mod segments;
+mod sqlite_checkpoint;
 mod sqlite_reads;
 mod sqlite_writer;
 mod teams;
@@ -175,6 +176,9 @@ pub struct Storage {
             std::sync::OnceLock<sqlite_writer::SqliteWriter>,
         )>,
     >,
+    /// Copies the write-ahead log into SQLite files off the commit path (see
+    /// `sqlite_checkpoint`); its thread ends with the last clone.
+    _checkpointer: Option<Arc<sqlite_checkpoint::Checkpointer>>,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE` on SQLite). On SQLite it also holds this
@@ -243,6 +247,9 @@ impl Storage {
                         connection.execute("PRAGMA journal_mode = WAL").await?;
                         connection.execute("PRAGMA busy_timeout = 10000").await?;
                         connection.execute("PRAGMA synchronous = NORMAL").await?;
+                        // Checkpoints run on their own thread (`sqlite_checkpoint`),
+                        // never inside a commit.
+                        connection.execute("PRAGMA wal_autocheckpoint = 0").await?;
                         // 8 MiB of page cache (the default is 2 MiB): the hot writes go
                         // through the group-commit writers (32 MiB each); these four
                         // connections serve imports, listings and the rest, and at 32 MiB
@@ -259,6 +266,10 @@ impl Storage {
         .connect_with(options)
         .await
         .map_err(StorageError::Connect)?;
+        let write_gate: Option<Arc<tokio::sync::Mutex<()>>> = match backend {
+            Backend::Sqlite => Some(Arc::default()),
+            Backend::Postgres => None,
+        };
         Ok(Self {
             pool,
             backend,
@@ -273,13 +284,15 @@ impl Storage {
                     .map(|path| Arc::new((path, std::sync::OnceLock::new()))),
                 Backend::Postgres => None,
             },
-            write_gate: match backend {
-                Backend::Sqlite => Some(Arc::default()),
-                Backend::Postgres => None,
-            },
+            write_gate: write_gate.clone(),
             sqlite_writer: match backend {
                 Backend::Sqlite => sqlite_reads::SqliteReads::file_of(url)
                     .map(|path| Arc::new((path, std::sync::OnceLock::new()))),
+                Backend::Postgres => None,
+            },
+            _checkpointer: match backend {
+                Backend::Sqlite => sqlite_reads::SqliteReads::file_of(url)
+                    .map(|path| sqlite_checkpoint::Checkpointer::start(path, write_gate.clone())),
                 Backend::Postgres => None,
             },
         })

@@ -120,6 +120,8 @@ pub(crate) fn open_for_writing(path: &PathBuf, statements: usize) -> rusqlite::R
     connection.busy_timeout(Duration::from_secs(10))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
+    // Checkpoints run on their own thread (`sqlite_checkpoint`), not inside commits.
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
     connection.pragma_update(None, "cache_size", -32768)?;
     // Each closure runs in a savepoint, whose journal (the statement journal) copies
