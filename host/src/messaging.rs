@@ -587,7 +587,7 @@ impl Messaging {
                 let event_tenant = tenant.clone();
                 let result = db
                     .record_inbound(&record, move |result| {
-                        let record = event_record;
+                        let record = &event_record;
                         let data = json!({
                             "message_id": result.message_id,
                             "conversation_id": result.conversation_id,

@@ -831,6 +831,15 @@ async fn scenario(database_url: Option<String>) {
         .await
         .expect("inbound");
     assert_eq!(status, 200);
+    // The customer wrote again: the closed conversation is open again, unread.
+    let (_, reopened) = api
+        .get(&format!("/v1/conversations/{conversation_id}"))
+        .await;
+    assert_eq!(
+        (reopened["status"].as_str(), reopened["unread"].as_i64()),
+        (Some("open"), Some(1)),
+        "{label}: {reopened}"
+    );
     let (_, contact) = api.get(&format!("/v1/contacts/{contact_id}")).await;
     assert_eq!(
         contact["consent"]["whatsapp"]["status"], "opted_out",

@@ -372,7 +372,7 @@ impl TenantDb {
     pub async fn record_inbound(
         &self,
         record: &InboundRecord,
-        make_jobs: impl FnOnce(&InboundResult) -> Vec<NewJob> + Send + 'static,
+        make_jobs: impl Fn(&InboundResult) -> Vec<NewJob> + Send + 'static,
     ) -> Result<InboundResult, StorageError> {
         let tenant = self.tenant_id().as_str();
         if let Some(writer) = self.storage().inbound_writer() {
@@ -453,7 +453,7 @@ impl TenantDb {
                  window_expires_at, last_message_at, last_inbound_at, last_inbound_provider_id, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, 'open', 1, $6, $7, $8, $9, $7, $7) \
                  ON CONFLICT (tenant_id, install_id, contact_id) DO UPDATE SET \
-                   status = 'open', unread = conversations.unread + 1, \
+                   unread = conversations.unread + 1, \
                    window_expires_at = CASE WHEN conversations.window_expires_at IS NULL \
                        OR conversations.window_expires_at < excluded.window_expires_at \
                        THEN excluded.window_expires_at ELSE conversations.window_expires_at END, \
@@ -465,7 +465,7 @@ impl TenantDb {
                        OR conversations.last_inbound_at <= excluded.last_inbound_at \
                        THEN excluded.last_inbound_provider_id ELSE conversations.last_inbound_provider_id END, \
                    updated_at = excluded.updated_at \
-                 RETURNING id",
+                 RETURNING id, status",
             )
             .bind(&conversation_id)
             .bind(tenant)
@@ -479,6 +479,13 @@ impl TenantDb {
             .fetch_one(&mut *tx)
             .await?;
             let conversation_id: String = row.try_get("id")?;
+            let status: String = row.try_get("status")?;
+            if status != "open" {
+                sqlx::query("UPDATE conversations SET status = 'open' WHERE id = $1")
+                    .bind(&conversation_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query(
                 "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, install_id, direction, kind, \
                  content, provider_message_id, reply_to, status, status_rank, purpose, provider_at, created_at, updated_at) \
