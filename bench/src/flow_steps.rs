@@ -240,23 +240,38 @@ async fn start_runs(
         return enroll(api, flow_id, contacts, connections, batch).await;
     }
     let path = format!("/v1/flows/{flow_id}/runs");
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(contacts)
+    let results: Vec<anyhow::Result<(usize, Option<String>)>> = futures::stream::iter(contacts)
         .map(|contact_id| {
             let path = &path;
             async move {
                 let body = json!({"contact_id": contact_id, "payload": {"tier": "gold"}});
                 api.expect(reqwest::Method::POST, path, Some(&body), 201)
                     .await
-                    .map(drop)
+                    .map(|_| (1, None))
             }
         })
         .buffer_unordered(connections)
         .collect()
         .await;
-    let started = results.iter().filter(|result| result.is_ok()).count();
-    let first_error = results
-        .into_iter()
-        .find_map(|result| result.err().map(|error| format!("{error:#}")));
+    tally(results)
+}
+
+/// Adds up requests' (runs started, first problem) answers: the runs started and the
+/// first problem or failed request.
+fn tally(
+    results: impl IntoIterator<Item = anyhow::Result<(usize, Option<String>)>>,
+) -> (usize, Option<String>) {
+    let mut started = 0;
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok((count, problem)) => {
+                started += count;
+                first_error = first_error.or(problem);
+            }
+            Err(error) => first_error = first_error.or(Some(format!("{error:#}"))),
+        }
+    }
     (started, first_error)
 }
 
@@ -290,18 +305,7 @@ async fn enroll(
             .buffer_unordered(connections.clamp(1, 4))
             .collect()
             .await;
-    let mut started = 0;
-    let mut first_error = None;
-    for result in results {
-        match result {
-            Ok((count, problem)) => {
-                started += count;
-                first_error = first_error.or(problem);
-            }
-            Err(error) => first_error = first_error.or(Some(format!("{error:#}"))),
-        }
-    }
-    (started, first_error)
+    tally(results)
 }
 
 /// Waits until no run of `flow_id` is running (or `timeout` passed); whether none is.
