@@ -42,8 +42,8 @@ use crate::messaging::{Messaging, SendError, SentNow, TemplateNow};
 use crate::plans::Plan;
 use crate::segments::{Condition, Expr};
 use crate::storage::{
-    Campaign, Contact, NewJob, NewRecipient, RecipientCounts, StorageError, TemplateRecord,
-    TenantDb, Variant, now_ms,
+    Campaign, Contact, NewJob, NewRecipient, Recipient, RecipientCounts, StorageError,
+    TemplateRecord, TenantDb, Variant, now_ms,
 };
 use crate::template_model::{SendVariables, render_preview, send_components, variable_count};
 
@@ -729,6 +729,8 @@ struct Inner {
     messaging: Messaging,
     /// Send contexts by (tenant, campaign).
     contexts: Mutex<HashMap<(String, String), Arc<SendContext>>>,
+    /// Campaign sends in flight here ([`CONCURRENT_SENDS`]).
+    sends: tokio::sync::Semaphore,
 }
 
 /// How long the sends of a campaign share what they read once ([`SendContext`]). A
@@ -803,6 +805,56 @@ fn send_job(db: &TenantDb, campaign: &Campaign, contact_id: &str, run_at: i64) -
     )
 }
 
+/// Recipients per send job of an unthrottled campaign: one job row (inserted, claimed
+/// and completed once) and one snapshot read per batch instead of per recipient.
+const SEND_BATCH: usize = 25;
+
+/// Campaign sends in flight in this process at most (each holds a plugin instance while
+/// it calls the provider).
+const CONCURRENT_SENDS: usize = 128;
+
+/// The send jobs of `contact_ids`, the `index`-th send of the run onwards: one job per
+/// recipient at its paced time when the campaign is throttled, else one per
+/// [`SEND_BATCH`] recipients, due at `base`.
+fn send_jobs(
+    db: &TenantDb,
+    campaign: &Campaign,
+    contact_ids: &[String],
+    base: i64,
+    index: &mut u64,
+) -> Vec<NewJob> {
+    if campaign
+        .throttle_per_minute
+        .is_some_and(|per_minute| per_minute > 0)
+    {
+        return contact_ids
+            .iter()
+            .map(|contact_id| {
+                let run_at = paced(base, campaign.throttle_per_minute, *index);
+                *index += 1;
+                send_job(db, campaign, contact_id, run_at)
+            })
+            .collect();
+    }
+    let generation = match campaign.generation {
+        0 => String::new(),
+        generation => format!(":g{generation}"),
+    };
+    contact_ids
+        .chunks(SEND_BATCH)
+        .map(|chunk| {
+            *index += chunk.len() as u64;
+            job(
+                "campaign.send",
+                db,
+                json!({"campaign_id": campaign.id, "contact_ids": chunk}),
+                format!("campaign:{}:batch:{}{generation}", campaign.id, chunk[0]),
+                base,
+            )
+        })
+        .collect()
+}
+
 /// Spaces sends to `throttle` a minute: the run time of the `index`-th send from `base`.
 fn paced(base: i64, throttle: Option<i64>, index: u64) -> i64 {
     match throttle {
@@ -821,6 +873,7 @@ impl Campaigns {
                 jobs,
                 messaging,
                 contexts: Mutex::default(),
+                sends: tokio::sync::Semaphore::new(CONCURRENT_SENDS),
             }),
         };
         for kind in [
@@ -1396,18 +1449,11 @@ impl Campaigns {
                 return Ok(());
             };
             after = last.contact_id.clone();
-            let jobs: Vec<NewJob> = page
+            let ids: Vec<String> = page
                 .iter()
-                .map(|recipient| {
-                    index += 1;
-                    send_job(
-                        db,
-                        campaign,
-                        &recipient.contact_id,
-                        paced(base, campaign.throttle_per_minute, index - 1),
-                    )
-                })
+                .map(|recipient| recipient.contact_id.clone())
                 .collect();
+            let jobs = send_jobs(db, campaign, &ids, base, &mut index);
             db.enqueue_campaign_jobs(&jobs).await?;
             self.inner.jobs.wake();
         }
@@ -1558,7 +1604,7 @@ impl Campaigns {
             let done = page.len() < BATCH as usize;
             let last = page.last().map(|(contact, _)| contact.id.clone());
             let mut recipients = Vec::with_capacity(page.len());
-            let mut jobs = Vec::new();
+            let mut queued = Vec::new();
             for (contact, reason) in &page {
                 let recipient = if let Some(reason) = reason {
                     NewRecipient {
@@ -1585,13 +1631,7 @@ impl Campaigns {
                             skip_reason: Some(skip_reason_of(&missing)),
                         },
                         (Some(variant), test_group, Ok(_)) => {
-                            jobs.push(send_job(
-                                db,
-                                &campaign,
-                                &contact.id,
-                                paced(base, campaign.throttle_per_minute, index),
-                            ));
-                            index += 1;
+                            queued.push(contact.id.clone());
                             NewRecipient {
                                 contact_id: contact.id.clone(),
                                 variant: Some(variant),
@@ -1604,6 +1644,7 @@ impl Campaigns {
                 };
                 recipients.push(recipient);
             }
+            let jobs = send_jobs(db, &campaign, &queued, base, &mut index);
             db.record_fanout_batch(&campaign.id, &recipients, &jobs, last.as_deref(), done)
                 .await?;
             self.inner.jobs.wake();
@@ -1614,24 +1655,72 @@ impl Campaigns {
         }
     }
 
+    /// A `campaign.send` job: one recipient (`contact_id`: a throttled campaign, a
+    /// quiet-hours deferral) or a batch (`contact_ids`), read in one snapshot and sent
+    /// concurrently. A retryable failure runs the job again; recipients it finished are
+    /// no longer queued then and are skipped.
     async fn run_send(
         &self,
         db: &TenantDb,
         campaign_id: &str,
         job: &crate::storage::Job,
     ) -> Result<(), JobFailure> {
-        let contact_id = job.payload["contact_id"].as_str().unwrap_or_default();
-        let last_attempt = job.attempts + 1 >= job.max_attempts;
+        use futures::StreamExt;
+        let single = job.payload["contact_id"].as_str();
+        let contact_ids: Vec<String> = match single {
+            Some(contact_id) => vec![contact_id.to_string()],
+            None => job.payload["contact_ids"]
+                .as_array()
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
         let Some(context) = self.send_context(db, campaign_id).await? else {
             return Ok(()); // deleted
         };
-        let campaign = &context.campaign;
-        if campaign.status != "running" {
+        if context.campaign.status != "running" {
             return Ok(()); // paused: resume queues it again; cancelled: marked already
         }
-        let Some(recipient) = db.campaign_recipient(&campaign.id, contact_id).await? else {
-            return Ok(());
-        };
+        let batch = db
+            .campaign_send_batch(&context.campaign.id, &contact_ids)
+            .await?;
+        // A job for one recipient is completed with the message's acceptance (one
+        // transaction); a batch job when all its sends are done.
+        let lease = if single.is_some() { job.lease() } else { None };
+        let sends = batch.into_iter().map(|(recipient, contact)| {
+            self.send_one(db, &context, recipient, contact, job, lease.clone())
+        });
+        let outcomes: Vec<Result<(), JobFailure>> = futures::stream::iter(sends)
+            .buffer_unordered(SEND_BATCH)
+            .collect()
+            .await;
+        outcomes.into_iter().collect()
+    }
+
+    /// Sends one recipient of a running campaign (`contact`: `None` once deleted).
+    async fn send_one(
+        &self,
+        db: &TenantDb,
+        context: &SendContext,
+        recipient: Recipient,
+        contact: Option<Contact>,
+        job: &crate::storage::Job,
+        lease: Option<crate::storage::JobLease>,
+    ) -> Result<(), JobFailure> {
+        // Each send holds a plugin instance while it runs: bounded per process.
+        let _permit = self
+            .inner
+            .sends
+            .acquire()
+            .await
+            .map_err(|_| JobFailure::retry("the campaign sender is shutting down"))?;
+        let campaign = &context.campaign;
+        let contact_id = recipient.contact_id.as_str();
+        let last_attempt = job.attempts + 1 >= job.max_attempts;
         if recipient.state != "queued" {
             if recipient.state == "sent"
                 && job.attempts > 1
@@ -1660,7 +1749,7 @@ impl Campaigns {
             )
             .await
         };
-        let Some(contact) = db.get_contact(contact_id).await? else {
+        let Some(contact) = contact else {
             finish("skipped", Some("contact_deleted".into()), None, None).await?;
             return Ok(());
         };
@@ -1747,7 +1836,7 @@ impl Campaigns {
             idempotency_key: format!("campaign:{}:{contact_id}", campaign.id),
             sent_by: &format!("campaign:{}", campaign.id),
             recipient: (campaign.id.clone(), contact_id.to_string()),
-            job,
+            lease,
         };
         match self.inner.messaging.send_template_now(db, send).await {
             Ok(SentNow::Queued(_) | SentNow::RecipientNotQueued) => {}
@@ -1887,17 +1976,7 @@ impl Campaigns {
             }
             let ids: Vec<String> = page.iter().map(|r| r.contact_id.clone()).collect();
             let jobs: Vec<NewJob> = if running {
-                ids.iter()
-                    .map(|contact_id| {
-                        index += 1;
-                        send_job(
-                            db,
-                            &current,
-                            contact_id,
-                            paced(base, current.throttle_per_minute, index - 1),
-                        )
-                    })
-                    .collect()
+                send_jobs(db, &current, &ids, base, &mut index)
             } else {
                 Vec::new()
             };

@@ -11,6 +11,12 @@ use postdog_host::plugin_dev::{self, RunOptions};
 use postdog_host::runtime::World;
 use postdog_host::server::{self, ServeOptions};
 
+/// mimalloc instead of glibc's malloc: per-thread free lists without arena locks (malloc
+/// and free were a sixth of the async workers' time in the campaign benchmark) and far
+/// less memory stranded in per-thread arenas (the server's peak resident memory).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// PostDog: open, self-hostable customer messaging.
 #[derive(Parser)]
 #[command(name = "postdog", version, about)]

@@ -212,8 +212,9 @@ pub struct TemplateNow<'a> {
     pub sent_by: &'a str,
     /// The campaign recipient (campaign id, contact id) that turns `sent` with it.
     pub recipient: (String, String),
-    /// The running job sending it (completed with the acceptance).
-    pub job: &'a Job,
+    /// The lease of the running job that sends only this message: the job is completed
+    /// with the acceptance (`None` for a job that sends several).
+    pub lease: Option<crate::storage::JobLease>,
 }
 
 /// What `Messaging::send_template_now` did.
@@ -1131,11 +1132,10 @@ impl Messaging {
             "message.queued",
             message_event(&message),
         );
-        let lease = send.job.lease();
         let attempt = Attempt {
             retries_left: true,
             stamped: true,
-            lease: lease.as_ref(),
+            lease: send.lease.as_ref(),
         };
         if let Err(failure) = self.hand_over(db, &handle, &message, phone, attempt).await {
             let wait = failure

@@ -210,6 +210,19 @@ fn decode_recipient(row: &sqlx::any::AnyRow) -> Result<Recipient, sqlx::Error> {
     })
 }
 
+/// A `RECIPIENT_COLUMNS` row on the direct SQLite path.
+fn decode_recipient_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Recipient> {
+    Ok(Recipient {
+        contact_id: row.get(0)?,
+        variant: row.get(1)?,
+        test_group: row.get::<_, i64>(2)? != 0,
+        state: row.get(3)?,
+        skip_reason: row.get(4)?,
+        message_id: row.get(5)?,
+        error: row.get(6)?,
+    })
+}
+
 const RECIPIENT_COLUMNS: &str =
     "r.contact_id, r.variant, r.test_group, r.state, r.skip_reason, r.message_id, r.error";
 
@@ -612,6 +625,59 @@ impl TenantDb {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    /// The recipients of a send batch, in the order of `contact_ids` (ids that are not
+    /// recipients are left out), each with its contact when it is still queued (`None`:
+    /// the contact was deleted). On the direct SQLite path it is one snapshot read.
+    pub async fn campaign_send_batch(
+        &self,
+        campaign_id: &str,
+        contact_ids: &[String],
+    ) -> Result<Vec<(Recipient, Option<super::Contact>)>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        let sql = format!(
+            "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients r \
+             WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.contact_id = $3"
+        );
+        if let Some(found) = self.storage().read_direct(|c| {
+            let transaction = c.unchecked_transaction()?;
+            let mut batch = Vec::with_capacity(contact_ids.len());
+            for contact_id in contact_ids {
+                let Some(recipient) = super::sqlite_writer::query(
+                    &transaction,
+                    &sql,
+                    &[&tenant, &campaign_id, contact_id],
+                    decode_recipient_direct,
+                )?
+                .pop() else {
+                    continue;
+                };
+                let contact = if recipient.state == "queued" {
+                    super::contacts::read_contact_in(&transaction, tenant, contact_id)?
+                } else {
+                    None
+                };
+                batch.push((recipient, contact));
+            }
+            transaction.commit()?;
+            Ok(batch)
+        }) {
+            return Ok(found);
+        }
+        let mut batch = Vec::with_capacity(contact_ids.len());
+        for contact_id in contact_ids {
+            let Some(recipient) = self.campaign_recipient(campaign_id, contact_id).await? else {
+                continue;
+            };
+            let contact = if recipient.state == "queued" {
+                self.get_contact(contact_id).await?
+            } else {
+                None
+            };
+            batch.push((recipient, contact));
+        }
+        Ok(batch)
+    }
+
     /// One recipient of a campaign.
     pub async fn campaign_recipient(
         &self,
@@ -627,17 +693,7 @@ impl TenantDb {
                      WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.contact_id = $3"
                 ),
                 &[&tenant, &campaign_id, &contact_id],
-                |row| {
-                    Ok(Recipient {
-                        contact_id: row.get(0)?,
-                        variant: row.get(1)?,
-                        test_group: row.get::<_, i64>(2)? != 0,
-                        state: row.get(3)?,
-                        skip_reason: row.get(4)?,
-                        message_id: row.get(5)?,
-                        error: row.get(6)?,
-                    })
-                },
+                decode_recipient_direct,
             )
         }) {
             return Ok(found.pop());

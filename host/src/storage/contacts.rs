@@ -637,6 +637,45 @@ impl TenantDb {
         let after = sql.bind(Bind::Text(after.unwrap_or("").to_string()));
         let limit = sql.bind(Bind::Int(i64::from(limit)));
         sql.push(&format!(" AND id > {after} ORDER BY id LIMIT {limit}"));
+        if self.storage().sqlite_reads().is_some() {
+            // A page is hundreds of rows: read off the async workers, in one snapshot,
+            // without sqlx's per-row hand-offs (a campaign's fan-out reads every page).
+            let storage = self.storage().clone();
+            let tenant = self.tenant_id().as_str().to_string();
+            let read = tokio::task::spawn_blocking(move || {
+                storage
+                    .read_direct(|connection| {
+                        let transaction = connection.unchecked_transaction()?;
+                        let contacts = super::sqlite_writer::query(
+                            &transaction,
+                            &sql.text,
+                            &sql.params(),
+                            decode_contact_direct,
+                        )?
+                        .into_iter()
+                        .map(|mut contact| {
+                            read_tags_and_consent(&transaction, &tenant, &mut contact)?;
+                            Ok(contact)
+                        })
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                        transaction.commit()?;
+                        Ok(contacts)
+                    })
+                    .ok_or(sql)
+            })
+            .await;
+            match read {
+                Ok(Ok(contacts)) => return Ok(contacts),
+                // The direct read failed (logged): the same query through sqlx.
+                Ok(Err(returned)) => sql = returned,
+                Err(error) => {
+                    return Err(StorageError::Direct {
+                        context: "listing contacts",
+                        message: error.to_string(),
+                    });
+                }
+            }
+        }
         let rows = sql
             .into_query()
             .fetch_all(self.storage().pool())
@@ -863,7 +902,7 @@ fn read_contact(
     Ok(contact)
 }
 
-fn read_contact_in(
+pub(super) fn read_contact_in(
     connection: &rusqlite::Connection,
     tenant: &str,
     id: &str,
@@ -873,25 +912,39 @@ fn read_contact_in(
         "SELECT {CONTACT_COLUMNS} FROM contacts WHERE tenant_id = ?1 AND id = ?2"
     ))?;
     let Some(mut contact) = statement
-        .query_row((tenant, id), |row| {
-            let fields: String = row.get("fields")?;
-            Ok(Contact {
-                id: row.get("id")?,
-                name: row.get("name")?,
-                phone: row.get("phone")?,
-                email: row.get("email")?,
-                tags: Vec::new(),
-                fields: serde_json::from_str(&fields).unwrap_or_else(|_| serde_json::json!({})),
-                created_at: row.get("created_at")?,
-                updated_at: row.get("updated_at")?,
-                last_contacted_at: row.get("last_contacted_at")?,
-                consent: BTreeMap::new(),
-            })
-        })
+        .query_row((tenant, id), decode_contact_direct)
         .optional()?
     else {
         return Ok(None);
     };
+    read_tags_and_consent(connection, tenant, &mut contact)?;
+    Ok(Some(contact))
+}
+
+/// A `CONTACT_COLUMNS` row, without its tags and consent.
+fn decode_contact_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Contact> {
+    let fields: String = row.get("fields")?;
+    Ok(Contact {
+        id: row.get("id")?,
+        name: row.get("name")?,
+        phone: row.get("phone")?,
+        email: row.get("email")?,
+        tags: Vec::new(),
+        fields: serde_json::from_str(&fields).unwrap_or_else(|_| serde_json::json!({})),
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+        last_contacted_at: row.get("last_contacted_at")?,
+        consent: BTreeMap::new(),
+    })
+}
+
+/// Fills in a contact's tags and current consent.
+fn read_tags_and_consent(
+    connection: &rusqlite::Connection,
+    tenant: &str,
+    contact: &mut Contact,
+) -> rusqlite::Result<()> {
+    let id = contact.id.as_str();
     let mut tags = connection.prepare_cached(
         "SELECT tag FROM contact_tags WHERE tenant_id = ?1 AND contact_id = ?2 ORDER BY tag",
     )?;
@@ -915,5 +968,5 @@ fn read_contact_in(
         let entry = entry?;
         contact.consent.insert(entry.channel.clone(), entry);
     }
-    Ok(Some(contact))
+    Ok(())
 }

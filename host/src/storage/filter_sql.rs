@@ -20,6 +20,16 @@ pub(crate) enum Bind {
     Float(f64),
 }
 
+impl rusqlite::types::ToSql for Bind {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Text(text) => text.to_sql(),
+            Self::Int(number) => number.to_sql(),
+            Self::Float(number) => number.to_sql(),
+        }
+    }
+}
+
 /// SQL text plus its parameters, numbered in order.
 #[derive(Debug, Default)]
 pub(crate) struct Sql {
@@ -39,6 +49,15 @@ impl Sql {
     pub(crate) fn bind(&mut self, value: Bind) -> String {
         self.binds.push(value);
         format!("${}", self.binds.len())
+    }
+
+    /// The parameters, for the direct SQLite path (`sqlite_writer::query` binds `$N` by
+    /// name, so the text runs unchanged).
+    pub(crate) fn params(&self) -> Vec<&dyn rusqlite::types::ToSql> {
+        self.binds
+            .iter()
+            .map(|bind| bind as &dyn rusqlite::types::ToSql)
+            .collect()
     }
 
     pub(crate) fn push(&mut self, text: &str) {
