@@ -729,7 +729,7 @@ struct Inner {
     messaging: Messaging,
     /// Send contexts by (tenant, campaign).
     contexts: Mutex<HashMap<(String, String), Arc<SendContext>>>,
-    /// Campaign sends in flight here ([`CONCURRENT_SENDS`]).
+    /// Campaign send slots of this process ([`CONCURRENT_SENDS`]).
     sends: tokio::sync::Semaphore,
 }
 
@@ -812,6 +812,9 @@ const SEND_BATCH: usize = 25;
 /// Campaign sends in flight in this process at most (each holds a plugin instance while
 /// it calls the provider).
 const CONCURRENT_SENDS: usize = 128;
+
+/// Sends of one batch job in flight at once (the slots it takes).
+const SEND_WIDTH: usize = 8;
 
 /// The send jobs of `contact_ids`, the `index`-th send of the run onwards: one job per
 /// recipient at its paced time when the campaign is throttled, else one per
@@ -1691,11 +1694,20 @@ impl Campaigns {
         // A job for one recipient is completed with the message's acceptance (one
         // transaction); a batch job when all its sends are done.
         let lease = if single.is_some() { job.lease() } else { None };
+        // The job's share of the process's send slots is taken before any send exists:
+        // a send is a large future, so jobs waiting for slots hold none.
+        let width = batch.len().clamp(1, SEND_WIDTH);
+        let _slots = self
+            .inner
+            .sends
+            .acquire_many(u32::try_from(width).unwrap_or(1))
+            .await
+            .map_err(|_| JobFailure::retry("the campaign sender is shutting down"))?;
         let sends = batch.into_iter().map(|(recipient, contact)| {
             self.send_one(db, &context, recipient, contact, job, lease.clone())
         });
         let outcomes: Vec<Result<(), JobFailure>> = futures::stream::iter(sends)
-            .buffer_unordered(SEND_BATCH)
+            .buffer_unordered(width)
             .collect()
             .await;
         outcomes.into_iter().collect()
@@ -1711,13 +1723,6 @@ impl Campaigns {
         job: &crate::storage::Job,
         lease: Option<crate::storage::JobLease>,
     ) -> Result<(), JobFailure> {
-        // Each send holds a plugin instance while it runs: bounded per process.
-        let _permit = self
-            .inner
-            .sends
-            .acquire()
-            .await
-            .map_err(|_| JobFailure::retry("the campaign sender is shutting down"))?;
         let campaign = &context.campaign;
         let contact_id = recipient.contact_id.as_str();
         let last_attempt = job.attempts + 1 >= job.max_attempts;

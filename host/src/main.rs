@@ -13,7 +13,9 @@ use postdog_host::server::{self, ServeOptions};
 
 /// mimalloc instead of glibc's malloc: per-thread free lists without arena locks (malloc
 /// and free were a sixth of the async workers' time in the campaign benchmark) and far
-/// less memory stranded in per-thread arenas (the server's peak resident memory).
+/// less memory stranded in per-thread arenas (the server's peak resident memory). The
+/// `system-allocator` feature turns it off (heap profilers see only malloc).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

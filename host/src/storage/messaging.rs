@@ -597,9 +597,11 @@ impl TenantDb {
             } => (None, Some(*attempted_at), recipient.as_ref()),
         };
         let outcome = if let Some(writer) = self.storage().sqlite_writer() {
-            let (tenant, owned, job, recipient) = (
+            // Serialized here: the writer thread serves every caller in turn.
+            let (tenant, owned, content, job, recipient) = (
                 tenant.to_string(),
                 record.clone(),
+                record.content.to_string(),
                 job.cloned(),
                 recipient.cloned(),
             );
@@ -641,7 +643,7 @@ impl TenantDb {
                             &owned.contact_id,
                             &owned.install_id,
                             &owned.kind,
-                            &owned.content.to_string(),
+                            &content,
                             &owned.reply_to,
                             &owned.purpose,
                             &owned.idempotency_key,

@@ -123,7 +123,7 @@ pub(crate) fn open_for_writing(path: &PathBuf, statements: usize) -> rusqlite::R
     // Checkpoints run on their own thread (`sqlite_checkpoint`), not inside commits.
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
-    connection.pragma_update(None, "cache_size", -32768)?;
+    connection.pragma_update(None, "cache_size", -8192)?;
     // Each closure runs in a savepoint, whose journal (the statement journal) copies
     // every page before its first change: in memory rather than a temporary file, that
     // is a memcpy instead of a write system call per page.
