@@ -103,7 +103,9 @@ fn run(
             }
         }
         if connection.is_none() {
-            match super::sqlite_writer::open_for_writing(path, 32) {
+            // 32 MiB of page cache: each message touches the pages of a contact and a
+            // conversation anywhere in the file.
+            match super::sqlite_writer::open_for_writing(path, 32, 32) {
                 Ok(opened) => connection = Some(opened),
                 Err(error) => {
                     for request in batch {
