@@ -2318,6 +2318,96 @@ mod tests {
             .collect()
     }
 
+    fn campaign(throttle: Option<i64>, generation: i64) -> Campaign {
+        Campaign {
+            id: "c1".into(),
+            name: "spring".into(),
+            install_id: "i1".into(),
+            channel: "whatsapp".into(),
+            purpose: "marketing".into(),
+            audience: json!({}),
+            schedule_at: None,
+            throttle_per_minute: throttle,
+            quiet_hours: None,
+            reply_window_ms: 0,
+            ab: None,
+            ab_decision: None,
+            status: "running".into(),
+            status_reason: None,
+            fanout_cursor: None,
+            fanout_done: false,
+            generation,
+            started_at: None,
+            finished_at: None,
+            created_at: 0,
+            updated_at: 0,
+            variants: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn unthrottled_sends_are_batched_and_throttled_ones_paced() -> anyhow::Result<()> {
+        let test = crate::storage::testing::sqlite().await?;
+        let db = test.storage.tenant(&crate::ids::TenantId::new("t1"));
+        let ids: Vec<String> = (0..60).map(|n| format!("k{n:03}")).collect();
+
+        // Unthrottled: 25 + 25 + 10 recipients, keyed by their first contact, all due now.
+        let mut index = 7;
+        let jobs = send_jobs(&db, &campaign(None, 0), &ids, 1_000, &mut index);
+        assert_eq!(index, 67);
+        let batches: Vec<Vec<&str>> = jobs
+            .iter()
+            .map(|job| {
+                job.payload["contact_ids"]
+                    .as_array()
+                    .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            [25, 25, 10]
+        );
+        assert_eq!(
+            batches.concat(),
+            ids.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        let keys: Vec<&str> = jobs
+            .iter()
+            .filter_map(|job| job.idempotency_key.as_deref())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "campaign:c1:batch:k000",
+                "campaign:c1:batch:k025",
+                "campaign:c1:batch:k050"
+            ]
+        );
+        assert!(
+            jobs.iter()
+                .all(|job| job.run_at == 1_000 && job.kind == "campaign.send")
+        );
+        // After a resume the keys are the new generation's.
+        let resumed = send_jobs(&db, &campaign(None, 2), &ids[..3], 1_000, &mut 0);
+        assert_eq!(
+            resumed[0].idempotency_key.as_deref(),
+            Some("campaign:c1:batch:k000:g2")
+        );
+
+        // Throttled (60 a minute): one job per recipient, a second apart from the index on.
+        let mut index = 2;
+        let jobs = send_jobs(&db, &campaign(Some(60), 0), &ids[..3], 1_000, &mut index);
+        assert_eq!(index, 5);
+        assert_eq!(
+            jobs.iter().map(|job| job.run_at).collect::<Vec<_>>(),
+            [3_000, 4_000, 5_000]
+        );
+        assert_eq!(jobs[1].payload["contact_id"], "k001");
+        assert_eq!(jobs[1].idempotency_key.as_deref(), Some("campaign:c1:k001"));
+        Ok(())
+    }
+
     #[test]
     fn a_clear_winner_is_significant() {
         let decision = decide(
