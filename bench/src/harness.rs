@@ -231,7 +231,18 @@ impl Server {
         env: &[(&str, String)],
     ) -> anyhow::Result<Self> {
         let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = Command::new(binary)
+        // POSTDOG_BENCH_SERVER_WRAPPER runs the server under a profiler: the wrapper is
+        // started with the binary as its first argument (for heaptrack, a script that
+        // runs `heaptrack` on a `--features system-allocator` build).
+        let mut command = match std::env::var_os("POSTDOG_BENCH_SERVER_WRAPPER") {
+            Some(wrapper) => {
+                let mut command = Command::new(wrapper);
+                command.arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("serve")
             .arg("--listen")
             .arg(address.to_string())
