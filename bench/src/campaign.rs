@@ -9,8 +9,8 @@
 //! Setup, untimed: a MARKETING template with one body variable is created, submitted (the
 //! fake answers Meta's `PENDING`) and approved by a signed `message_template_status_update`
 //! webhook, as Meta approves it. `--recipients` contacts (name, E.164 phone, tag `bench`)
-//! are imported as one CSV through `POST /v1/contacts/imports`; each is then opted in to
-//! WhatsApp with `POST /v1/contacts/{id}/consent` (imports carry no consent).
+//! are imported as one CSV through `POST /v1/contacts/imports`, opted in to WhatsApp by
+//! the file's `whatsapp_consent` column.
 //!
 //! Timed: a campaign to the tag `bench` — the approved template, its variable from the
 //! contact's `name` (with a fallback), no throttle, no A/B test — is previewed (targeted
@@ -90,9 +90,6 @@ pub struct Options {
     /// PostDog has not recorded).
     #[arg(long, default_value_t = 0)]
     graph_latency_ms: u64,
-    /// Concurrent requests opting the contacts in (setup).
-    #[arg(long, default_value_t = 32)]
-    setup_connections: usize,
     /// Requests in flight of the bare reqwest baseline.
     #[arg(long, default_value_t = 64)]
     baseline_concurrency: usize,
@@ -213,9 +210,9 @@ async fn approved_template(api: &Api, install_id: &str) -> anyhow::Result<()> {
 /// and waits for the job; its final state.
 async fn import_contacts(api: &Api, count: usize) -> anyhow::Result<Value> {
     let mut csv = String::with_capacity(count * 40 + 16);
-    csv.push_str("name,phone,tags\n");
+    csv.push_str("name,phone,tags,whatsapp_consent\n");
     for index in 0..count {
-        writeln!(csv, "Customer {index},+{},{TAG}", wa_id(index)?)?;
+        writeln!(csv, "Customer {index},+{},{TAG},opted_in", wa_id(index)?)?;
     }
     let response = api
         .http
@@ -255,61 +252,6 @@ async fn import_contacts(api: &Api, count: usize) -> anyhow::Result<Value> {
             _ => {}
         }
     }
-}
-
-/// The ids of every contact tagged `bench`.
-async fn tagged_contacts(api: &Api) -> anyhow::Result<Vec<String>> {
-    let mut ids = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            Some(cursor) => format!("/v1/contacts?limit=200&tag={TAG}&after={cursor}"),
-            None => format!("/v1/contacts?limit=200&tag={TAG}"),
-        };
-        let page = api.expect(reqwest::Method::GET, &path, None, 200).await?;
-        for contact in page["data"].as_array().context("contacts without data")? {
-            ids.push(
-                contact["id"]
-                    .as_str()
-                    .context("a contact without id")?
-                    .to_string(),
-            );
-        }
-        match page["next_cursor"].as_str() {
-            Some(cursor) => after = Some(cursor.to_string()),
-            None => return Ok(ids),
-        }
-    }
-}
-
-/// Opts every contact in to WhatsApp from `connections` concurrent requests.
-async fn opt_in(api: &Api, contacts: &[String], connections: usize) -> anyhow::Result<()> {
-    let body = json!({"channel": "whatsapp", "status": "opted_in", "source": "bench import"});
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(contacts)
-        .map(|id| {
-            let body = &body;
-            async move {
-                api.expect(
-                    reqwest::Method::POST,
-                    &format!("/v1/contacts/{id}/consent"),
-                    Some(body),
-                    201,
-                )
-                .await
-                .map(drop)
-            }
-        })
-        .buffer_unordered(connections.max(1))
-        .collect()
-        .await;
-    let failed = results.iter().filter(|result| result.is_err()).count();
-    if let Some(Err(error)) = results.into_iter().find(Result::is_err) {
-        bail!(
-            "{failed} of {} consent changes failed; first: {error:#}",
-            contacts.len()
-        );
-    }
-    Ok(())
 }
 
 /// The campaign's definition.
@@ -637,26 +579,12 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
             options.recipients
         );
     }
-    let contacts = tagged_contacts(&api).await?;
-    if contacts.len() != options.recipients {
-        bail!(
-            "{} contacts are tagged {TAG}, expected {}",
-            contacts.len(),
-            options.recipients
-        );
-    }
-    eprintln!("opting {} contacts in to WhatsApp…", contacts.len());
-    let consent_started = Instant::now();
-    opt_in(&api, &contacts, options.setup_connections).await?;
-    let consent_seconds = consent_started.elapsed().as_secs_f64();
-    drop(contacts);
     println!(
-        "setup: {} contacts imported in {import_seconds:.1} s and opted in in \
-         {consent_seconds:.1} s ({} connections); template approved by webhook; \
-         {:.1} s in all; throughput_per_second {throughput}; job concurrency {}; the fake \
-         answers sends after {} ms",
+        "setup: {} contacts imported (opted in to WhatsApp by the file) in \
+         {import_seconds:.1} s; template approved by webhook; {:.1} s in all; \
+         throughput_per_second {throughput}; job concurrency {}; the fake answers sends \
+         after {} ms",
         options.recipients,
-        options.setup_connections,
         setup_started.elapsed().as_secs_f64(),
         options
             .job_concurrency
@@ -689,6 +617,12 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
     let eligible = preview["eligible"]
         .as_u64()
         .map_or(options.recipients, |n| usize::try_from(n).unwrap_or(0));
+    if eligible != options.recipients {
+        bail!(
+            "{eligible} of {} imported contacts are eligible (tagged {TAG} and opted in): {preview}",
+            options.recipients
+        );
+    }
     println!(
         "preview ({:.2} s): targeted {}, eligible {eligible}, excluded {}",
         preview_started.elapsed().as_secs_f64(),

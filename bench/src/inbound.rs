@@ -53,7 +53,7 @@ pub struct Options {
     /// Distinct senders (phone numbers) the webhooks come from.
     #[arg(long, default_value_t = 10_000)]
     senders: usize,
-    /// Webhooks to prepare, each sent to PostDog at most once [default: 12,000 per
+    /// Webhooks to prepare, each sent to PostDog at most once [default: 30,000 per
     /// second of warm-up and measurement].
     #[arg(long)]
     webhooks: Option<usize>,
@@ -479,7 +479,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let window = Duration::from_secs_f64(options.seconds);
     let count = options
         .webhooks
-        .unwrap_or(((options.seconds + 1.0) * 12_000.0).ceil() as usize);
+        .unwrap_or(((options.seconds + 1.0) * 30_000.0).ceil() as usize);
     let binary = server_process::build()?;
     let data = tempfile::tempdir()?;
     let server = ServerProcess::start(&binary, data.path())?;

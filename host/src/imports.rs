@@ -18,8 +18,8 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::contacts::{normalize_email, normalize_phone, normalize_tag};
 use crate::storage::{
-    ContactData, CustomField, DuplicateStrategy, FieldKind, ImportCounts, ImportRow, RowOutcome,
-    TenantDb,
+    CONSENT_CHANNELS, ContactData, CustomField, DuplicateStrategy, FieldKind, ImportCounts,
+    ImportRow, RowOutcome, TenantDb,
 };
 
 /// Rows per batch written in one transaction.
@@ -40,6 +40,10 @@ pub enum Target {
     Tags,
     /// A custom field.
     Field(CustomField),
+    /// Consent for a channel (`whatsapp`, `email`, `sms`, `social`): `opted_in` /
+    /// `opted_out` (or yes/no, true/false, 1/0, subscribed/unsubscribed); empty records
+    /// nothing.
+    Consent(String),
     /// Not imported.
     Ignore,
 }
@@ -52,8 +56,48 @@ impl Target {
             Target::Email => "email".into(),
             Target::Tags => "tags".into(),
             Target::Field(field) => format!("fields.{}", field.key),
+            Target::Consent(channel) => format!("consent.{channel}"),
             Target::Ignore => "ignore".into(),
         }
+    }
+}
+
+/// The consent channel a column header names, if it reads as one: `consent.whatsapp`,
+/// `WhatsApp consent`, `whatsapp_opt_in`, `Email opt-in`, `consent email`, …
+fn consent_header(header: &str) -> Option<&'static str> {
+    let words: Vec<String> = header
+        .to_lowercase()
+        .split(|c: char| c.is_whitespace() || matches!(c, '_' | '-' | '.' | ':'))
+        .filter(|word| !word.is_empty())
+        .map(str::to_string)
+        .collect();
+    let channel = CONSENT_CHANNELS.into_iter().find(|channel| {
+        words.first().map(String::as_str) == Some(*channel)
+            || words.last().map(String::as_str) == Some(*channel)
+    })?;
+    let rest: Vec<&str> = words
+        .iter()
+        .map(String::as_str)
+        .filter(|word| *word != channel)
+        .collect();
+    matches!(
+        rest.as_slice(),
+        ["consent"] | ["opt", "in"] | ["optin"] | ["opted", "in"] | ["subscribed"]
+    )
+    .then_some(channel)
+}
+
+/// Reads a consent cell: `opted_in` or `opted_out`, or why the value is not one.
+fn consent_value(channel: &str, cell: &str) -> Result<&'static str, String> {
+    match cell.to_ascii_lowercase().replace(['-', ' '], "_").as_str() {
+        "opted_in" | "opt_in" | "optin" | "in" | "yes" | "y" | "true" | "1" | "subscribed" => {
+            Ok("opted_in")
+        }
+        "opted_out" | "opt_out" | "optout" | "out" | "no" | "n" | "false" | "0"
+        | "unsubscribed" => Ok("opted_out"),
+        _ => Err(format!(
+            "`{cell}` is not a {channel} consent value; use opted_in or opted_out (yes/no, true/false and 1/0 work too), or leave the cell empty to record nothing"
+        )),
     }
 }
 
@@ -257,6 +301,18 @@ pub fn read_layout(
                 "email" => Target::Email,
                 "tags" => Target::Tags,
                 "ignore" => Target::Ignore,
+                other if other.starts_with("consent.") => {
+                    let channel = &other["consent.".len()..];
+                    match CONSENT_CHANNELS.into_iter().find(|known| *known == channel) {
+                        Some(channel) => Target::Consent(channel.to_string()),
+                        None => {
+                            return Err(format!(
+                                "the mapping sends `{header}` to `{other}`, but `{channel}` is not a consent channel; use consent.{}",
+                                CONSENT_CHANNELS.join(", consent.")
+                            ));
+                        }
+                    }
+                }
                 other => match other.strip_prefix("fields.") {
                     Some(key) => Target::Field(
                         definitions
@@ -271,7 +327,7 @@ pub fn read_layout(
                     ),
                     None => {
                         return Err(format!(
-                            "the mapping sends `{header}` to `{other}`; targets are name, phone, email, tags, fields.<key> or ignore"
+                            "the mapping sends `{header}` to `{other}`; targets are name, phone, email, tags, fields.<key>, consent.<channel> or ignore"
                         ));
                     }
                 },
@@ -284,12 +340,22 @@ pub fn read_layout(
                 }
                 "email" | "e-mail" | "email address" | "email_address" => Target::Email,
                 "tags" | "tag" | "labels" => Target::Tags,
-                other => field_by(other).cloned().map_or(Target::Ignore, Target::Field),
+                other => match field_by(other) {
+                    Some(field) => Target::Field(field.clone()),
+                    None => consent_header(other)
+                        .map_or(Target::Ignore, |channel| Target::Consent(channel.into())),
+                },
             },
         };
         targets.push(target);
     }
-    for unique in [Target::Name, Target::Phone, Target::Email, Target::Tags] {
+    let consent_columns = CONSENT_CHANNELS
+        .into_iter()
+        .map(|channel| Target::Consent(channel.into()));
+    for unique in [Target::Name, Target::Phone, Target::Email, Target::Tags]
+        .into_iter()
+        .chain(consent_columns)
+    {
         if targets.iter().filter(|target| **target == unique).count() > 1 {
             return Err(format!(
                 "several columns map to `{}`; map all but one to `ignore`",
@@ -346,8 +412,14 @@ fn field_value(field: &CustomField, cell: &str) -> Result<Value, String> {
     Ok(value)
 }
 
-/// Turns one record into contact values, or the reason it is rejected.
-pub fn parse_record(layout: &Layout, cells: &[&str], country: &str) -> Result<ContactData, String> {
+/// Turns one record into contact values and consent, or the reason it is rejected.
+/// `proof` is what the consent history will name as the consent's proof.
+pub fn parse_record(
+    layout: &Layout,
+    cells: &[&str],
+    country: &str,
+    proof: String,
+) -> Result<ImportRow, String> {
     if cells.len() != layout.headers.len() {
         return Err(format!(
             "it has {} columns but the header has {}; check for an unquoted delimiter or a broken quote",
@@ -360,6 +432,7 @@ pub fn parse_record(layout: &Layout, cells: &[&str], country: &str) -> Result<Co
         ..ContactData::default()
     };
     let mut fields = Map::new();
+    let mut consent = Vec::new();
     for (cell, target) in cells.iter().zip(&layout.targets) {
         let cell = cell.trim();
         if cell.is_empty() {
@@ -386,6 +459,9 @@ pub fn parse_record(layout: &Layout, cells: &[&str], country: &str) -> Result<Co
             Target::Field(field) => {
                 fields.insert(field.key.clone(), field_value(field, cell)?);
             }
+            Target::Consent(channel) => {
+                consent.push((channel.clone(), consent_value(channel, cell)?.to_string()));
+            }
             Target::Ignore => {}
         }
     }
@@ -393,7 +469,11 @@ pub fn parse_record(layout: &Layout, cells: &[&str], country: &str) -> Result<Co
         return Err("the row has no name, phone or email".into());
     }
     data.fields = Value::Object(fields);
-    Ok(data)
+    Ok(ImportRow {
+        data,
+        consent,
+        proof,
+    })
 }
 
 /// A parsed row: its line and either its values or why it was rejected (with its cells,
@@ -504,8 +584,9 @@ async fn run(spec: ImportJobSpec) -> Result<(), (ImportCounts, String)> {
     let reader_layout = spec.layout.clone();
     let reader_file = spec.file.clone();
     let country = spec.country.clone();
+    let job_id = spec.id.clone();
     let reader = tokio::task::spawn_blocking(move || {
-        read_batches(&reader_file, &reader_layout, &country, &sender)
+        read_batches(&reader_file, &reader_layout, &country, &job_id, &sender)
     });
 
     let mut errors = ErrorCsv::new(&spec.errors_file, &spec.layout.headers);
@@ -585,6 +666,12 @@ fn row_cells(layout: &Layout, row: &ImportRow) -> Vec<String> {
                 Some(other) => other.to_string(),
                 None => String::new(),
             },
+            Target::Consent(channel) => row
+                .consent
+                .iter()
+                .find(|(of, _)| of == channel)
+                .map(|(_, status)| status.clone())
+                .unwrap_or_default(),
             Target::Ignore => String::new(),
         })
         .collect()
@@ -595,6 +682,7 @@ fn read_batches(
     file: &Path,
     layout: &Layout,
     country: &str,
+    job_id: &str,
     sender: &mpsc::Sender<Vec<Parsed>>,
 ) -> Result<(), String> {
     let index = std::rc::Rc::new(std::cell::RefCell::new(LineIndex::default()));
@@ -641,8 +729,13 @@ fn read_batches(
                 "the row is not UTF-8 text; save the file as UTF-8 CSV".into(),
             )
         } else {
-            match parse_record(layout, &cells, country) {
-                Ok(data) => Parsed::Row(line, ImportRow { data }),
+            match parse_record(
+                layout,
+                &cells,
+                country,
+                format!("import {job_id} line {line}"),
+            ) {
+                Ok(row) => Parsed::Row(line, row),
                 Err(reason) => Parsed::Rejected(
                     line,
                     cells.iter().map(|cell| (*cell).to_string()).collect(),
@@ -798,7 +891,7 @@ mod tests {
 
     fn rows(path: &Path, layout: &Layout) -> Vec<(u64, Result<ContactData, String>)> {
         let (sender, mut receiver) = mpsc::channel(1024);
-        read_batches(path, layout, "US", &sender).expect("read");
+        read_batches(path, layout, "US", "job-1", &sender).expect("read");
         drop(sender);
         let mut out = Vec::new();
         while let Ok(batch) = receiver.try_recv() {
@@ -810,6 +903,70 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn consent_columns_are_recognized_and_their_cells_checked() {
+        for (header, channel) in [
+            ("WhatsApp consent", Some("whatsapp")),
+            ("whatsapp_opt_in", Some("whatsapp")),
+            ("consent.email", Some("email")),
+            ("Email opt-in", Some("email")),
+            ("SMS subscribed", Some("sms")),
+            ("consent", None),
+            ("whatsapp", None),
+            ("whatsapp number", None),
+            ("email consent date", None),
+        ] {
+            assert_eq!(consent_header(header), channel, "{header}");
+        }
+        let file = write(
+            b"Name,Mobile,WhatsApp consent,Email\nAda,+14155550132,yes,\nBob,+14155550133,Opted-Out,\nCy,+14155550134,,\nDee,+14155550135,maybe,\n",
+        );
+        let layout = read_layout(file.path(), None, &[]).expect("layout");
+        assert_eq!(layout.targets[2], Target::Consent("whatsapp".into()));
+        let (sender, mut receiver) = mpsc::channel(16);
+        read_batches(file.path(), &layout, "US", "job-7", &sender).expect("read");
+        drop(sender);
+        let batch = receiver.try_recv().expect("a batch");
+        let mut parsed = batch.into_iter().map(|parsed| match parsed {
+            Parsed::Row(line, row) => Ok((line, row.consent, row.proof)),
+            Parsed::Rejected(line, _, reason) => Err((line, reason)),
+        });
+        let whatsapp = |status: &str| vec![("whatsapp".to_string(), status.to_string())];
+        assert_eq!(
+            parsed.next(),
+            Some(Ok((2, whatsapp("opted_in"), "import job-7 line 2".into())))
+        );
+        assert_eq!(
+            parsed.next(),
+            Some(Ok((3, whatsapp("opted_out"), "import job-7 line 3".into())))
+        );
+        assert_eq!(
+            parsed.next(),
+            Some(Ok((4, vec![], "import job-7 line 4".into())))
+        );
+        let Some(Err((5, reason))) = parsed.next() else {
+            panic!("the row with `maybe` is rejected");
+        };
+        assert!(
+            reason.contains("`maybe` is not a whatsapp consent value"),
+            "{reason}"
+        );
+
+        let explicit = serde_json::json!({"Opt": "consent.fax"});
+        let file = write(b"Name,Opt\nAda,yes\n");
+        let error = read_layout(file.path(), explicit.as_object(), &[]).expect_err("fax");
+        assert!(error.contains("`fax` is not a consent channel"), "{error}");
+        let explicit = serde_json::json!({"Opt": "consent.sms"});
+        let layout = read_layout(file.path(), explicit.as_object(), &[]).expect("sms");
+        assert_eq!(layout.targets[1], Target::Consent("sms".into()));
+        let file = write(b"Name,WhatsApp consent,whatsapp_opt_in\nAda,yes,no\n");
+        let error = read_layout(file.path(), None, &[]).expect_err("two columns");
+        assert!(
+            error.contains("several columns map to `consent.whatsapp`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -48,12 +48,67 @@ pub async fn migrate(data_dir: &Path, database_url: Option<&str>) -> anyhow::Res
     Ok(storage)
 }
 
+/// Takes the server lock of the SQLite file at `path` (`<file>.lock`, holding the
+/// server's process id): an SQLite database is served by one process — its writers take
+/// turns through an in-process gate and its job leases are resumed at start — so a
+/// second server on the same file is refused with what to do instead.
+pub fn lock_database(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write as _;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("while opening the server lock {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            anyhow::bail!(
+                "another postdog server (process {}) is serving {}; stop it first, or give this one its own --data-dir. An SQLite database is served by one process; for several nodes set DATABASE_URL to PostgreSQL",
+                holder.trim(),
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(error).with_context(|| format!("while locking {}", lock_path.display()));
+        }
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
 /// Runs the server until `shutdown` completes.
 pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let storage = migrate(&options.data_dir, options.database_url.as_deref()).await?;
+    // Held until the server stops (the OS releases it if the process dies).
+    let _database_lock = match storage.sqlite_file() {
+        Some(path) => {
+            let lock = lock_database(path)?;
+            // No other server uses this file, so every leased job was leased by a server
+            // that is gone: it is due now, not when its lease would have ended.
+            let resumed = storage
+                .resume_interrupted_jobs()
+                .await
+                .context("while resuming interrupted jobs")?;
+            if resumed > 0 {
+                tracing::info!(
+                    resumed,
+                    "jobs interrupted when the server last stopped are due again"
+                );
+            }
+            Some(lock)
+        }
+        None => None,
+    };
     let mut runtime_config = RuntimeConfig {
         cache_dir: Some(options.data_dir.join("cache").join("plugins")),
         ..RuntimeConfig::default()

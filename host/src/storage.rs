@@ -338,6 +338,11 @@ impl Storage {
             .map_err(StorageError::Migrate)
     }
 
+    /// The SQLite database file, when this is one (not PostgreSQL, not in memory).
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.sqlite_writer.as_ref().map(|writer| writer.0.as_path())
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -102,6 +102,57 @@ async fn serve_on_sqlite_answers_health_and_stops_on_sigterm() {
 }
 
 #[tokio::test]
+async fn a_second_server_on_the_same_sqlite_file_is_refused() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let serve = |port: u16| {
+        let mut command = postdog();
+        command
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let port = free_port();
+    let mut first = serve(port).spawn().expect("postdog serve starts");
+    wait_healthy(&format!("http://127.0.0.1:{port}/healthz")).await;
+    let mut second = serve(free_port()).spawn().expect("second server runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server on the same SQLite file kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = second.wait_with_output().expect("output");
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "the second server must stop; log:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("another postdog server (process {})", first.id()))
+            && log.contains("its own --data-dir"),
+        "log:\n{log}"
+    );
+    // The first one still serves; once it is gone (even by SIGKILL), the file is free.
+    wait_healthy(&format!("http://127.0.0.1:{port}/healthz")).await;
+    first.kill().expect("SIGKILL");
+    first.wait().expect("wait");
+    let port = free_port();
+    let mut third = serve(port).spawn().expect("postdog serve starts again");
+    wait_healthy(&format!("http://127.0.0.1:{port}/healthz")).await;
+    third.kill().expect("SIGKILL");
+    third.wait().expect("wait");
+}
+
+#[tokio::test]
 async fn serve_on_postgres_when_database_url_is_set() {
     let Some(database) = testing::postgres().await.expect("postgres test database") else {
         return;

@@ -2,8 +2,9 @@
 //! SQLite and PostgreSQL: BOM, `;` delimiter, CRLF, quoted newlines, automatic and
 //! explicit mappings, the skip/update/merge strategies inside the file and against
 //! existing contacts, per-row errors with line numbers in a downloadable CSV, re-imports
-//! that create nothing, plan limits, clear 4xx for bad uploads, tenant isolation, and
-//! exports (CSV and JSON Lines) that import back.
+//! that create nothing, plan limits, clear 4xx for bad uploads, tenant isolation,
+//! consent columns (recorded with the import as proof, opt-outs never undone by a
+//! list), and exports (CSV and JSON Lines) that import back.
 
 use std::time::Duration;
 
@@ -282,6 +283,154 @@ async fn imports_stop_at_the_plan_contact_limit() {
     }
 }
 
+/// A contact's id by phone.
+async fn id_of(api: &Api, phone: &str) -> String {
+    let (_, found) = api
+        .get(&format!("/v1/contacts?q={}", phone.replace('+', "%2B")))
+        .await;
+    found["data"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no contact {phone}: {found}"))
+        .to_string()
+}
+
+/// A contact's consent history for `channel`: (status, source, proof) oldest first.
+async fn consent_history(api: &Api, id: &str, channel: &str) -> Vec<(String, String, String)> {
+    let (status, history) = api.get(&format!("/v1/contacts/{id}/consent")).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    history["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter(|entry| entry["channel"] == channel)
+        .map(|entry| {
+            let text = |key: &str| entry[key].as_str().unwrap_or_default().to_string();
+            (text("status"), text("source"), text("proof"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn csv_consent_columns_record_consent_and_never_undo_an_opt_out() {
+    for server in postdog_tests::servers_on_every_backend().await {
+        let (api, _) = Api::tenant(&server, "pro").await;
+        let job = import(
+            &api,
+            "",
+            b"Name,Mobile,WhatsApp consent,Email consent,Email\n\
+Ada,+14155550132,yes,,ada@example.com\n\
+Bob,+14155550133,Opted-Out,opted_in,bob@example.com\n\
+Cy,+14155550134,,,\n\
+Dee,+14155550135,maybe,,\n",
+        )
+        .await;
+        assert_eq!(counts(&job), [4, 3, 0, 0, 1], "{job}");
+        assert_eq!(
+            job["mapping"]["WhatsApp consent"], "consent.whatsapp",
+            "{job}"
+        );
+        assert_eq!(job["mapping"]["Email consent"], "consent.email", "{job}");
+        let import_id = job["id"].as_str().expect("id").to_string();
+        let response = api
+            .send(Method::GET, job["errors_url"].as_str().expect("url"), None)
+            .await;
+        let errors = response.text().await.expect("errors");
+        assert!(
+            errors.contains("5,\"`maybe` is not a whatsapp consent value"),
+            "{errors}"
+        );
+
+        let [ada, bob, cy] = [
+            id_of(&api, "+14155550132").await,
+            id_of(&api, "+14155550133").await,
+            id_of(&api, "+14155550134").await,
+        ];
+        assert_eq!(
+            consent_history(&api, &ada, "whatsapp").await,
+            [(
+                "opted_in".to_string(),
+                "import".to_string(),
+                format!("import {import_id} line 2")
+            )]
+        );
+        assert_eq!(
+            consent_history(&api, &bob, "whatsapp").await[0].0,
+            "opted_out"
+        );
+        assert_eq!(consent_history(&api, &bob, "email").await[0].0, "opted_in");
+        assert!(consent_history(&api, &cy, "whatsapp").await.is_empty());
+        let (_, contact) = api.get(&format!("/v1/contacts/{ada}")).await;
+        assert_eq!(
+            contact["consent"]["whatsapp"]["status"], "opted_in",
+            "{contact}"
+        );
+
+        // An update: Ada opts out, Cy in; Bob's opt-out stands against the list's "yes".
+        let job = import(
+            &api,
+            "?duplicates=update",
+            b"Mobile,whatsapp_opt_in\n+14155550132,no\n+14155550133,yes\n+14155550134,yes\n",
+        )
+        .await;
+        assert_eq!(counts(&job), [3, 0, 2, 1, 0], "{job}");
+        let statuses = |history: Vec<(String, String, String)>| {
+            history
+                .into_iter()
+                .map(|(status, ..)| status)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            statuses(consent_history(&api, &ada, "whatsapp").await),
+            ["opted_in", "opted_out"]
+        );
+        assert_eq!(
+            statuses(consent_history(&api, &bob, "whatsapp").await),
+            ["opted_out"],
+            "a list import never re-subscribes an opt-out"
+        );
+        assert_eq!(
+            statuses(consent_history(&api, &cy, "whatsapp").await),
+            ["opted_in"]
+        );
+
+        // `skip` leaves contacts alone but still records opt-outs; a re-run adds nothing.
+        let skip_file = b"Mobile,WhatsApp consent\n+14155550132,yes\n+14155550134,no\n";
+        let job = import(&api, "?duplicates=skip", skip_file).await;
+        assert_eq!(counts(&job), [2, 0, 1, 1, 0], "{job}");
+        let job = import(&api, "?duplicates=skip", skip_file).await;
+        assert_eq!(counts(&job), [2, 0, 0, 2, 0], "{job}");
+        assert_eq!(
+            statuses(consent_history(&api, &ada, "whatsapp").await),
+            ["opted_in", "opted_out"]
+        );
+        assert_eq!(
+            statuses(consent_history(&api, &cy, "whatsapp").await),
+            ["opted_in", "opted_out"]
+        );
+        let (_, opted_in) = api.get("/v1/contacts?consent.email=opted_in").await;
+        assert_eq!(
+            opted_in["data"].as_array().map(Vec::len),
+            Some(1),
+            "{opted_in}"
+        );
+
+        // A mapping to an unknown channel is refused before anything is read.
+        let (status, problem) = upload(
+            &api,
+            "?mapping=%7B%22Opt%22%3A%22consent.fax%22%7D",
+            b"Name,Opt\nAda,yes\n",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.contains("`fax` is not a consent channel")),
+            "{problem}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn exports_stream_csv_and_json_lines_that_import_back() {
     for server in postdog_tests::servers_on_every_backend().await {
@@ -387,5 +536,14 @@ async fn exports_stream_csv_and_json_lines_that_import_back() {
         assert_eq!(found["data"][0]["phone"], original["phone"]);
         assert_eq!(found["data"][0]["tags"], original["tags"]);
         assert_eq!(found["data"][0]["fields"], original["fields"]);
+        // Consent comes along, recorded as the import's.
+        let (_, opted_in) = copy.get("/v1/contacts?consent.email=opted_in").await;
+        assert_eq!(
+            opted_in["data"].as_array().map(Vec::len),
+            Some(1),
+            "{opted_in}"
+        );
+        let id = opted_in["data"][0]["id"].as_str().expect("id");
+        assert_eq!(consent_history(&copy, id, "email").await[0].1, "import");
     }
 }

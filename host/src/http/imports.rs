@@ -3,7 +3,7 @@
 //! `POST /v1/contacts/imports` takes a CSV file as the raw body (`text/csv`) or as the
 //! `file` part of a `multipart/form-data` upload, with options `duplicates`
 //! (`skip`, `update`, `merge`) and `mapping` (a JSON object from column name to `name`,
-//! `phone`, `email`, `tags`, `fields.<key>` or `ignore`) as query parameters or form
+//! `phone`, `email`, `tags`, `fields.<key>`, `consent.<channel>` or `ignore`) as query parameters or form
 //! parts. The body is streamed to disk, the header checked against the mapping, and a
 //! background job started: `202 Accepted` with the job, whose progress is at
 //! `GET /v1/contacts/imports/{id}` and rejected rows at `.../errors` (a CSV with line
@@ -99,7 +99,7 @@ fn parse_mapping(text: Option<&str>) -> Result<Option<Map<String, Value>>, ApiEr
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(mapping)) => Ok(Some(mapping)),
             _ => Err(invalid_import(
-                "`mapping` must be a JSON object from column name to name, phone, email, tags, fields.<key> or ignore",
+                "`mapping` must be a JSON object from column name to name, phone, email, tags, fields.<key>, consent.<channel> or ignore",
             )),
         },
     }

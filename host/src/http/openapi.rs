@@ -245,9 +245,9 @@ fn operations() -> Vec<Operation> {
             .error(404, "not-found"),
         // Imports and export.
         op("post", "/v1/contacts/imports", "Imports", "Import contacts from a CSV file", Tenant(WRITERS))
-            .describe("Send the file as the raw body (`text/csv`) or as the `file` part of a multipart form (options may then be form parts too). UTF-8 with or without BOM; `,`, `;` or tab; quoted fields may hold newlines. Columns named name, phone, email, tags or a custom field's key or label are mapped automatically. Runs in the background: poll the job.")
+            .describe("Send the file as the raw body (`text/csv`) or as the `file` part of a multipart form (options may then be form parts too). UTF-8 with or without BOM; `,`, `;` or tab; quoted fields may hold newlines. Columns named name, phone, email, tags or a custom field's key or label are mapped automatically, and so are consent columns (`WhatsApp consent`, `consent_email`, `email opt-in`, …: opted_in/opted_out, yes/no, true/false or 1/0; empty records nothing). Consent joins the contact's history with source `import` and the import and line as proof; an opt-out always applies, an opt-in never overrides a recorded opt-out (and with `skip` only new contacts are opted in). Runs in the background: poll the job.")
             .query("duplicates", "string", "skip (default), update or merge: what a row matching an existing contact (or an earlier row) by phone or email does.")
-            .query("mapping", "string", "JSON object from column name to name, phone, email, tags, fields.<key> or ignore.")
+            .query("mapping", "string", "JSON object from column name to name, phone, email, tags, fields.<key>, consent.<channel> (whatsapp, email, sms, social) or ignore.")
             .body_as("text/csv", "CsvFile")
             .ok(202, "The queued job (Location names it)", Some("ImportJob"))
             .error(400, "invalid-query,malformed-multipart,upload-failed")

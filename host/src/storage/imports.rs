@@ -6,7 +6,7 @@
 //! transaction fails (a concurrent writer took a phone or email meanwhile), the batch is
 //! replayed row by row so one row never sinks the others.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use sqlx::Row;
@@ -96,6 +96,38 @@ pub struct ImportRow {
     /// The values (fields holds only the file's custom field values; `None` and
     /// missing keys are what the row left empty).
     pub data: ContactData,
+    /// Consent the row states, as (channel, `opted_in` | `opted_out`); see
+    /// [`consent_to_record`] for what of it is recorded.
+    pub consent: Vec<(String, String)>,
+    /// The proof recorded with the row's consent (which import, which line).
+    pub proof: String,
+}
+
+/// What of a row's stated consent joins the history of a contact whose current
+/// consent is `current` (updated here): only changes; an opt-out always; an opt-in for a
+/// new contact or, with `opt_in_existing`, an existing one — but never over an opt-out
+/// already recorded: a list import must not re-subscribe someone who unsubscribed (the
+/// contact opts in again through the API or a `START` keyword, with its own proof).
+fn consent_to_record(
+    current: &mut BTreeMap<String, String>,
+    stated: &[(String, String)],
+    opt_in_existing: bool,
+) -> Vec<(String, String)> {
+    let mut record = Vec::new();
+    for (channel, status) in stated {
+        let now = current.get(channel).map(String::as_str);
+        let wanted = match (status.as_str(), now) {
+            (_, Some(now)) if now == status => false,
+            ("opted_out", _) => true,
+            (_, Some("opted_out")) => false,
+            _ => opt_in_existing,
+        };
+        if wanted {
+            current.insert(channel.clone(), status.clone());
+            record.push((channel.clone(), status.clone()));
+        }
+    }
+    record
 }
 
 /// What happened to one row.
@@ -116,9 +148,16 @@ struct Pending {
     id: String,
     contact: ContactData,
     existing: bool,
+    /// Anything to write (the contact or its consent).
     changed: bool,
+    /// The contact's own values or tags changed (an existing one is rewritten).
+    data_changed: bool,
     /// An existing contact's tags and fields as loaded (for the change report).
     original: Option<(Vec<String>, serde_json::Value)>,
+    /// Current consent status per channel, with this batch's entries applied.
+    consent: BTreeMap<String, String>,
+    /// Consent entries to append: (channel, status, proof).
+    new_consent: Vec<(String, String, String)>,
 }
 
 fn job_from_row(row: &sqlx::any::AnyRow) -> Result<ImportJob, sqlx::Error> {
@@ -293,6 +332,12 @@ impl TenantDb {
             .map(|contact| Pending {
                 id: contact.id.clone(),
                 original: Some((contact.tags.clone(), contact.fields.clone())),
+                consent: contact
+                    .consent
+                    .iter()
+                    .map(|(channel, entry)| (channel.clone(), entry.status.clone()))
+                    .collect(),
+                new_consent: Vec::new(),
                 contact: ContactData {
                     name: contact.name,
                     phone: contact.phone,
@@ -302,6 +347,7 @@ impl TenantDb {
                 },
                 existing: true,
                 changed: false,
+                data_changed: false,
             })
             .collect();
         let mut by_phone: HashMap<String, usize> = HashMap::new();
@@ -348,8 +394,15 @@ impl TenantDb {
                 }
                 room = room.map(|room| room - 1);
                 let index = pending.len();
+                let mut consent = BTreeMap::new();
+                let new_consent = consent_to_record(&mut consent, &row.consent, true)
+                    .into_iter()
+                    .map(|(channel, status)| (channel, status, row.proof.clone()))
+                    .collect();
                 pending.push(Pending {
                     original: None,
+                    consent,
+                    new_consent,
                     id: uuid::Uuid::now_v7().to_string(),
                     contact: ContactData {
                         tags: data
@@ -363,6 +416,7 @@ impl TenantDb {
                     },
                     existing: false,
                     changed: true,
+                    data_changed: true,
                 });
                 if let Some(phone) = &data.phone {
                     by_phone.insert(phone.clone(), index);
@@ -373,8 +427,27 @@ impl TenantDb {
                 outcomes.push(RowOutcome::Created);
                 continue;
             };
+            // Stated opt-outs are recorded whatever the strategy; opt-ins unless `skip`.
+            let consent = consent_to_record(
+                &mut pending[index].consent,
+                &row.consent,
+                strategy != DuplicateStrategy::Skip,
+            );
+            let consent_changed = !consent.is_empty();
+            pending[index].new_consent.extend(
+                consent
+                    .into_iter()
+                    .map(|(channel, status)| (channel, status, row.proof.clone())),
+            );
+            if consent_changed {
+                pending[index].changed = true;
+            }
             if strategy == DuplicateStrategy::Skip {
-                outcomes.push(RowOutcome::Skipped);
+                outcomes.push(if consent_changed {
+                    RowOutcome::Updated
+                } else {
+                    RowOutcome::Skipped
+                });
                 continue;
             }
             let before = pending[index].contact.clone();
@@ -413,7 +486,11 @@ impl TenantDb {
                 continue;
             }
             if after == before {
-                outcomes.push(RowOutcome::Skipped);
+                outcomes.push(if consent_changed {
+                    RowOutcome::Updated
+                } else {
+                    RowOutcome::Skipped
+                });
                 continue;
             }
             for (old, new, map) in [
@@ -431,6 +508,7 @@ impl TenantDb {
             }
             pending[index].contact = after;
             pending[index].changed = true;
+            pending[index].data_changed = true;
             // Also when the contact was created by an earlier row of this file.
             outcomes.push(RowOutcome::Updated);
         }
@@ -504,8 +582,17 @@ impl TenantDb {
                     )
                     .collect(),
             };
-            self.storage()
-                .report_contact_changes(tenant, &entry.id, changes);
+            let consent = entry.new_consent.iter().map(|(channel, status, _)| {
+                super::ContactChange::Consent {
+                    channel: channel.clone(),
+                    status: status.clone(),
+                }
+            });
+            self.storage().report_contact_changes(
+                tenant,
+                &entry.id,
+                changes.into_iter().chain(consent).collect::<Vec<_>>(),
+            );
         }
     }
 
@@ -519,7 +606,10 @@ impl TenantDb {
         let mut tx = self.storage().begin_write().await?;
         let created: Vec<&Pending> = pending.iter().filter(|entry| !entry.existing).collect();
         // Changed contacts first: one may have given up a phone a new one takes.
-        for entry in pending.iter().filter(|entry| entry.existing) {
+        for entry in pending
+            .iter()
+            .filter(|entry| entry.existing && entry.data_changed)
+        {
             let data = &entry.contact;
             sqlx::query(
                 "UPDATE contacts SET name = $1, phone = $2, email = $3, fields = $4, updated_at = $5 \
@@ -584,6 +674,34 @@ impl TenantDb {
                 .execute(&mut *tx)
                 .await?;
             }
+        }
+        // Consent after the contacts it belongs to; ids are v7, so the history keeps the
+        // file's order.
+        let consent: Vec<[String; 5]> = pending
+            .iter()
+            .flat_map(|entry| {
+                entry.new_consent.iter().map(|(channel, status, proof)| {
+                    [
+                        uuid::Uuid::now_v7().to_string(),
+                        entry.id.clone(),
+                        channel.clone(),
+                        status.clone(),
+                        proof.clone(),
+                    ]
+                })
+            })
+            .collect();
+        if !consent.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO contact_consent (id, tenant_id, contact_id, channel, status, source, proof, recorded_at) \
+                 SELECT value ->> 0, $1, value ->> 1, value ->> 2, value ->> 3, 'import', value ->> 4, $2 FROM {}",
+                json_array_rows(self.storage().backend(), "$3")
+            )))
+            .bind(tenant)
+            .bind(now)
+            .bind(serde_json::json!(consent).to_string())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await
     }

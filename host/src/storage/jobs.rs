@@ -459,6 +459,23 @@ impl Storage {
         .map(|result| result.rows_affected())
     }
 
+    /// Makes the jobs leased by a server that is gone due now, as if their leases had
+    /// just ended (the interrupted attempts count, as at lease expiry). Only for a
+    /// database no other running server leases jobs from: an SQLite file whose server
+    /// lock this process holds (`server::lock_database`). How many.
+    pub async fn resume_interrupted_jobs(&self) -> Result<u64, StorageError> {
+        let _turn = self.write_turn().await;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE jobs SET run_at = $1, updated_at = $1 WHERE state = 'running' AND run_at > $1",
+        )
+        .bind(now)
+        .execute(self.pool())
+        .await
+        .context("resuming interrupted jobs")
+        .map(|result| result.rows_affected())
+    }
+
     /// Deletes finished jobs older than `before` (Unix ms); how many.
     pub async fn sweep_finished_jobs(&self, before: i64) -> Result<u64, StorageError> {
         let _turn = self.write_turn().await;
@@ -664,6 +681,44 @@ mod tests {
             assert!(storage.cancel_job(None, &id).await?, "{label}");
             assert!(
                 storage.claim_jobs("e", 60_000, 10).await?.is_empty(),
+                "{label}"
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_dead_servers_leases_are_due_at_once_when_resumed() -> anyhow::Result<()> {
+        for db in testing::all_backends().await? {
+            let storage = &db.storage;
+            let label = db.label;
+            let waiting = NewJob::new("test", "noop", None, serde_json::json!({"n": 1}));
+            let mut later = NewJob::new("test", "noop", None, serde_json::json!({"n": 2}));
+            later.run_at = now_ms() + 3_600_000;
+            let id = storage.enqueue_job(&waiting).await?.expect("job");
+            let later_id = storage.enqueue_job(&later).await?.expect("job");
+            assert_eq!(storage.claim_jobs("gone", 600_000, 10).await?.len(), 1);
+            assert!(
+                storage.claim_jobs("new", 60_000, 10).await?.is_empty(),
+                "{label}: leased for ten minutes"
+            );
+            assert_eq!(storage.resume_interrupted_jobs().await?, 1, "{label}");
+            let claimed = storage.claim_jobs("new", 60_000, 10).await?;
+            assert_eq!(
+                claimed
+                    .iter()
+                    .map(|job| job.id.as_str())
+                    .collect::<Vec<_>>(),
+                [id.as_str()],
+                "{label}: the interrupted job, not the one queued for later"
+            );
+            assert_eq!(
+                claimed[0].attempts, 2,
+                "{label}: the interrupted attempt counts"
+            );
+            assert_eq!(
+                storage.job(&later_id).await?.map(|job| job.state),
+                Some("queued".into()),
                 "{label}"
             );
         }
