@@ -787,15 +787,20 @@ fn job(kind: &str, db: &TenantDb, payload: Value, key: String, run_at: i64) -> N
     job
 }
 
+/// The key suffix of a send job queued by `generation` (0: none; resumes bump it).
+fn generation_suffix(generation: i64) -> String {
+    match generation {
+        0 => String::new(),
+        generation => format!(":g{generation}"),
+    }
+}
+
 fn send_job(db: &TenantDb, campaign: &Campaign, contact_id: &str, run_at: i64) -> NewJob {
-    let key = if campaign.generation == 0 {
-        format!("campaign:{}:{contact_id}", campaign.id)
-    } else {
-        format!(
-            "campaign:{}:{contact_id}:g{}",
-            campaign.id, campaign.generation
-        )
-    };
+    let key = format!(
+        "campaign:{}:{contact_id}{}",
+        campaign.id,
+        generation_suffix(campaign.generation)
+    );
     job(
         "campaign.send",
         db,
@@ -839,10 +844,7 @@ fn send_jobs(
             })
             .collect();
     }
-    let generation = match campaign.generation {
-        0 => String::new(),
-        generation => format!(":g{generation}"),
-    };
+    let generation = generation_suffix(campaign.generation);
     contact_ids
         .chunks(SEND_BATCH)
         .map(|chunk| {

@@ -37,9 +37,8 @@ async fn wait_healthy(url: &str) -> Value {
     }
 }
 
-async fn serve_and_stop(database_url: Option<String>, expected_backend: &str) {
-    let data = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+/// `postdog serve` on loopback `port` with data in `data_dir`, its log piped.
+fn serve(port: u16, data_dir: &std::path::Path) -> Command {
     let mut command = postdog();
     command
         .args([
@@ -48,9 +47,16 @@ async fn serve_and_stop(database_url: Option<String>, expected_backend: &str) {
             &format!("127.0.0.1:{port}"),
             "--data-dir",
         ])
-        .arg(data.path())
+        .arg(data_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    command
+}
+
+async fn serve_and_stop(database_url: Option<String>, expected_backend: &str) {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut command = serve(port, data.path());
     if let Some(url) = &database_url {
         command.env("DATABASE_URL", url);
     }
@@ -104,24 +110,14 @@ async fn serve_on_sqlite_answers_health_and_stops_on_sigterm() {
 #[tokio::test]
 async fn a_second_server_on_the_same_sqlite_file_is_refused() {
     let data = tempfile::tempdir().expect("tempdir");
-    let serve = |port: u16| {
-        let mut command = postdog();
-        command
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
-    };
     let port = free_port();
-    let mut first = serve(port).spawn().expect("postdog serve starts");
+    let mut first = serve(port, data.path())
+        .spawn()
+        .expect("postdog serve starts");
     wait_healthy(&format!("http://127.0.0.1:{port}/healthz")).await;
-    let mut second = serve(free_port()).spawn().expect("second server runs");
+    let mut second = serve(free_port(), data.path())
+        .spawn()
+        .expect("second server runs");
     let deadline = Instant::now() + Duration::from_secs(30);
     while second.try_wait().expect("wait").is_none() {
         if Instant::now() > deadline {
@@ -146,7 +142,9 @@ async fn a_second_server_on_the_same_sqlite_file_is_refused() {
     first.kill().expect("SIGKILL");
     first.wait().expect("wait");
     let port = free_port();
-    let mut third = serve(port).spawn().expect("postdog serve starts again");
+    let mut third = serve(port, data.path())
+        .spawn()
+        .expect("postdog serve starts again");
     wait_healthy(&format!("http://127.0.0.1:{port}/healthz")).await;
     third.kill().expect("SIGKILL");
     third.wait().expect("wait");

@@ -634,10 +634,7 @@ impl TenantDb {
         contact_ids: &[String],
     ) -> Result<Vec<(Recipient, Option<super::Contact>)>, StorageError> {
         let tenant = self.tenant_id().as_str();
-        let sql = format!(
-            "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients r \
-             WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.contact_id = $3"
-        );
+        let sql = recipient_sql();
         if let Some(found) = self.storage().read_direct(|c| {
             let transaction = c.unchecked_transaction()?;
             let mut batch = Vec::with_capacity(contact_ids.len());
@@ -688,26 +685,20 @@ impl TenantDb {
         if let Some(mut found) = self.storage().read_direct(|c| {
             super::sqlite_writer::query(
                 c,
-                &format!(
-                    "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients r \
-                     WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.contact_id = $3"
-                ),
+                &recipient_sql(),
                 &[&tenant, &campaign_id, &contact_id],
                 decode_recipient_direct,
             )
         }) {
             return Ok(found.pop());
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients r \
-             WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.contact_id = $3"
-        )))
-        .bind(self.tenant_id().as_str())
-        .bind(campaign_id)
-        .bind(contact_id)
-        .fetch_optional(self.storage().pool())
-        .await
-        .context("reading a campaign recipient")?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(recipient_sql()))
+            .bind(self.tenant_id().as_str())
+            .bind(campaign_id)
+            .bind(contact_id)
+            .fetch_optional(self.storage().pool())
+            .await
+            .context("reading a campaign recipient")?;
         row.as_ref()
             .map(decode_recipient)
             .transpose()
@@ -1048,4 +1039,12 @@ impl TenantDb {
             .collect::<Result<_, _>>()
             .context("decoding contact ids")
     }
+}
+
+/// One recipient of a campaign by contact: `$1` tenant, `$2` campaign, `$3` contact.
+fn recipient_sql() -> String {
+    format!(
+        "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients r \
+         WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.contact_id = $3"
+    )
 }
