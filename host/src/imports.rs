@@ -610,11 +610,12 @@ async fn run(spec: ImportJobSpec) -> Result<(), (ImportCounts, String)> {
                 }
             }
         }
-        let outcomes = spec
+        let (outcomes, opt_ins_refused) = spec
             .db
             .import_batch(&rows, spec.strategy, room)
             .await
             .map_err(|error| fail(counts, error.to_string()))?;
+        counts.opt_ins_refused += opt_ins_refused;
         for ((outcome, line), row) in outcomes.into_iter().zip(lines).zip(&rows) {
             match outcome {
                 RowOutcome::Created => {

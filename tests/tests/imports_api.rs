@@ -325,6 +325,7 @@ Dee,+14155550135,maybe,,\n",
         )
         .await;
         assert_eq!(counts(&job), [4, 3, 0, 0, 1], "{job}");
+        assert_eq!(job["opt_ins_refused"], 0, "{job}");
         assert_eq!(
             job["mapping"]["WhatsApp consent"], "consent.whatsapp",
             "{job}"
@@ -373,6 +374,7 @@ Dee,+14155550135,maybe,,\n",
         )
         .await;
         assert_eq!(counts(&job), [3, 0, 2, 1, 0], "{job}");
+        assert_eq!(job["opt_ins_refused"], 1, "{job}: Bob's");
         let statuses = |history: Vec<(String, String, String)>| {
             history
                 .into_iter()
@@ -397,6 +399,7 @@ Dee,+14155550135,maybe,,\n",
         let skip_file = b"Mobile,WhatsApp consent\n+14155550132,yes\n+14155550134,no\n";
         let job = import(&api, "?duplicates=skip", skip_file).await;
         assert_eq!(counts(&job), [2, 0, 1, 1, 0], "{job}");
+        assert_eq!(job["opt_ins_refused"], 1, "{job}: Ada's");
         let job = import(&api, "?duplicates=skip", skip_file).await;
         assert_eq!(counts(&job), [2, 0, 0, 2, 0], "{job}");
         assert_eq!(

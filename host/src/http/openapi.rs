@@ -753,7 +753,9 @@ fn schemas() -> Map<String, Value> {
                "duplicates": {"type": "string", "enum": ["skip", "update", "merge"]},
                "mapping": {"type": "object", "additionalProperties": {"type": "string"}},
                "rows_read": {"type": "integer"}, "created": {"type": "integer"}, "updated": {"type": "integer"},
-               "skipped": {"type": "integer"}, "failed": {"type": "integer"}, "error": nullable_text,
+               "skipped": {"type": "integer"}, "failed": {"type": "integer"},
+               "opt_ins_refused": {"type": "integer", "description": "Opt-ins in the file not recorded because the contact had opted out: an import never re-subscribes."},
+               "error": nullable_text,
                "errors_url": nullable_text, "created_at": time, "finished_at": nullable_time}),
         &[
             "id",

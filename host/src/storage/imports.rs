@@ -66,6 +66,9 @@ pub struct ImportJob {
     pub skipped: u64,
     /// Rows rejected (listed in the error CSV).
     pub failed: u64,
+    /// Opt-ins in the file not recorded because the contact had opted out: an import
+    /// never re-subscribes.
+    pub opt_ins_refused: u64,
     /// Why the job failed as a whole, if it did.
     pub error: Option<String>,
     /// When it was submitted, Unix milliseconds.
@@ -87,6 +90,8 @@ pub struct ImportCounts {
     pub skipped: u64,
     /// Rows rejected.
     pub failed: u64,
+    /// Opt-ins not recorded over an opt-out.
+    pub opt_ins_refused: u64,
 }
 
 /// One parsed row of an import: its values (already normalized and checked), which of
@@ -108,10 +113,12 @@ pub struct ImportRow {
 /// new contact or, with `opt_in_existing`, an existing one — but never over an opt-out
 /// already recorded: a list import must not re-subscribe someone who unsubscribed (the
 /// contact opts in again through the API or a `START` keyword, with its own proof).
+/// `refused` counts the opt-ins an opt-out stopped.
 fn consent_to_record(
     current: &mut BTreeMap<String, String>,
     stated: &[(String, String)],
     opt_in_existing: bool,
+    refused: &mut u64,
 ) -> Vec<(String, String)> {
     let mut record = Vec::new();
     for (channel, status) in stated {
@@ -119,7 +126,10 @@ fn consent_to_record(
         let wanted = match (status.as_str(), now) {
             (_, Some(now)) if now == status => false,
             ("opted_out", _) => true,
-            (_, Some("opted_out")) => false,
+            (_, Some("opted_out")) => {
+                *refused += 1;
+                false
+            }
             _ => opt_in_existing,
         };
         if wanted {
@@ -175,13 +185,14 @@ fn job_from_row(row: &sqlx::any::AnyRow) -> Result<ImportJob, sqlx::Error> {
         updated: count("updated")?,
         skipped: count("skipped")?,
         failed: count("failed")?,
+        opt_ins_refused: count("opt_ins_refused")?,
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
         finished_at: row.try_get("finished_at")?,
     })
 }
 
-const JOB_COLUMNS: &str = "id, status, duplicates, mapping, rows_read, created, updated, skipped, failed, error, created_at, finished_at";
+const JOB_COLUMNS: &str = "id, status, duplicates, mapping, rows_read, created, updated, skipped, failed, opt_ins_refused, error, created_at, finished_at";
 
 impl TenantDb {
     /// Records a new queued import job.
@@ -255,7 +266,8 @@ impl TenantDb {
         let number = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         sqlx::query(
             "UPDATE contact_imports SET status = $1, rows_read = $2, created = $3, updated = $4, \
-             skipped = $5, failed = $6, error = $7, finished_at = $8 WHERE tenant_id = $9 AND id = $10",
+             skipped = $5, failed = $6, error = $7, finished_at = $8, opt_ins_refused = $11 \
+             WHERE tenant_id = $9 AND id = $10",
         )
         .bind(status)
         .bind(number(counts.rows_read))
@@ -267,37 +279,41 @@ impl TenantDb {
         .bind(finished)
         .bind(self.tenant_id().as_str())
         .bind(id)
+        .bind(number(counts.opt_ins_refused))
         .execute(self.storage().pool())
         .await
         .context("updating an import")?;
         Ok(())
     }
 
-    /// Applies a batch of rows with `strategy`; one outcome per row, in order. At most
-    /// `room` contacts are created (the plan's remaining allowance; `None` is unlimited).
+    /// Applies a batch of rows with `strategy`; one outcome per row, in order, and the
+    /// opt-ins refused over an opt-out. At most `room` contacts are created (the plan's
+    /// remaining allowance; `None` is unlimited).
     pub async fn import_batch(
         &self,
         rows: &[ImportRow],
         strategy: DuplicateStrategy,
         room: Option<u64>,
-    ) -> Result<Vec<RowOutcome>, StorageError> {
-        let (outcomes, pending) = self.plan_batch(rows, strategy, room).await?;
+    ) -> Result<(Vec<RowOutcome>, u64), StorageError> {
+        let (outcomes, pending, refused) = self.plan_batch(rows, strategy, room).await?;
         match self.write_batch(&pending).await {
             Ok(()) => {
                 self.report_import_changes(&pending);
-                Ok(outcomes)
+                Ok((outcomes, refused))
             }
             Err(error) if rows.len() > 1 => {
                 tracing::debug!(%error, "import batch conflicted; replaying it row by row");
                 let mut outcomes = Vec::with_capacity(rows.len());
                 let mut room = room;
+                let mut refused = 0;
                 for row in rows {
-                    let (mut single, pending) = self
+                    let (mut single, pending, row_refused) = self
                         .plan_batch(std::slice::from_ref(row), strategy, room)
                         .await?;
                     let outcome = match self.write_batch(&pending).await {
                         Ok(()) => {
                             self.report_import_changes(&pending);
+                            refused += row_refused;
                             single.pop().unwrap_or(RowOutcome::Skipped)
                         }
                         Err(error) => RowOutcome::Failed(format!(
@@ -310,12 +326,15 @@ impl TenantDb {
                     }
                     outcomes.push(outcome);
                 }
-                Ok(outcomes)
+                Ok((outcomes, refused))
             }
-            Err(error) => Ok(vec![RowOutcome::Failed(format!(
-                "could not be written: {}",
-                write_reason(&error)
-            ))]),
+            Err(error) => Ok((
+                vec![RowOutcome::Failed(format!(
+                    "could not be written: {}",
+                    write_reason(&error)
+                ))],
+                0,
+            )),
         }
     }
 
@@ -325,8 +344,9 @@ impl TenantDb {
         rows: &[ImportRow],
         strategy: DuplicateStrategy,
         mut room: Option<u64>,
-    ) -> Result<(Vec<RowOutcome>, Vec<Pending>), StorageError> {
+    ) -> Result<(Vec<RowOutcome>, Vec<Pending>, u64), StorageError> {
         let existing = self.contacts_matching(rows).await?;
+        let mut refused = 0;
         let mut pending: Vec<Pending> = existing
             .into_iter()
             .map(|contact| Pending {
@@ -395,7 +415,7 @@ impl TenantDb {
                 room = room.map(|room| room - 1);
                 let index = pending.len();
                 let mut consent = BTreeMap::new();
-                let new_consent = consent_to_record(&mut consent, &row.consent, true)
+                let new_consent = consent_to_record(&mut consent, &row.consent, true, &mut refused)
                     .into_iter()
                     .map(|(channel, status)| (channel, status, row.proof.clone()))
                     .collect();
@@ -432,6 +452,7 @@ impl TenantDb {
                 &mut pending[index].consent,
                 &row.consent,
                 strategy != DuplicateStrategy::Skip,
+                &mut refused,
             );
             let consent_changed = !consent.is_empty();
             pending[index].new_consent.extend(
@@ -513,7 +534,7 @@ impl TenantDb {
             outcomes.push(RowOutcome::Updated);
         }
         pending.retain(|entry| entry.changed);
-        Ok((outcomes, pending))
+        Ok((outcomes, pending, refused))
     }
 
     /// Existing contacts sharing a phone or email with any row.
