@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::http::{AppState, router};
+use crate::http::{AppParts, AppState, router};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::storage::Storage;
 
@@ -175,7 +175,7 @@ pub async fn serve(
         .with_context(|| format!("while binding {}", options.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, database = storage.backend().name(), "postdog is serving");
-    let app = router(AppState {
+    let app = router(AppState::new(AppParts {
         storage: storage.clone(),
         runtime,
         rate_limiter: Default::default(),
@@ -187,7 +187,7 @@ pub async fn serve(
         webhooks,
         flows,
         campaigns,
-    });
+    }));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
