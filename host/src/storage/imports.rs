@@ -697,7 +697,8 @@ impl TenantDb {
             }
         }
         // Consent after the contacts it belongs to; ids are v7, so the history keeps the
-        // file's order.
+        // file's order. An opt-in is checked again here, in the write transaction: an
+        // opt-out recorded since the batch was planned (a STOP keyword) still wins.
         let consent: Vec<[String; 5]> = pending
             .iter()
             .flat_map(|entry| {
@@ -715,7 +716,10 @@ impl TenantDb {
         if !consent.is_empty() {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO contact_consent (id, tenant_id, contact_id, channel, status, source, proof, recorded_at) \
-                 SELECT value ->> 0, $1, value ->> 1, value ->> 2, value ->> 3, 'import', value ->> 4, $2 FROM {}",
+                 SELECT value ->> 0, $1, value ->> 1, value ->> 2, value ->> 3, 'import', value ->> 4, $2 FROM {} \
+                 WHERE value ->> 3 = 'opted_out' OR COALESCE((SELECT c.status FROM contact_consent c \
+                   WHERE c.tenant_id = $1 AND c.contact_id = value ->> 1 AND c.channel = value ->> 2 \
+                   ORDER BY c.id DESC LIMIT 1), '') <> 'opted_out'",
                 json_array_rows(self.storage().backend(), "$3")
             )))
             .bind(tenant)
@@ -770,5 +774,59 @@ impl super::Storage {
         .await
         .context("failing interrupted imports")?;
         Ok(result.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{ConsentEntry, testing};
+
+    #[tokio::test]
+    async fn an_opt_out_recorded_after_planning_wins_over_the_imports_opt_in() -> anyhow::Result<()>
+    {
+        for db in testing::all_backends().await? {
+            let label = db.label;
+            let tenant = db.storage.create_tenant("Consent", "pro").await?;
+            let tenant_db = db.storage.tenant(&tenant.id);
+            let contact = tenant_db
+                .create_contact(&ContactData {
+                    name: Some("Ada".into()),
+                    phone: Some("+14155550132".into()),
+                    ..ContactData::default()
+                })
+                .await
+                .map_err(|error| anyhow::anyhow!("{error:?}"))?;
+            let row = ImportRow {
+                data: ContactData {
+                    phone: Some("+14155550132".into()),
+                    ..ContactData::default()
+                },
+                consent: vec![
+                    ("whatsapp".into(), "opted_in".into()),
+                    ("email".into(), "opted_in".into()),
+                ],
+                proof: "import test line 2".into(),
+            };
+            let (_, pending, refused) = tenant_db
+                .plan_batch(std::slice::from_ref(&row), DuplicateStrategy::Update, None)
+                .await?;
+            assert_eq!(refused, 0, "{label}: nothing was opted out when planned");
+            // The contact texts STOP between the plan and the write.
+            let stop = ConsentEntry {
+                channel: "whatsapp".into(),
+                status: "opted_out".into(),
+                source: "keyword".into(),
+                proof: None,
+                recorded_at: 0,
+            };
+            assert!(tenant_db.record_consent(&contact.id, &stop).await?);
+            tenant_db.write_batch(&pending).await?;
+            let current = tenant_db.current_consent(&contact.id).await?;
+            assert_eq!(current["whatsapp"].status, "opted_out", "{label}");
+            assert_eq!(current["email"].status, "opted_in", "{label}");
+            assert_eq!(current["email"].source, "import", "{label}");
+        }
+        Ok(())
     }
 }
