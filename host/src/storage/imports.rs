@@ -113,15 +113,16 @@ pub struct ImportRow {
 /// new contact or, with `opt_in_existing`, an existing one — but never over an opt-out
 /// already recorded: a list import must not re-subscribe someone who unsubscribed (the
 /// contact opts in again through the API or a `START` keyword, with its own proof).
-/// `refused` counts the opt-ins an opt-out stopped.
+/// `refused` counts the opt-ins an opt-out stopped. The entries come with the row's
+/// proof.
 fn consent_to_record(
     current: &mut BTreeMap<String, String>,
-    stated: &[(String, String)],
+    row: &ImportRow,
     opt_in_existing: bool,
     refused: &mut u64,
-) -> Vec<(String, String)> {
+) -> Vec<(String, String, String)> {
     let mut record = Vec::new();
-    for (channel, status) in stated {
+    for (channel, status) in &row.consent {
         let now = current.get(channel).map(String::as_str);
         let wanted = match (status.as_str(), now) {
             (_, Some(now)) if now == status => false,
@@ -134,7 +135,7 @@ fn consent_to_record(
         };
         if wanted {
             current.insert(channel.clone(), status.clone());
-            record.push((channel.clone(), status.clone()));
+            record.push((channel.clone(), status.clone(), row.proof.clone()));
         }
     }
     record
@@ -158,8 +159,6 @@ struct Pending {
     id: String,
     contact: ContactData,
     existing: bool,
-    /// Anything to write (the contact or its consent).
-    changed: bool,
     /// The contact's own values or tags changed (an existing one is rewritten).
     data_changed: bool,
     /// An existing contact's tags and fields as loaded (for the change report).
@@ -168,6 +167,13 @@ struct Pending {
     consent: BTreeMap<String, String>,
     /// Consent entries to append: (channel, status, proof).
     new_consent: Vec<(String, String, String)>,
+}
+
+impl Pending {
+    /// Anything to write: the contact or its consent.
+    fn changed(&self) -> bool {
+        self.data_changed || !self.new_consent.is_empty()
+    }
 }
 
 fn job_from_row(row: &sqlx::any::AnyRow) -> Result<ImportJob, sqlx::Error> {
@@ -366,7 +372,6 @@ impl TenantDb {
                     fields: contact.fields,
                 },
                 existing: true,
-                changed: false,
                 data_changed: false,
             })
             .collect();
@@ -415,10 +420,7 @@ impl TenantDb {
                 room = room.map(|room| room - 1);
                 let index = pending.len();
                 let mut consent = BTreeMap::new();
-                let new_consent = consent_to_record(&mut consent, &row.consent, true, &mut refused)
-                    .into_iter()
-                    .map(|(channel, status)| (channel, status, row.proof.clone()))
-                    .collect();
+                let new_consent = consent_to_record(&mut consent, row, true, &mut refused);
                 pending.push(Pending {
                     original: None,
                     consent,
@@ -435,7 +437,6 @@ impl TenantDb {
                         ..data.clone()
                     },
                     existing: false,
-                    changed: true,
                     data_changed: true,
                 });
                 if let Some(phone) = &data.phone {
@@ -450,25 +451,19 @@ impl TenantDb {
             // Stated opt-outs are recorded whatever the strategy; opt-ins unless `skip`.
             let consent = consent_to_record(
                 &mut pending[index].consent,
-                &row.consent,
+                row,
                 strategy != DuplicateStrategy::Skip,
                 &mut refused,
             );
-            let consent_changed = !consent.is_empty();
-            pending[index].new_consent.extend(
-                consent
-                    .into_iter()
-                    .map(|(channel, status)| (channel, status, row.proof.clone())),
-            );
-            if consent_changed {
-                pending[index].changed = true;
-            }
+            // What a row that changes none of the contact's values did.
+            let unchanged = if consent.is_empty() {
+                RowOutcome::Skipped
+            } else {
+                RowOutcome::Updated
+            };
+            pending[index].new_consent.extend(consent);
             if strategy == DuplicateStrategy::Skip {
-                outcomes.push(if consent_changed {
-                    RowOutcome::Updated
-                } else {
-                    RowOutcome::Skipped
-                });
+                outcomes.push(unchanged);
                 continue;
             }
             let before = pending[index].contact.clone();
@@ -507,11 +502,7 @@ impl TenantDb {
                 continue;
             }
             if after == before {
-                outcomes.push(if consent_changed {
-                    RowOutcome::Updated
-                } else {
-                    RowOutcome::Skipped
-                });
+                outcomes.push(unchanged);
                 continue;
             }
             for (old, new, map) in [
@@ -528,12 +519,11 @@ impl TenantDb {
                 }
             }
             pending[index].contact = after;
-            pending[index].changed = true;
             pending[index].data_changed = true;
             // Also when the contact was created by an earlier row of this file.
             outcomes.push(RowOutcome::Updated);
         }
-        pending.retain(|entry| entry.changed);
+        pending.retain(Pending::changed);
         Ok((outcomes, pending, refused))
     }
 
@@ -587,7 +577,7 @@ impl TenantDb {
             return;
         }
         let tenant = self.tenant_id().as_str();
-        for entry in pending.iter().filter(|entry| entry.changed) {
+        for entry in pending.iter().filter(|entry| entry.changed()) {
             let changes = match &entry.original {
                 Some((tags, fields)) => {
                     super::contacts::diff(tags, fields, &entry.contact.tags, &entry.contact.fields)
