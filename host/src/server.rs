@@ -52,7 +52,7 @@ pub async fn migrate(data_dir: &Path, database_url: Option<&str>) -> anyhow::Res
 /// server's process id): an SQLite database is served by one process — its writers take
 /// turns through an in-process gate and its job leases are resumed at start — so a
 /// second server on the same file is refused with what to do instead.
-pub fn lock_database(path: &Path) -> anyhow::Result<std::fs::File> {
+fn lock_database(path: &Path) -> anyhow::Result<std::fs::File> {
     use std::io::Write as _;
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
@@ -88,27 +88,28 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let storage = migrate(&options.data_dir, options.database_url.as_deref()).await?;
-    // Held until the server stops (the OS releases it if the process dies).
-    let _database_lock = match storage.sqlite_file() {
-        Some(path) => {
-            let lock = lock_database(path)?;
-            // No other server uses this file, so every leased job was leased by a server
-            // that is gone: it is due now, not when its lease would have ended.
-            let resumed = storage
-                .resume_interrupted_jobs()
-                .await
-                .context("while resuming interrupted jobs")?;
-            if resumed > 0 {
-                tracing::info!(
-                    resumed,
-                    "jobs interrupted when the server last stopped are due again"
-                );
-            }
-            Some(lock)
+    let storage = open_storage(&options.data_dir, options.database_url.as_deref()).await?;
+    // Taken before migrating, so a second server never migrates a file another one
+    // serves; held until the server stops (the OS releases it if the process dies).
+    let database_lock = storage.sqlite_file().map(lock_database).transpose()?;
+    storage
+        .migrate()
+        .await
+        .context("while running migrations")?;
+    if database_lock.is_some() {
+        // No other server uses this file, so every leased job was leased by a server
+        // that is gone: it is due now, not when its lease would have ended.
+        let resumed = storage
+            .resume_interrupted_jobs()
+            .await
+            .context("while resuming interrupted jobs")?;
+        if resumed > 0 {
+            tracing::info!(
+                resumed,
+                "jobs interrupted when the server last stopped are due again"
+            );
         }
-        None => None,
-    };
+    }
     let mut runtime_config = RuntimeConfig {
         cache_dir: Some(options.data_dir.join("cache").join("plugins")),
         ..RuntimeConfig::default()
