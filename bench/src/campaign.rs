@@ -19,7 +19,10 @@
 //! 200 ms, then its stats) until the campaign is `completed` with no message left in the
 //! outbox, or `--timeout-seconds`. Printed: sends at the fake, messages/s (sends ÷ time
 //! from the start request to the last send), the time to the first and the last send, the
-//! campaign's final statistics and the server's peak RSS (`VmHWM`). Then `lost: N
+//! campaign's final statistics, the server's peak RSS (`VmHWM`) and, without `--crash`,
+//! the CPU time the server used from the start request to the campaign's completion
+//! (`/proc/<pid>/stat`, all threads) and per message — work done, which the machine's
+//! noise moves less than the rate (unless a profiler wraps the server). Then `lost: N
 //! duplicated: M` from the fake's per-recipient counts: lost = contacts the campaign had
 //! to reach that received nothing, duplicated = recipients that received more than one
 //! message.
@@ -631,6 +634,7 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
     );
 
     eprintln!("starting the campaign…");
+    let cpu_before = server.cpu_seconds()?;
     let start = Instant::now();
     api.expect(
         reqwest::Method::POST,
@@ -683,6 +687,11 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     peak_rss = peak_rss.max(server.peak_rss_mb()?);
+    // Without a crash: the CPU the server spent on the campaign, start to finish.
+    let campaign_cpu = (!options.crash)
+        .then(|| server.cpu_seconds())
+        .transpose()?
+        .map(|after| after - cpu_before);
     drop(server);
     let tally = tally(&sends, options.recipients)?;
     let to_last = tally.last.map_or(0.0, |last| elapsed_since(start, last));
@@ -742,6 +751,12 @@ async fn measure(options: &Options, binary: &Path) -> anyhow::Result<()> {
         tally.sends.saturating_sub(1) as f64 / (to_last - to_first).max(f64::MIN_POSITIVE)
     );
     println!("messages/s: {postdog_rate:.0}");
+    if let Some(cpu) = campaign_cpu {
+        println!(
+            "postdog server CPU for the campaign: {cpu:.1} s ({:.0} µs per message)",
+            cpu * 1e6 / (tally.sends.max(1) as f64)
+        );
+    }
     println!("postdog server peak RSS (VmHWM): {peak_rss:.1} MB");
     println!(
         "baseline (bare reqwest, {} in flight, same fake and body shape): {answered} of \

@@ -6,7 +6,7 @@
 //! from the recipients joined with their messages (status, delivery times) and the
 //! inbound messages of the same conversation (replies).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -637,26 +637,41 @@ impl TenantDb {
         let sql = recipient_sql();
         if let Some(found) = self.storage().read_direct(|c| {
             let transaction = c.unchecked_transaction()?;
-            let mut batch = Vec::with_capacity(contact_ids.len());
+            let mut recipients = Vec::with_capacity(contact_ids.len());
             for contact_id in contact_ids {
-                let Some(recipient) = super::sqlite_writer::query(
-                    &transaction,
-                    &sql,
-                    &[&tenant, &campaign_id, contact_id],
-                    decode_recipient_direct,
-                )?
-                .pop() else {
-                    continue;
-                };
-                let contact = if recipient.state == "queued" {
-                    super::contacts::read_contact_in(&transaction, tenant, contact_id)?
-                } else {
-                    None
-                };
-                batch.push((recipient, contact));
+                recipients.extend(
+                    super::sqlite_writer::query(
+                        &transaction,
+                        &sql,
+                        &[&tenant, &campaign_id, contact_id],
+                        decode_recipient_direct,
+                    )?
+                    .pop(),
+                );
             }
+            // The contacts of the queued ones, in one read.
+            let queued: Vec<&str> = recipients
+                .iter()
+                .filter(|recipient| recipient.state == "queued")
+                .map(|recipient| recipient.contact_id.as_str())
+                .collect();
+            let mut contacts: HashMap<String, super::Contact> =
+                super::contacts::read_contacts_in(&transaction, tenant, &queued)?
+                    .into_iter()
+                    .map(|contact| (contact.id.clone(), contact))
+                    .collect();
             transaction.commit()?;
-            Ok(batch)
+            Ok(recipients
+                .into_iter()
+                .map(|recipient| {
+                    let contact = if recipient.state == "queued" {
+                        contacts.remove(&recipient.contact_id)
+                    } else {
+                        None
+                    };
+                    (recipient, contact)
+                })
+                .collect())
         }) {
             return Ok(found);
         }

@@ -574,7 +574,7 @@ impl TenantDb {
                     for job in &jobs {
                         super::jobs::insert_job_direct(c, job)?;
                     }
-                    Ok(Some(run))
+                    Ok(Some(run.clone()))
                 })
                 .await
                 .map_err(|message| StorageError::Direct {
