@@ -300,25 +300,9 @@ impl Server {
         Ok(kib * 1024.0 / 1e6)
     }
 
-    /// The CPU time the server has used so far (user + system, all threads), in
-    /// seconds: a figure of work done that the machine's noise moves less than a rate.
+    /// The CPU time the server has used so far, in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // After the command name in parentheses: field 3 (state) onwards; utime and
-        // stime are fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("no command name in /proc/<pid>/stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks = |index: usize| -> anyhow::Result<f64> {
-            Ok(fields
-                .get(index)
-                .context("a short /proc/<pid>/stat")?
-                .parse::<f64>()?)
-        };
-        Ok((ticks(11)? + ticks(12)?) / 100.0)
+        crate::server_process::cpu_seconds(self.child.id())
     }
 
     /// Kills the server with SIGKILL (no chance to clean up) and reaps it.

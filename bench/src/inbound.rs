@@ -510,13 +510,20 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         next: AtomicUsize::new(0),
         wrap: false,
     });
+    let cpu_before = server.cpu_seconds()?;
     let postdog = client.block_on(drive(
         server.address,
         requests.clone(),
         options.connections,
         window,
     ))?;
+    let cpu = server.cpu_seconds()? - cpu_before;
     print("postdog", &postdog);
+    println!(
+        "postdog server CPU for the load (warm-up included): {cpu:.1} s ({:.0} µs per \
+         webhook answered)",
+        cpu * 1e6 / postdog.delivered.max(1) as f64
+    );
     let rss = server.peak_rss_mb()?;
     println!("postdog server peak RSS (VmHWM): {rss:.1} MB");
     drop(server);

@@ -113,6 +113,11 @@ impl ServerProcess {
         self.status_mb("VmRSS")
     }
 
+    /// The CPU time the server has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(self.child.id())
+    }
+
     /// A `kB` field of `/proc/<pid>/status`, in MB.
     fn status_mb(&self, field: &str) -> anyhow::Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
@@ -145,6 +150,27 @@ impl Drop for ServerProcess {
 }
 
 /// Whether `GET /healthz` answers 200.
+/// The CPU time process `pid` has used so far (user + system, all threads), in
+/// seconds: a figure of work done that the machine's noise moves less than a rate.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command name in parentheses: field 3 (state) onwards; utime and stime
+    // are fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name in /proc/<pid>/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(index)
+            .context("a short /proc/<pid>/stat")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 fn healthz(address: SocketAddr) -> anyhow::Result<bool> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
