@@ -270,15 +270,18 @@ pub(crate) fn is_unique_violation(error: &rusqlite::Error) -> bool {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn batches_commit_before_answering_and_isolate_failures() -> anyhow::Result<()> {
+    /// A database with table `t (k TEXT PRIMARY KEY, v INTEGER)` and a writer on it.
+    fn table_t() -> anyhow::Result<(tempfile::TempDir, PathBuf, Arc<SqliteWriter>)> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("w.db");
-        {
-            let setup = Connection::open(&path)?;
-            setup.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")?;
-        }
+        Connection::open(&path)?.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")?;
         let writer = Arc::new(SqliteWriter::start(path.clone(), None));
+        Ok((dir, path, writer))
+    }
+
+    #[tokio::test]
+    async fn batches_commit_before_answering_and_isolate_failures() -> anyhow::Result<()> {
+        let (_dir, path, writer) = table_t()?;
         let mut tasks = Vec::new();
         for n in 0..200i64 {
             let writer = writer.clone();
@@ -327,13 +330,7 @@ mod tests {
     /// one per closure), and the others' writes are all kept, once each.
     #[tokio::test]
     async fn a_closure_that_fails_after_writing_is_undone_alone() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("w.db");
-        {
-            let setup = Connection::open(&path)?;
-            setup.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")?;
-        }
-        let writer = Arc::new(SqliteWriter::start(path.clone(), None));
+        let (_dir, path, writer) = table_t()?;
         let mut tasks = Vec::new();
         for n in 0..300i64 {
             let writer = writer.clone();
