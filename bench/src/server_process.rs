@@ -149,7 +149,6 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Whether `GET /healthz` answers 200.
 /// The CPU time process `pid` has used so far (user + system, all threads), in
 /// seconds: a figure of work done that the machine's noise moves less than a rate.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
@@ -171,6 +170,7 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// Whether `GET /healthz` answers 200.
 fn healthz(address: SocketAddr) -> anyhow::Result<bool> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;

@@ -664,11 +664,8 @@ impl TenantDb {
             Ok(recipients
                 .into_iter()
                 .map(|recipient| {
-                    let contact = if recipient.state == "queued" {
-                        contacts.remove(&recipient.contact_id)
-                    } else {
-                        None
-                    };
+                    // Only queued recipients' contacts were read.
+                    let contact = contacts.remove(&recipient.contact_id);
                     (recipient, contact)
                 })
                 .collect())

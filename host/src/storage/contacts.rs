@@ -912,7 +912,7 @@ pub(super) fn read_contact_in(
     else {
         return Ok(None);
     };
-    read_tags_and_consent(connection, tenant, &mut contact)?;
+    fill_tags_and_consent(connection, tenant, std::slice::from_mut(&mut contact))?;
     Ok(Some(contact))
 }
 
@@ -953,33 +953,34 @@ pub(super) fn read_contacts_in(
     Ok(contacts)
 }
 
-/// Fills in the tags and current consent of a page of contacts: two statements for the
-/// whole page (one tags and one consent lookup per contact cost a campaign's fan-out and
-/// send batches three statements per recipient).
+/// Fills in the tags and current consent of `contacts`: two statements whatever their
+/// number (one tags and one consent lookup per contact had cost a campaign's fan-out and
+/// send batches three statements per recipient). One contact is matched by `=`, several
+/// by `IN` over a JSON array of their ids.
 fn fill_tags_and_consent(
     connection: &rusqlite::Connection,
     tenant: &str,
     contacts: &mut [Contact],
 ) -> rusqlite::Result<()> {
-    if let [contact] = contacts {
-        return read_tags_and_consent(connection, tenant, contact);
-    }
-    if contacts.is_empty() {
-        return Ok(());
-    }
+    let (matching, key) = match &*contacts {
+        [] => return Ok(()),
+        [one] => ("contact_id = ?2", one.id.clone()),
+        several => (
+            "contact_id IN (SELECT value FROM json_each(?2))",
+            serde_json::to_string(&several.iter().map(|c| &c.id).collect::<Vec<_>>())
+                .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?,
+        ),
+    };
     let position: HashMap<String, usize> = contacts
         .iter()
         .enumerate()
         .map(|(index, contact)| (contact.id.clone(), index))
         .collect();
-    let ids = serde_json::to_string(&position.keys().collect::<Vec<_>>())
-        .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
-    let mut tags = connection.prepare_cached(
-        "SELECT contact_id, tag FROM contact_tags \
-         WHERE tenant_id = ?1 AND contact_id IN (SELECT value FROM json_each(?2)) \
-         ORDER BY contact_id, tag",
-    )?;
-    let mut rows = tags.query((tenant, &ids))?;
+    let mut tags = connection.prepare_cached(&format!(
+        "SELECT contact_id, tag FROM contact_tags WHERE tenant_id = ?1 AND {matching} \
+         ORDER BY contact_id, tag"
+    ))?;
+    let mut rows = tags.query((tenant, &key))?;
     while let Some(row) = rows.next()? {
         let contact_id: String = row.get(0)?;
         if let Some(&index) = position.get(&contact_id) {
@@ -987,12 +988,11 @@ fn fill_tags_and_consent(
         }
     }
     // By id within a contact: a later entry of a channel replaces an earlier one.
-    let mut consent = connection.prepare_cached(
+    let mut consent = connection.prepare_cached(&format!(
         "SELECT contact_id, channel, status, source, proof, recorded_at FROM contact_consent \
-         WHERE tenant_id = ?1 AND contact_id IN (SELECT value FROM json_each(?2)) \
-         ORDER BY contact_id, id",
-    )?;
-    let mut rows = consent.query((tenant, &ids))?;
+         WHERE tenant_id = ?1 AND {matching} ORDER BY contact_id, id"
+    ))?;
+    let mut rows = consent.query((tenant, &key))?;
     while let Some(row) = rows.next()? {
         let contact_id: String = row.get(0)?;
         if let Some(&index) = position.get(&contact_id) {
@@ -1005,39 +1005,6 @@ fn fill_tags_and_consent(
             };
             contacts[index].consent.insert(entry.channel.clone(), entry);
         }
-    }
-    Ok(())
-}
-
-/// Fills in a contact's tags and current consent.
-fn read_tags_and_consent(
-    connection: &rusqlite::Connection,
-    tenant: &str,
-    contact: &mut Contact,
-) -> rusqlite::Result<()> {
-    let id = contact.id.as_str();
-    let mut tags = connection.prepare_cached(
-        "SELECT tag FROM contact_tags WHERE tenant_id = ?1 AND contact_id = ?2 ORDER BY tag",
-    )?;
-    contact.tags = tags
-        .query_map((tenant, id), |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut consent = connection.prepare_cached(
-        "SELECT channel, status, source, proof, recorded_at FROM contact_consent \
-         WHERE tenant_id = ?1 AND contact_id = ?2 ORDER BY id",
-    )?;
-    let entries = consent.query_map((tenant, id), |row| {
-        Ok(ConsentEntry {
-            channel: row.get(0)?,
-            status: row.get(1)?,
-            source: row.get(2)?,
-            proof: row.get(3)?,
-            recorded_at: row.get(4)?,
-        })
-    })?;
-    for entry in entries {
-        let entry = entry?;
-        contact.consent.insert(entry.channel.clone(), entry);
     }
     Ok(())
 }
