@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::server_process::{OPERATOR_TOKEN, bench_tenant};
+use crate::server_process::{self, OPERATOR_TOKEN, bench_tenant};
 
 /// The Meta app secret the install verifies signatures with.
 pub const APP_SECRET: &str = "bench-meta-app-secret-6c0f5b2e";
@@ -231,18 +231,7 @@ impl Server {
         env: &[(&str, String)],
     ) -> anyhow::Result<Self> {
         let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        // POSTDOG_BENCH_SERVER_WRAPPER runs the server under a profiler: the wrapper is
-        // started with the binary as its first argument (for heaptrack, a script that
-        // runs `heaptrack` on a `--features system-allocator` build).
-        let mut command = match std::env::var_os("POSTDOG_BENCH_SERVER_WRAPPER") {
-            Some(wrapper) => {
-                let mut command = Command::new(wrapper);
-                command.arg(binary);
-                command
-            }
-            None => Command::new(binary),
-        };
-        let child = command
+        let child = server_process::command(binary)
             .arg("serve")
             .arg("--listen")
             .arg(address.to_string())

@@ -52,6 +52,21 @@ pub fn build() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// A command that runs `binary`, or, when `POSTDOG_BENCH_SERVER_WRAPPER` is set, that
+/// wrapper with the binary as its first argument: a profiler around the server (`perf
+/// record`, or for heaptrack a script that runs `heaptrack` on a `--features
+/// system-allocator` build). The CPU time printed is then the wrapper's.
+pub fn command(binary: &Path) -> Command {
+    match std::env::var_os("POSTDOG_BENCH_SERVER_WRAPPER") {
+        Some(wrapper) => {
+            let mut command = Command::new(wrapper);
+            command.arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    }
+}
+
 /// A running `postdog serve`; terminated on drop.
 pub struct ServerProcess {
     /// `http://127.0.0.1:<port>`.
@@ -68,7 +83,7 @@ impl ServerProcess {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             probe.local_addr()?
         };
-        let child = Command::new(binary)
+        let child = command(binary)
             .arg("serve")
             .arg("--listen")
             .arg(address.to_string())

@@ -9,6 +9,7 @@
 //! - `call_context` — tenant, install, grants, config and limits of a call;
 //! - `store_data` — what each `Store` carries, the limiter, captured stdio;
 //! - `host_imports` — the host side of `log`, `kv`, `http`, `config`, `contacts`;
+//! - `hot_exports` — a channel's `send` and `handle-webhook` by index, type-checked once;
 //! - `error` — `PluginError`, every way a plugin can fail.
 //!
 //! A call: build a `Store` (context, limits, deadline) → instantiate from the cached
@@ -23,6 +24,7 @@ mod component_check;
 mod engine;
 mod error;
 mod host_imports;
+mod hot_exports;
 mod output_capture;
 mod store_data;
 
@@ -213,7 +215,20 @@ pub struct LoadedPlugin {
     imports: Arc<[String]>,
     cache: CacheOutcome,
     pre: PluginPre,
+    /// A messaging channel's `send` and `handle-webhook`, resolved once (see
+    /// `hot_exports`).
+    channel_hot: Option<Arc<ChannelHot>>,
 }
+
+/// The hot exports of a messaging-channel plugin.
+#[derive(Debug)]
+struct ChannelHot {
+    send: hot_exports::HotExport,
+    handle_webhook: hot_exports::HotExport,
+}
+
+/// The channel interface as a component exports it.
+const CHANNEL_INTERFACE: &str = "postdog:plugin/channel@0.1.0";
 
 impl fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -226,6 +241,14 @@ impl fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// The hot exports of a messaging channel (any other world: `WrongWorld`).
+    fn channel_hot(&self) -> Result<&ChannelHot, PluginError> {
+        self.channel_hot.as_deref().ok_or(PluginError::WrongWorld {
+            expected: World::MessagingChannel,
+            found: self.world,
+        })
+    }
+
     /// The world the component implements.
     pub fn world(&self) -> World {
         self.world
@@ -316,14 +339,25 @@ impl Runtime {
         let invalid = |error: wasmtime::Error| PluginError::Invalid {
             reason: format!("{error:#}"),
         };
+        let mut channel_hot = None;
         let pre = match world {
             World::FlowAction => PluginPre::FlowAction(
                 abi_v0_1_0::flow_action::FlowActionPre::new(instance_pre).map_err(invalid)?,
             ),
-            World::MessagingChannel => PluginPre::MessagingChannel(
-                abi_v0_1_0::messaging_channel::MessagingChannelPre::new(instance_pre)
-                    .map_err(invalid)?,
-            ),
+            World::MessagingChannel => {
+                let resolve = |name| {
+                    hot_exports::HotExport::resolve(&instance_pre, CHANNEL_INTERFACE, name)
+                        .map_err(invalid)
+                };
+                channel_hot = Some(Arc::new(ChannelHot {
+                    send: resolve("send")?,
+                    handle_webhook: resolve("handle-webhook")?,
+                }));
+                PluginPre::MessagingChannel(
+                    abi_v0_1_0::messaging_channel::MessagingChannelPre::new(instance_pre)
+                        .map_err(invalid)?,
+                )
+            }
             World::SocialChannel => PluginPre::SocialChannel(
                 abi_v0_1_0::social_channel::SocialChannelPre::new(instance_pre).map_err(invalid)?,
             ),
@@ -337,6 +371,7 @@ impl Runtime {
             imports: imports.into(),
             cache,
             pre,
+            channel_hot,
         })
     }
 
@@ -500,9 +535,17 @@ fn tail(text: &str, max: usize) -> String {
 }
 
 /// Runs one export call of one world with a fresh store: instantiate from the world's
-/// pre-instance, call, classify. `$call` is a closure-like `|instance, store| future`.
+/// pre-instance, call, classify. `$call` is a closure-like `|instance, store| future`;
+/// with `raw`, `instance` is the bare `Instance` (no export looked up or type-checked),
+/// for calls through `hot_exports`.
 macro_rules! invoke {
+    ($self:ident, $plugin:ident, $ctx:ident, $variant:ident, raw |$instance:ident, $store:ident| $call:expr) => {{
+        invoke!(@run $self, $plugin, $ctx, $variant, |pre, store| pre.instance_pre().instantiate_async(store), |$instance, $store| $call)
+    }};
     ($self:ident, $plugin:ident, $ctx:ident, $variant:ident, |$instance:ident, $store:ident| $call:expr) => {{
+        invoke!(@run $self, $plugin, $ctx, $variant, |pre, store| pre.instantiate_async(store), |$instance, $store| $call)
+    }};
+    (@run $self:ident, $plugin:ident, $ctx:ident, $variant:ident, |$pre:ident, $new_store:ident| $instantiate:expr, |$instance:ident, $store:ident| $call:expr) => {{
         let PluginPre::$variant(pre) = &$plugin.pre else {
             return Err(PluginError::WrongWorld {
                 expected: World::$variant,
@@ -515,7 +558,10 @@ macro_rules! invoke {
         // in host calls (which the epoch cannot interrupt) with a small grace period.
         let outcome = tokio::time::timeout(limits.timeout + Duration::from_millis(250), async {
             let $store = &mut store;
-            let $instance = pre.instantiate_async(&mut *$store).await?;
+            let $instance = {
+                let ($pre, $new_store) = (pre, &mut *$store);
+                $instantiate.await?
+            };
             $call.await
         })
         .await;
@@ -561,9 +607,22 @@ impl Runtime {
         ctx: &Arc<CallContext>,
         message: &channel_types::OutboundMessage,
     ) -> Result<Result<channel_types::SendReceipt, channel_types::ChannelError>, PluginError> {
-        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| {
-            instance.postdog_plugin_channel().call_send(store, message)
-        })
+        let hot = plugin.channel_hot()?;
+        invoke!(
+            self,
+            plugin,
+            ctx,
+            MessagingChannel,
+            raw | instance,
+            store
+                | async {
+                    let send = hot.send.typed::<(&channel_types::OutboundMessage,), (
+                        Result<channel_types::SendReceipt, channel_types::ChannelError>,
+                    )>(&mut *store, &instance)?;
+                    let (result,) = send.call_async(&mut *store, (message,)).await?;
+                    Ok(result)
+                }
+        )
     }
 
     /// `channel.verify-webhook` of a messaging-channel plugin.
@@ -588,11 +647,22 @@ impl Runtime {
         request: &types::HttpRequest,
     ) -> Result<Result<channel_types::WebhookOutcome, channel_types::ChannelError>, PluginError>
     {
-        invoke!(self, plugin, ctx, MessagingChannel, |instance, store| {
-            instance
-                .postdog_plugin_channel()
-                .call_handle_webhook(store, request)
-        })
+        let hot = plugin.channel_hot()?;
+        invoke!(
+            self,
+            plugin,
+            ctx,
+            MessagingChannel,
+            raw | instance,
+            store
+                | async {
+                    let handle = hot.handle_webhook.typed::<(&types::HttpRequest,), (
+                        Result<channel_types::WebhookOutcome, channel_types::ChannelError>,
+                    )>(&mut *store, &instance)?;
+                    let (result,) = handle.call_async(&mut *store, (request,)).await?;
+                    Ok(result)
+                }
+        )
     }
 
     /// `channel.submit-template` of a messaging-channel plugin.

@@ -110,10 +110,8 @@ impl SqliteWriter {
 }
 
 /// A write connection to the SQLite file at `path`, set up like the sqlx pool's (WAL,
-/// NORMAL sync, foreign keys, 32 MiB cache, temporary files in memory) with
-/// `statements` cached statements.
-/// A write connection with `statements` cached statements and `cache_mib` MiB of page
-/// cache.
+/// NORMAL sync, foreign keys, temporary files in memory) with `statements` cached
+/// statements and `cache_mib` MiB of page cache.
 pub(crate) fn open_for_writing(
     path: &PathBuf,
     statements: usize,
