@@ -535,13 +535,8 @@ fn tail(text: &str, max: usize) -> String {
 }
 
 /// Runs one export call of one world with a fresh store: instantiate from the world's
-/// pre-instance, call, classify. `$call` is a closure-like `|instance, store| future`;
-/// with `raw`, `instance` is the bare `Instance` (no export looked up or type-checked),
-/// for calls through `hot_exports`.
+/// pre-instance, call, classify. `$call` is a closure-like `|instance, store| future`.
 macro_rules! invoke {
-    ($self:ident, $plugin:ident, $ctx:ident, $variant:ident, raw |$instance:ident, $store:ident| $call:expr) => {{
-        invoke!(@run $self, $plugin, $ctx, $variant, |pre, store| pre.instance_pre().instantiate_async(store), |$instance, $store| $call)
-    }};
     ($self:ident, $plugin:ident, $ctx:ident, $variant:ident, |$instance:ident, $store:ident| $call:expr) => {{
         invoke!(@run $self, $plugin, $ctx, $variant, |pre, store| pre.instantiate_async(store), |$instance, $store| $call)
     }};
@@ -566,6 +561,14 @@ macro_rules! invoke {
         })
         .await;
         $self.finish(store, limits, outcome)
+    }};
+}
+
+/// `invoke!` with the bare `Instance` (no export looked up or type-checked), for calls
+/// through `hot_exports`.
+macro_rules! invoke_raw {
+    ($self:ident, $plugin:ident, $ctx:ident, $variant:ident, |$instance:ident, $store:ident| $call:expr) => {{
+        invoke!(@run $self, $plugin, $ctx, $variant, |pre, store| pre.instance_pre().instantiate_async(store), |$instance, $store| $call)
     }};
 }
 
@@ -600,6 +603,36 @@ impl Runtime {
         Ok(result)
     }
 
+    /// Calls the hot channel export `export` with one argument (see `hot_exports`).
+    async fn call_channel_hot<P, R>(
+        &self,
+        plugin: &LoadedPlugin,
+        ctx: &Arc<CallContext>,
+        export: fn(&ChannelHot) -> &hot_exports::HotExport,
+        argument: P,
+    ) -> Result<R, PluginError>
+    where
+        (P,): wasmtime::component::ComponentNamedList + wasmtime::component::Lower + Send + Sync,
+        (R,): wasmtime::component::ComponentNamedList
+            + wasmtime::component::Lift
+            + Send
+            + Sync
+            + 'static,
+    {
+        let hot = export(plugin.channel_hot()?);
+        invoke_raw!(
+            self,
+            plugin,
+            ctx,
+            MessagingChannel,
+            |instance, store| async {
+                let func = hot.typed::<(P,), (R,)>(&mut *store, &instance)?;
+                let (result,) = func.call_async(&mut *store, (argument,)).await?;
+                Ok(result)
+            }
+        )
+    }
+
     /// `channel.send` of a messaging-channel plugin.
     pub async fn channel_send(
         &self,
@@ -607,22 +640,8 @@ impl Runtime {
         ctx: &Arc<CallContext>,
         message: &channel_types::OutboundMessage,
     ) -> Result<Result<channel_types::SendReceipt, channel_types::ChannelError>, PluginError> {
-        let hot = plugin.channel_hot()?;
-        invoke!(
-            self,
-            plugin,
-            ctx,
-            MessagingChannel,
-            raw | instance,
-            store
-                | async {
-                    let send = hot.send.typed::<(&channel_types::OutboundMessage,), (
-                        Result<channel_types::SendReceipt, channel_types::ChannelError>,
-                    )>(&mut *store, &instance)?;
-                    let (result,) = send.call_async(&mut *store, (message,)).await?;
-                    Ok(result)
-                }
-        )
+        self.call_channel_hot(plugin, ctx, |hot| &hot.send, message)
+            .await
     }
 
     /// `channel.verify-webhook` of a messaging-channel plugin.
@@ -647,22 +666,8 @@ impl Runtime {
         request: &types::HttpRequest,
     ) -> Result<Result<channel_types::WebhookOutcome, channel_types::ChannelError>, PluginError>
     {
-        let hot = plugin.channel_hot()?;
-        invoke!(
-            self,
-            plugin,
-            ctx,
-            MessagingChannel,
-            raw | instance,
-            store
-                | async {
-                    let handle = hot.handle_webhook.typed::<(&types::HttpRequest,), (
-                        Result<channel_types::WebhookOutcome, channel_types::ChannelError>,
-                    )>(&mut *store, &instance)?;
-                    let (result,) = handle.call_async(&mut *store, (request,)).await?;
-                    Ok(result)
-                }
-        )
+        self.call_channel_hot(plugin, ctx, |hot| &hot.handle_webhook, request)
+            .await
     }
 
     /// `channel.submit-template` of a messaging-channel plugin.
