@@ -291,7 +291,7 @@ impl Server {
 
     /// The CPU time the server has used so far, in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        crate::server_process::cpu_seconds(self.child.id())
+        server_process::cpu_seconds(self.child.id())
     }
 
     /// Kills the server with SIGKILL (no chance to clean up) and reaps it.

@@ -202,7 +202,7 @@ pub struct Runtime {
 #[derive(Clone)]
 enum PluginPre {
     FlowAction(abi_v0_1_0::flow_action::FlowActionPre<PluginState>),
-    MessagingChannel(abi_v0_1_0::messaging_channel::MessagingChannelPre<PluginState>),
+    MessagingChannel(ChannelPre),
     SocialChannel(abi_v0_1_0::social_channel::SocialChannelPre<PluginState>),
     Integration(abi_v0_1_0::integration::IntegrationPre<PluginState>),
 }
@@ -215,9 +215,28 @@ pub struct LoadedPlugin {
     imports: Arc<[String]>,
     cache: CacheOutcome,
     pre: PluginPre,
-    /// A messaging channel's `send` and `handle-webhook`, resolved once (see
-    /// `hot_exports`).
-    channel_hot: Option<Arc<ChannelHot>>,
+}
+
+/// A messaging channel's pre-instance, with its `send` and `handle-webhook` resolved
+/// once (see `hot_exports`).
+#[derive(Clone)]
+struct ChannelPre {
+    generated: abi_v0_1_0::messaging_channel::MessagingChannelPre<PluginState>,
+    /// Shared by the clones of a loaded plugin, so the type check runs once.
+    hot: Arc<ChannelHot>,
+}
+
+impl ChannelPre {
+    async fn instantiate_async(
+        &self,
+        store: &mut Store<PluginState>,
+    ) -> wasmtime::Result<abi_v0_1_0::messaging_channel::MessagingChannel> {
+        self.generated.instantiate_async(store).await
+    }
+
+    fn instance_pre(&self) -> &wasmtime::component::InstancePre<PluginState> {
+        self.generated.instance_pre()
+    }
 }
 
 /// The hot exports of a messaging-channel plugin.
@@ -241,14 +260,6 @@ impl fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// The hot exports of a messaging channel (any other world: `WrongWorld`).
-    fn channel_hot(&self) -> Result<&ChannelHot, PluginError> {
-        self.channel_hot.as_deref().ok_or(PluginError::WrongWorld {
-            expected: World::MessagingChannel,
-            found: self.world,
-        })
-    }
-
     /// The world the component implements.
     pub fn world(&self) -> World {
         self.world
@@ -339,7 +350,6 @@ impl Runtime {
         let invalid = |error: wasmtime::Error| PluginError::Invalid {
             reason: format!("{error:#}"),
         };
-        let mut channel_hot = None;
         let pre = match world {
             World::FlowAction => PluginPre::FlowAction(
                 abi_v0_1_0::flow_action::FlowActionPre::new(instance_pre).map_err(invalid)?,
@@ -349,14 +359,17 @@ impl Runtime {
                     hot_exports::HotExport::resolve(&instance_pre, CHANNEL_INTERFACE, name)
                         .map_err(invalid)
                 };
-                channel_hot = Some(Arc::new(ChannelHot {
+                let hot = Arc::new(ChannelHot {
                     send: resolve("send")?,
                     handle_webhook: resolve("handle-webhook")?,
-                }));
-                PluginPre::MessagingChannel(
-                    abi_v0_1_0::messaging_channel::MessagingChannelPre::new(instance_pre)
-                        .map_err(invalid)?,
-                )
+                });
+                PluginPre::MessagingChannel(ChannelPre {
+                    generated: abi_v0_1_0::messaging_channel::MessagingChannelPre::new(
+                        instance_pre,
+                    )
+                    .map_err(invalid)?,
+                    hot,
+                })
             }
             World::SocialChannel => PluginPre::SocialChannel(
                 abi_v0_1_0::social_channel::SocialChannelPre::new(instance_pre).map_err(invalid)?,
@@ -371,7 +384,6 @@ impl Runtime {
             imports: imports.into(),
             cache,
             pre,
-            channel_hot,
         })
     }
 
@@ -541,7 +553,7 @@ macro_rules! invoke {
         invoke!(@run $self, $plugin, $ctx, $variant, |pre, store| pre.instantiate_async(store), |$instance, $store| $call)
     }};
     (@run $self:ident, $plugin:ident, $ctx:ident, $variant:ident, |$pre:ident, $new_store:ident| $instantiate:expr, |$instance:ident, $store:ident| $call:expr) => {{
-        let PluginPre::$variant(pre) = &$plugin.pre else {
+        let PluginPre::$variant($pre) = &$plugin.pre else {
             return Err(PluginError::WrongWorld {
                 expected: World::$variant,
                 found: $plugin.world,
@@ -554,7 +566,7 @@ macro_rules! invoke {
         let outcome = tokio::time::timeout(limits.timeout + Duration::from_millis(250), async {
             let $store = &mut store;
             let $instance = {
-                let ($pre, $new_store) = (pre, &mut *$store);
+                let $new_store = &mut *$store;
                 $instantiate.await?
             };
             $call.await
@@ -565,10 +577,10 @@ macro_rules! invoke {
 }
 
 /// `invoke!` with the bare `Instance` (no export looked up or type-checked), for calls
-/// through `hot_exports`.
+/// through `hot_exports`; `$call` also sees the world's pre-instance, `pre`.
 macro_rules! invoke_raw {
-    ($self:ident, $plugin:ident, $ctx:ident, $variant:ident, |$instance:ident, $store:ident| $call:expr) => {{
-        invoke!(@run $self, $plugin, $ctx, $variant, |pre, store| pre.instance_pre().instantiate_async(store), |$instance, $store| $call)
+    ($self:ident, $plugin:ident, $ctx:ident, $variant:ident, |$pre:ident, $instance:ident, $store:ident| $call:expr) => {{
+        invoke!(@run $self, $plugin, $ctx, $variant, |$pre, store| $pre.instance_pre().instantiate_async(store), |$instance, $store| $call)
     }};
 }
 
@@ -619,14 +631,13 @@ impl Runtime {
             + Sync
             + 'static,
     {
-        let hot = export(plugin.channel_hot()?);
         invoke_raw!(
             self,
             plugin,
             ctx,
             MessagingChannel,
-            |instance, store| async {
-                let func = hot.typed::<(P,), (R,)>(&mut *store, &instance)?;
+            |pre, instance, store| async {
+                let func = export(&pre.hot).typed::<(P,), (R,)>(&mut *store, &instance)?;
                 let (result,) = func.call_async(&mut *store, (argument,)).await?;
                 Ok(result)
             }

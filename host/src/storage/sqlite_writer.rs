@@ -9,8 +9,9 @@
 //! closure runs), it takes everything waiting (up to [`MAX_BATCH`]) and runs it in ONE
 //! transaction — if a closure fails, the batch runs again with each closure in its own
 //! savepoint, so one failing closure cannot undo the others ([`run_batch`]) — and
-//! answers each caller only after the commit, so an answer means durable. It takes the storage's write gate for each batch, like every other writer
-//! of the process (`WriteTx`). The inbound-message writer works the same way.
+//! answers each caller only after the commit, so an answer means durable. It takes the
+//! storage's write gate for each batch, like every other writer of the process
+//! (`WriteTx`). The inbound-message writer works the same way.
 //!
 //! The SQL is the same as the sqlx path's (PostgreSQL and in-memory SQLite use that
 //! one): `$N` placeholders are bound by name ([`exec`], [`query`]).
