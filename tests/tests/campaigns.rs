@@ -460,6 +460,12 @@ async fn end_to_end(database_url: Option<String>) {
         .await
         .expect("request");
     assert!(response.status().is_success(), "{label}: upgrade");
+    // On the pro plan's 50,000, leave 10: fewer than the 11 contacts the audience
+    // reaches, enough for the 5 eligible ones (the eligible count decides), and for
+    // the 5 of the throttled campaign below.
+    db.record_messages_sent(50_000 - 4_997 - 10, postdog_host::storage::now_ms())
+        .await
+        .expect("usage");
     let (status, started) = api
         .post(&format!("/v1/campaigns/{id}/start"), json!({}))
         .await;
