@@ -1678,9 +1678,16 @@ impl Campaigns {
                 recipients.push(recipient);
             }
             let jobs = send_jobs(db, &campaign, &queued, base, &mut index);
-            db.record_fanout_batch(&campaign.id, &recipients, &jobs, last.as_deref(), done)
-                .await?;
+            if !db
+                .record_fanout_batch(&campaign.id, &recipients, &jobs, last.as_deref(), done)
+                .await?
+            {
+                return Ok(()); // paused or cancelled since the check above
+            }
             self.inner.jobs.wake();
+            if campaign.ab.is_some() {
+                self.release_if_decided(db, &campaign.id).await?;
+            }
             if done {
                 return Ok(());
             }
@@ -1909,6 +1916,26 @@ impl Campaigns {
         Ok(())
     }
 
+    /// Sends the held remainder of an A/B campaign to the winner if the decision has
+    /// been taken. A decision releases the held recipients that exist when it is taken;
+    /// one taken before the fan-out finished (decided early, while paused, or while a
+    /// crashed fan-out waited for its retry) cannot see the rows written after it. So
+    /// the fan-out checks after writing each batch (then either it sees the decision or
+    /// the decision's release sees the batch), and the progress job sweeps as well.
+    async fn release_if_decided(&self, db: &TenantDb, campaign_id: &str) -> Result<(), JobFailure> {
+        let Some(current) = db.campaign(campaign_id).await? else {
+            return Ok(());
+        };
+        if current.ab_decision.is_none() {
+            return Ok(());
+        }
+        match self.decide(db, &current).await {
+            Ok(_) | Err(CampaignError::State { .. }) => Ok(()),
+            Err(CampaignError::Storage(error)) => Err(error.into()),
+            Err(error) => Err(JobFailure::retry(error.to_string())),
+        }
+    }
+
     async fn run_progress(
         &self,
         db: &TenantDb,
@@ -1926,6 +1953,9 @@ impl Campaigns {
         self.publish(db, "campaign.progress", stats.clone());
         let queued = stats["queued"].as_u64().unwrap_or(0);
         let held = stats["held"].as_u64().unwrap_or(0);
+        if held > 0 && campaign.ab_decision.is_some() {
+            self.release_if_decided(db, &campaign.id).await?;
+        }
         if campaign.fanout_done && queued == 0 && held == 0 {
             if db
                 .transition_campaign(&campaign.id, &["running"], "completed", None)
@@ -2416,6 +2446,72 @@ mod tests {
             updated_at: 0,
             variants: Vec::new(),
         }
+    }
+
+    /// A fan-out batch is written only while the campaign runs: a pause or cancel that
+    /// lands between the fan-out's status check and its write leaves nothing queued.
+    #[tokio::test]
+    async fn fan_out_batches_are_written_only_while_running() -> anyhow::Result<()> {
+        for backend in crate::storage::testing::all_backends().await? {
+            let label = backend.label;
+            let tenant = backend.storage.create_tenant("Fan-out", "pro").await?;
+            let db = backend.storage.tenant(&tenant.id);
+            let mut draft = campaign(None, 0);
+            draft.status = "draft".into();
+            db.create_campaign(&draft).await?;
+            let recipient = |contact: &str| NewRecipient {
+                contact_id: contact.into(),
+                variant: Some("A".into()),
+                test_group: false,
+                state: "queued",
+                skip_reason: None,
+            };
+            let queued =
+                |db: TenantDb| async move { db.campaign_recipient_count("c1", "queued").await };
+            assert!(
+                !db.record_fanout_batch("c1", &[recipient("k1")], &[], Some("k1"), false)
+                    .await?,
+                "{label}: a draft"
+            );
+            assert!(
+                db.transition_campaign("c1", &["draft"], "running", None)
+                    .await?
+            );
+            assert!(
+                db.record_fanout_batch("c1", &[recipient("k2")], &[], Some("k2"), false)
+                    .await?,
+                "{label}: running"
+            );
+            for stopped in ["paused", "cancelled"] {
+                assert!(
+                    db.transition_campaign("c1", &["running"], stopped, None)
+                        .await?
+                );
+                assert!(
+                    !db.record_fanout_batch("c1", &[recipient("k3")], &[], Some("k3"), true)
+                        .await?,
+                    "{label}: {stopped}"
+                );
+                if stopped == "paused" {
+                    assert!(
+                        db.transition_campaign("c1", &["paused"], "running", None)
+                            .await?
+                    );
+                }
+            }
+            assert_eq!(
+                queued(db.clone()).await?,
+                1,
+                "{label}: only the running batch"
+            );
+            let stored = db.campaign("c1").await?.expect("campaign");
+            assert_eq!(
+                (stored.fanout_cursor.as_deref(), stored.fanout_done),
+                (Some("k2"), false),
+                "{label}: the cursor moved with the written batch only"
+            );
+        }
+        Ok(())
     }
 
     #[tokio::test]

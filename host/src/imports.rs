@@ -434,7 +434,7 @@ pub fn parse_record(
     let mut fields = Map::new();
     let mut consent = Vec::new();
     for (cell, target) in cells.iter().zip(&layout.targets) {
-        let cell = cell.trim();
+        let cell = crate::csv_out::from_inert(cell.trim()).trim();
         if cell.is_empty() {
             continue;
         }
@@ -796,7 +796,7 @@ impl ErrorCsv {
         if let Some(writer) = &mut self.writer {
             let mut record = vec![line.to_string(), reason.to_string()];
             record.extend(cells.iter().cloned());
-            writer.write_record(&record)?;
+            writer.write_record(record.iter().map(|cell| crate::csv_out::inert_bytes(cell)))?;
         }
         Ok(())
     }

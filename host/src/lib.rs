@@ -4,6 +4,7 @@
 pub mod campaigns;
 pub mod contacts;
 pub mod cron;
+mod csv_out;
 pub mod first_party;
 pub mod flows;
 pub mod http;

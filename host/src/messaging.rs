@@ -615,6 +615,14 @@ impl Messaging {
                     })
                     .await?;
                 if result.duplicate {
+                    // The first delivery may have stored the message and then failed
+                    // before its keyword was recorded (the provider redelivers because
+                    // the webhook was not answered 200): a STOP must not be lost, so a
+                    // redelivered keyword is applied unless it already was.
+                    if let Some(text) = keyword_text(&message.content) {
+                        self.apply_keywords(db, &result.contact_id, &record, text)
+                            .await?;
+                    }
                     return Ok(());
                 }
                 if result.contact_created {
@@ -733,17 +741,24 @@ impl Messaging {
         } else {
             "whatsapp".to_string()
         };
+        let proof = format!(
+            "message {} said \"{}\"",
+            record.provider_message_id,
+            text.trim()
+        );
+        if db
+            .consent_recorded_with_proof(contact_id, &channel, &proof)
+            .await?
+        {
+            return Ok(()); // this very message was applied already (a redelivery)
+        }
         db.record_consent(
             contact_id,
             &ConsentEntry {
                 channel: channel.clone(),
                 status: status.to_string(),
                 source: "keyword".into(),
-                proof: Some(format!(
-                    "message {} said \"{}\"",
-                    record.provider_message_id,
-                    text.trim()
-                )),
+                proof: Some(proof),
                 recorded_at: now_ms(),
             },
         )

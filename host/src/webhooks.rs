@@ -91,10 +91,9 @@ impl Subscribed {
         wanted
             .into_iter()
             .map(|endpoint_id| {
-                let delivery_id = format!(
-                    "{event_id}_{}",
-                    &endpoint_id.replace('-', "")[..12.min(endpoint_id.len())]
-                );
+                // The whole endpoint id: its first 12 digits are only its creation
+                // millisecond (UUIDv7), shared by endpoints created together.
+                let delivery_id = format!("{event_id}_{}", endpoint_id.replace('-', ""));
                 let mut job = NewJob::new(
                     "webhooks",
                     "webhook.deliver",
@@ -493,6 +492,32 @@ fn describe(total: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_created_in_the_same_millisecond_get_their_own_deliveries() {
+        // Two UUIDv7 ids of one millisecond: the same first 12 hex digits.
+        let first = "01a24918-c258-7369-8ae4-00629a450da8";
+        let second = "01a24918-c258-7f00-9b11-3c7d2e5a4f10";
+        let subscribed = Subscribed {
+            endpoints: Arc::new(vec![
+                (first.to_string(), vec!["*".to_string()]),
+                (second.to_string(), vec!["message.received".to_string()]),
+            ]),
+        };
+        let jobs = subscribed.fanout("t1", "message.received", json!({"n": 1}));
+        let keys: std::collections::HashSet<_> = jobs
+            .iter()
+            .filter_map(|job| job.idempotency_key.clone())
+            .collect();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        let endpoints: Vec<_> = jobs
+            .iter()
+            .map(|job| job.payload["endpoint_id"].clone())
+            .collect();
+        assert_eq!(endpoints, [json!(first), json!(second)]);
+        assert_eq!(jobs[0].payload["event_id"], jobs[1].payload["event_id"]);
+    }
 
     #[test]
     fn formats_rfc3339() {

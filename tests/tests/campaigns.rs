@@ -864,6 +864,94 @@ async fn ab_test(database_url: Option<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ab_decision_before_the_fan_out_ends_still_reaches_the_rest_on_every_backend() {
+    for database_url in postdog_tests::database_urls().await {
+        ab_decided_early(database_url).await;
+    }
+}
+
+/// The decision taken while the fan-out is paused halfway: the batches written after it
+/// must go to the winner too (they were held for a decision that had already been
+/// taken, and the campaign never completed).
+async fn ab_decided_early(database_url: Option<String>) {
+    const CONTACTS: usize = 2_000;
+    let label = label(database_url.as_ref());
+    let fake = FakeGraph::start(FakeGraphConfig::default()).await;
+    let (server, api, tenant_id, install_id) = setup(database_url, &fake, "business", &[]).await;
+    for (name, body) in [
+        ("early_a", "Hi {{1}}, new arrivals."),
+        ("early_b", "Dear {{1}}, 30% off today only!"),
+    ] {
+        approved_template(&api, &fake, &install_id, name, body, &["Ada"]).await;
+    }
+    seed_contacts(&server, &tenant_id, "early", "666", CONTACTS).await;
+    let variant = |name: &str| json!({"name": name, "language": "en_US", "variables": {"body": [{"field": "name"}]}});
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": "Early", "install_id": install_id, "audience": {"tags": ["early"]},
+                   "ab": {"variants": [variant("early_a"), variant("early_b")], "test_percent": 10,
+                          "metric": "read", "duration_seconds": 3600}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+    let (status, paused) = api
+        .post(&format!("/v1/campaigns/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {paused}");
+    // The fan-out stops between batches of 500; some of it must still be to come.
+    let storage = server.storage().await;
+    let db = storage.tenant(&TenantId::new(&tenant_id));
+    let at_pause = db.campaign(&id).await.expect("read").expect("campaign");
+    assert!(
+        !at_pause.fanout_done,
+        "{label}: the fan-out of {CONTACTS} ended before the pause; the test needs a larger audience"
+    );
+    storage.close().await;
+    let (status, decided) = api
+        .post(&format!("/v1/campaigns/{id}/ab/decide"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {decided}");
+    // No reads yet: the control wins (too small a sample, or a tie at 0).
+    assert_eq!(decided["decision"]["winner"], "A", "{label}: {decided}");
+    let (status, resumed) = api
+        .post(&format!("/v1/campaigns/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {resumed}");
+    wait_for_status(&api, &id, "completed").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all = fake.sent();
+    let recipients: HashSet<&str> = all.iter().map(|m| m.wa_id.as_str()).collect();
+    assert_eq!(
+        (all.len(), recipients.len()),
+        (CONTACTS, CONTACTS),
+        "{label}: every contact exactly once"
+    );
+    let count = |template: &str| {
+        all.iter()
+            .filter(|m| m.template_name() == Some(template))
+            .count()
+    };
+    // 10 % in the test, split evenly; the other 1,800 get the winner.
+    assert_eq!(
+        (count("early_a"), count("early_b")),
+        (100 + 1_800, 100),
+        "{label}"
+    );
+    let (_, stats) = api.get(&format!("/v1/campaigns/{id}/stats")).await;
+    assert_eq!(
+        (&stats["held"], &stats["queued"], &stats["sent"]),
+        (&json!(0), &json!(0), &json!(CONTACTS)),
+        "{label}: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn campaign_fan_out_survives_sigkill_on_every_backend() {
     for database_url in postdog_tests::database_urls().await {
         crash(database_url).await;

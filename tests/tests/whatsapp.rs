@@ -71,7 +71,7 @@ async fn scenario(database_url: Option<String>) {
         ],
     )
     .await;
-    let (api, _) = Api::tenant(&server, "pro").await;
+    let (api, tenant_id) = Api::tenant(&server, "pro").await;
     let (other, _) = Api::tenant(&server, "pro").await;
 
     // Connect the number: install the connector, then its secrets.
@@ -480,6 +480,65 @@ async fn scenario(database_url: Option<String>) {
     assert_eq!(status, 200);
     let (status, accepted) = api.post("/v1/messages", promo).await;
     assert_eq!(status, 202, "{label}: {accepted}");
+
+    // A STOP whose first delivery stored the message but failed before its opt-out was
+    // recorded (the webhook was not answered 200): Meta's redelivery is a duplicate of
+    // a stored message, and the opt-out is still recorded — once, however often it is
+    // delivered again.
+    let storage = server.storage().await;
+    let db = storage.tenant(&postdog_host::ids::TenantId::new(&tenant_id));
+    let lost_stop = "wamid.HBgLMTQxNTU1NTAxMjMVAgASGBQzRUIwLOSTSTOP";
+    db.record_inbound(
+        &postdog_host::storage::InboundRecord {
+            message_id: "01a24918-0000-7000-8000-000000005709".into(),
+            install_id: install_id.clone(),
+            channel: "whatsapp".into(),
+            provider_message_id: lost_stop.into(),
+            phone: ada.into(),
+            profile_name: Some("Ada Lovelace".into()),
+            timestamp_ms: postdog_host::storage::now_ms(),
+            kind: "text".into(),
+            content: json!({"body": "STOP"}),
+            reply_to: None,
+        },
+        |_| Vec::new(),
+    )
+    .await
+    .expect("the first delivery's message");
+    storage.close().await;
+    for _ in 0..2 {
+        let (_, status) = fake
+            .inbound_message(
+                ada,
+                "Ada Lovelace",
+                json!({"id": lost_stop, "type": "text", "text": {"body": "STOP"}}),
+            )
+            .await
+            .expect("redelivery");
+        assert_eq!(status, 200, "{label}");
+    }
+    let (_, history) = api.get(&format!("/v1/contacts/{contact_id}/consent")).await;
+    let from_lost_stop = history["data"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|entry| {
+            entry["proof"]
+                .as_str()
+                .is_some_and(|proof| proof.contains(lost_stop))
+        })
+        .count();
+    assert_eq!(from_lost_stop, 1, "{label}: {history}");
+    let (_, contact) = api.get(&format!("/v1/contacts/{contact_id}")).await;
+    assert_eq!(
+        contact["consent"]["whatsapp"]["status"], "opted_out",
+        "{label}: {contact}"
+    );
+    let (_, status) = fake
+        .inbound_text(ada, "Ada Lovelace", "START")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200);
 
     // A malformed payload with a valid signature: 400, nothing stored.
     let garbage = b"{\"object\": \"whatsapp_business_account\", \"entry\": 7}".to_vec();

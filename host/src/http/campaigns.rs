@@ -17,6 +17,7 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::problem::{ApiError, not_found_named};
 use crate::campaigns::{CampaignError, CampaignInput};
+use crate::csv_out::csv_line;
 use crate::storage::{Campaign, Role};
 
 const WRITERS: [Role; 2] = [Role::Admin, Role::Agent];
@@ -295,15 +296,6 @@ async fn stats(
             .stats(caller.db(), &campaign, window)
             .await?,
     ))
-}
-
-/// One CSV record, quoted where needed, with a trailing newline.
-fn csv_line(cells: &[String]) -> Vec<u8> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    if writer.write_record(cells).is_err() {
-        return Vec::new();
-    }
-    writer.into_inner().unwrap_or_default()
 }
 
 fn rfc3339(ms: i64) -> String {

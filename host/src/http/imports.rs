@@ -27,6 +27,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::contacts::query_filter;
 use super::problem::ApiError;
+use crate::csv_out::csv_line;
 use crate::imports::{ImportJobSpec, MAX_UPLOAD_BYTES, export_headers, export_record, read_layout};
 use crate::plans::Plan;
 use crate::storage::{DuplicateStrategy, ImportJob, Role};
@@ -444,13 +445,4 @@ async fn export(
         Body::from_stream(pages),
     )
         .into_response())
-}
-
-/// One CSV record, quoted where needed, with a trailing newline.
-fn csv_line(cells: &[String]) -> Vec<u8> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    if writer.write_record(cells).is_err() {
-        return Vec::new();
-    }
-    writer.into_inner().unwrap_or_default()
 }

@@ -513,7 +513,11 @@ impl TenantDb {
     }
 
     /// Writes one fan-out batch in one transaction: the recipients (existing ones are
-    /// kept as they are), the jobs (existing keys are kept), and how far the fan-out got.
+    /// kept as they are), the jobs (existing keys are kept), and how far the fan-out got
+    /// — only while the campaign is `running`: `false` (nothing written) once it was
+    /// paused or cancelled, so a cancel cannot leave recipients queued behind it. The
+    /// campaign row is updated first: on PostgreSQL a concurrent pause or cancel waits
+    /// for this batch or this batch sees it.
     pub async fn record_fanout_batch(
         &self,
         campaign_id: &str,
@@ -521,12 +525,12 @@ impl TenantDb {
         jobs: &[NewJob],
         cursor: Option<&str>,
         done: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         const INSERT_RECIPIENT: &str = "INSERT INTO campaign_recipients (tenant_id, campaign_id, contact_id, variant, test_group, \
              state, skip_reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
              ON CONFLICT (campaign_id, contact_id) DO NOTHING";
         const MOVE_CURSOR: &str = "UPDATE campaigns SET fanout_cursor = COALESCE($1, fanout_cursor), fanout_done = $2, \
-             updated_at = $3 WHERE tenant_id = $4 AND id = $5";
+             updated_at = $3 WHERE tenant_id = $4 AND id = $5 AND status = 'running'";
         if let Some(writer) = self.storage().sqlite_writer() {
             // The SQLite file path: one closure on the group-commit writer (statements
             // prepared once) instead of a channel hop per row.
@@ -541,6 +545,14 @@ impl TenantDb {
                 .write(move |c| {
                     use super::sqlite_writer::exec;
                     let now = now_ms();
+                    let running = exec(
+                        c,
+                        MOVE_CURSOR,
+                        &[&cursor, &i64::from(done), &now, &tenant, &campaign],
+                    )? == 1;
+                    if !running {
+                        return Ok(false);
+                    }
                     for recipient in &recipients {
                         exec(
                             c,
@@ -560,12 +572,7 @@ impl TenantDb {
                     for job in &jobs {
                         super::jobs::insert_job_direct(c, job)?;
                     }
-                    exec(
-                        c,
-                        MOVE_CURSOR,
-                        &[&cursor, &i64::from(done), &now, &tenant, &campaign],
-                    )
-                    .map(drop)
+                    Ok(true)
                 })
                 .await
                 .map_err(|message| StorageError::Direct {
@@ -573,9 +580,22 @@ impl TenantDb {
                     message,
                 });
         }
-        let result: Result<(), sqlx::Error> = async {
+        let result: Result<bool, sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
             let now = now_ms();
+            let running = sqlx::query(MOVE_CURSOR)
+                .bind(cursor)
+                .bind(i64::from(done))
+                .bind(now)
+                .bind(self.tenant_id().as_str())
+                .bind(campaign_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if !running {
+                return Ok(false);
+            }
             for recipient in recipients {
                 sqlx::query(INSERT_RECIPIENT)
                     .bind(self.tenant_id().as_str())
@@ -592,15 +612,8 @@ impl TenantDb {
             for job in jobs {
                 insert_job(&mut *tx, job).await?;
             }
-            sqlx::query(MOVE_CURSOR)
-                .bind(cursor)
-                .bind(i64::from(done))
-                .bind(now)
-                .bind(self.tenant_id().as_str())
-                .bind(campaign_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
+            tx.commit().await?;
+            Ok(true)
         }
         .await;
         result.context("recording a campaign fan-out batch")

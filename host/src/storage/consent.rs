@@ -72,6 +72,29 @@ impl TenantDb {
         Ok(recorded)
     }
 
+    /// Whether the contact's history on `channel` has an entry with exactly `proof`
+    /// (a keyword message's consent change, recorded once however often it is
+    /// delivered).
+    pub async fn consent_recorded_with_proof(
+        &self,
+        contact_id: &str,
+        channel: &str,
+        proof: &str,
+    ) -> Result<bool, StorageError> {
+        let row = sqlx::query(
+            "SELECT 1 AS found FROM contact_consent \
+             WHERE tenant_id = $1 AND contact_id = $2 AND channel = $3 AND proof = $4 LIMIT 1",
+        )
+        .bind(self.tenant_id().as_str())
+        .bind(contact_id)
+        .bind(channel)
+        .bind(proof)
+        .fetch_optional(self.storage().pool())
+        .await
+        .context("reading consent")?;
+        Ok(row.is_some())
+    }
+
     /// A contact's consent history, oldest first.
     pub async fn consent_history(
         &self,

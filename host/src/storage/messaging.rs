@@ -894,28 +894,43 @@ impl TenantDb {
             };
             let id: String = row.try_get("id")?;
             let current: i64 = row.try_get("status_rank")?;
-            let changed = rank > current && current < 9;
             // Fill this status's time (a late `sent` after `read` still records when it
-            // was sent), and move the state only forward.
-            let mut sql = format!(
-                "UPDATE messages SET {time_column} = COALESCE({time_column}, $1), updated_at = $2"
-            );
-            if changed {
-                sql.push_str(", status = $5, status_rank = $6, error = COALESCE($7, error)");
-            }
-            sql.push_str(" WHERE tenant_id = $3 AND id = $4");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            // was sent), and move the state only forward. The forward move is decided by
+            // the UPDATE's own condition, not by the rank read above: on PostgreSQL two
+            // statuses of one message can be applied at once, and the second UPDATE
+            // waits for the first and re-checks its WHERE on the row the first wrote, so
+            // a `delivered` racing a `read` cannot move the message back, and only one
+            // of two concurrent copies of a status counts as the change.
+            let set_time = format!("{time_column} = COALESCE({time_column}, $1), updated_at = $2");
+            let changed = rank > current
+                && current < 9
+                && sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE messages SET {set_time}, status = $5, status_rank = $6, \
+                     error = COALESCE($7, error) \
+                     WHERE tenant_id = $3 AND id = $4 AND status_rank < $6 AND status_rank < 9"
+                )))
                 .bind(at)
                 .bind(now)
                 .bind(tenant)
-                .bind(&id);
-            if changed {
-                query = query
-                    .bind(status)
-                    .bind(rank)
-                    .bind(error.map(Value::to_string));
+                .bind(&id)
+                .bind(status)
+                .bind(rank)
+                .bind(error.map(Value::to_string))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+            if !changed {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE messages SET {set_time} WHERE tenant_id = $3 AND id = $4"
+                )))
+                .bind(at)
+                .bind(now)
+                .bind(tenant)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
             }
-            query.execute(&mut *tx).await?;
             sqlx::query(HISTORY_INSERT)
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(tenant)
@@ -1661,4 +1676,98 @@ async fn history_insert(
         .execute(tx)
         .await
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{ContactData, testing};
+
+    /// Statuses of one message applied at the same time (Meta delivers `delivered` and
+    /// `read` on separate connections, and retries): the message ends in the highest
+    /// state whatever the interleaving, and each state counts as a change exactly once
+    /// (one tenant webhook, one event).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_statuses_only_move_forward_and_change_once() -> anyhow::Result<()> {
+        const MESSAGES: usize = 30;
+        for backend in testing::all_backends().await? {
+            let label = backend.label;
+            let tenant = backend.storage.create_tenant("Statuses", "pro").await?;
+            let db = backend.storage.tenant(&tenant.id);
+            let contact = db
+                .create_contact(&ContactData {
+                    name: None,
+                    phone: Some("+14155550100".into()),
+                    email: None,
+                    tags: Vec::new(),
+                    fields: serde_json::json!({}),
+                })
+                .await
+                .map_err(|error| anyhow::anyhow!("{error:?}"))?;
+            let mut wamids = Vec::new();
+            for n in 0..MESSAGES {
+                let record = OutboundRecord {
+                    message_id: uuid::Uuid::now_v7().to_string(),
+                    install_id: "install-1".into(),
+                    channel: "whatsapp".into(),
+                    contact_id: contact.id.clone(),
+                    kind: "text".into(),
+                    content: serde_json::json!({"text": format!("message {n}")}),
+                    reply_to: None,
+                    purpose: "service".into(),
+                    idempotency_key: None,
+                    request_hash: None,
+                    sent_by: None,
+                };
+                let how = Outbox::Now {
+                    attempted_at: now_ms(),
+                    recipient: None,
+                };
+                let Queued::New(message) = db.queue_outbound_with(&record, &how).await? else {
+                    anyhow::bail!("{label}: message {n} not queued");
+                };
+                let wamid = format!("wamid.race{n}");
+                db.mark_accepted(&message.id, &wamid, |_, _| Vec::new(), None)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("{label}: message {n} not accepted"))?;
+                wamids.push(wamid);
+            }
+            let apply = |wamid: String, status: &'static str| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.apply_status("install-1", &wamid, status, None, None, |_, _| Vec::new())
+                        .await
+                        .map(|applied| applied.map(|(message, changed)| (message.status, changed)))
+                })
+            };
+            let mut races = Vec::new();
+            for wamid in &wamids {
+                // `read` twice (a retry), `delivered` and `sent` late, all at once.
+                races.push([
+                    apply(wamid.clone(), "read"),
+                    apply(wamid.clone(), "delivered"),
+                    apply(wamid.clone(), "read"),
+                    apply(wamid.clone(), "sent"),
+                ]);
+            }
+            for (wamid, race) in wamids.iter().zip(races) {
+                let mut read_changes = 0;
+                for (task, status) in race.into_iter().zip(["read", "delivered", "read", "sent"]) {
+                    let (_, changed) = task
+                        .await??
+                        .ok_or_else(|| anyhow::anyhow!("{label}: {wamid} unknown"))?;
+                    if status == "read" && changed {
+                        read_changes += 1;
+                    }
+                }
+                assert_eq!(read_changes, 1, "{label}: {wamid}: `read` counted once");
+                let message = db
+                    .message_by_provider_id("install-1", wamid)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("{label}: {wamid} gone"))?;
+                assert_eq!(message.status, "read", "{label}: {wamid}");
+            }
+        }
+        Ok(())
+    }
 }
