@@ -29,8 +29,9 @@
 //!   records it with the numbers, and queues the held recipients with the winner.
 //! - **Progress** (`campaign.progress` job, every few seconds while running): publishes
 //!   live counts on the event stream and completes the campaign when nothing is left.
-//!   Counting reads every recipient, so the next count waits in proportion to what the
-//!   last one cost (`progress_delay`): live counts stay cheap for any audience size.
+//!   The full counts read every recipient, so the next ones wait in proportion to what
+//!   the last cost (`stats_delay`; in between a tick only counts what completion
+//!   needs): live counts stay cheap for any audience size.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -1947,16 +1948,35 @@ impl Campaigns {
         {
             return Ok(());
         }
-        let counting = Instant::now();
-        let stats = self.stats(db, &campaign, None).await?;
-        let counted_in = counting.elapsed();
-        self.publish(db, "campaign.progress", stats.clone());
-        let queued = stats["queued"].as_u64().unwrap_or(0);
-        let held = stats["held"].as_u64().unwrap_or(0);
+        // The full counts (published on the event stream) when due; in between, only
+        // what completion needs, from the state index.
+        let now = now_ms();
+        let stats_due = payload["stats_at"].as_i64().is_none_or(|at| now >= at);
+        let (queued, held, stats_at) = if stats_due {
+            let counting = Instant::now();
+            let stats = self.stats(db, &campaign, None).await?;
+            self.publish(db, "campaign.progress", stats.clone());
+            (
+                stats["queued"].as_u64().unwrap_or(0),
+                stats["held"].as_u64().unwrap_or(0),
+                now + stats_delay(counting.elapsed()),
+            )
+        } else {
+            (
+                db.campaign_recipient_count(&campaign.id, "queued").await?,
+                db.campaign_recipient_count(&campaign.id, "held").await?,
+                payload["stats_at"].as_i64().unwrap_or(now),
+            )
+        };
         if held > 0 && campaign.ab_decision.is_some() {
             self.release_if_decided(db, &campaign.id).await?;
         }
         if campaign.fanout_done && queued == 0 && held == 0 {
+            if !stats_due {
+                // The stream ends with the final numbers.
+                let stats = self.stats(db, &campaign, None).await?;
+                self.publish(db, "campaign.progress", stats);
+            }
             if db
                 .transition_campaign(&campaign.id, &["running"], "completed", None)
                 .await?
@@ -1966,16 +1986,20 @@ impl Campaigns {
             return Ok(());
         }
         let tick = payload["tick"].as_i64().unwrap_or(0) + 1;
-        let delay = progress_delay(queued > 0 || !campaign.fanout_done, counted_in);
+        let delay = if queued > 0 || !campaign.fanout_done {
+            PROGRESS_EVERY
+        } else {
+            PROGRESS_SETTLING
+        };
         db.enqueue_campaign_jobs(&[job(
             "campaign.progress",
             db,
-            json!({"campaign_id": campaign.id, "generation": campaign.generation, "tick": tick}),
+            json!({"campaign_id": campaign.id, "generation": campaign.generation, "tick": tick, "stats_at": stats_at}),
             format!(
                 "campaign:{}:progress:g{}:{tick}",
                 campaign.id, campaign.generation
             ),
-            now_ms() + delay,
+            now + i64::try_from(delay.as_millis()).unwrap_or(2_000),
         )])
         .await?;
         Ok(())
@@ -2110,28 +2134,24 @@ impl Campaigns {
     }
 }
 
-/// The live counts are refreshed this often while messages are going out…
+/// Progress ticks this often while messages are going out (completion is noticed
+/// within one tick)…
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// …and this often once only statuses and replies can still change.
 const PROGRESS_SETTLING: Duration = Duration::from_secs(15);
-/// Counting reads every recipient with its message, so its cost grows with the
+/// The full counts read every recipient with its message, so their cost grows with the
 /// audience (about 0.3 s of one core at 100,000 on the benchmark machine, a full core
-/// at 2 s intervals for a million): the next count waits at least this many times as
-/// long as the last one took, so the live counts never cost more than 1/20 of a core.
-const PROGRESS_COST_FACTOR: u32 = 20;
-/// The longest wait between two counts while a campaign runs.
-const PROGRESS_AT_MOST: Duration = Duration::from_secs(30);
+/// at 2 s intervals for a million): the next full count waits at least this many times
+/// as long as the last one took, so the live counts never cost more than 1/20 of a core.
+const STATS_COST_FACTOR: u32 = 20;
+/// The longest wait between two full counts.
+const STATS_AT_MOST: Duration = Duration::from_secs(30);
 
-/// How long after a count (that took `counted_in`) the next one runs, in milliseconds.
-fn progress_delay(sending: bool, counted_in: Duration) -> i64 {
-    let base = if sending {
-        PROGRESS_EVERY
-    } else {
-        PROGRESS_SETTLING
-    };
-    let delay = base
-        .max(counted_in.saturating_mul(PROGRESS_COST_FACTOR))
-        .min(PROGRESS_AT_MOST.max(base));
+/// How long after a full count that took `counted_in` the next one is due, in ms.
+fn stats_delay(counted_in: Duration) -> i64 {
+    let delay = counted_in
+        .saturating_mul(STATS_COST_FACTOR)
+        .min(STATS_AT_MOST);
     i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -2388,17 +2408,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn live_counts_wait_in_proportion_to_their_cost() {
-        let ms = |millis: u64| Duration::from_millis(millis);
-        // Cheap counts: the fixed cadence, faster while sending than while settling.
-        assert_eq!(progress_delay(true, ms(5)), 2_000);
-        assert_eq!(progress_delay(false, ms(5)), 15_000);
-        // A count of 300 ms waits 20 times as long, so it costs at most 1/20 of a core.
-        assert_eq!(progress_delay(true, ms(300)), 6_000);
-        assert_eq!(progress_delay(false, ms(1_000)), 20_000);
+    fn full_counts_wait_in_proportion_to_their_cost() {
+        let ms = Duration::from_millis;
+        // Cheap counts are due at every tick.
+        assert_eq!(stats_delay(ms(5)), 100);
+        // A count of 300 ms waits 20 times as long: at most 1/20 of a core.
+        assert_eq!(stats_delay(ms(300)), 6_000);
         // Never longer than the cap, however slow the count.
-        assert_eq!(progress_delay(true, Duration::from_secs(10)), 30_000);
-        assert_eq!(progress_delay(false, Duration::from_secs(10)), 30_000);
+        assert_eq!(stats_delay(Duration::from_secs(10)), 30_000);
     }
 
     fn counts(variant: &str, accepted: i64, read: i64) -> RecipientCounts {

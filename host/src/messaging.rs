@@ -861,12 +861,22 @@ impl Messaging {
             let text = serde_json::to_string(&request).unwrap_or_default();
             hex::encode(sha2::Sha256::digest(text.as_bytes()))
         };
-        if let Some(key) = &idempotency_key
-            && (key.is_empty() || key.len() > 255)
-        {
-            return Err(SendError::Invalid(
-                "Idempotency-Key must be 1 to 255 characters".into(),
-            ));
+        if let Some(key) = &idempotency_key {
+            if key.is_empty() || key.len() > 255 {
+                return Err(SendError::Invalid(
+                    "Idempotency-Key must be 1 to 255 characters".into(),
+                ));
+            }
+            // A retry answers as the first request did, before anything is checked
+            // again: the window may have closed, the template been paused or the
+            // allowance run out since, and the message is queued already.
+            match db.earlier_with_key(key, &request_hash).await? {
+                Some(Queued::Replayed(message)) => return Ok((message, true)),
+                Some(Queued::KeyConflict(message)) => {
+                    return Err(SendError::KeyConflict(message.id));
+                }
+                _ => {}
+            }
         }
         let contents = [
             request.text.is_some(),

@@ -919,4 +919,22 @@ async fn scenario(database_url: Option<String>) {
         contact["consent"]["whatsapp"]["status"], "opted_in",
         "{label}: UNSUBSCRIBE is no longer a keyword, Ciao is: {contact}"
     );
+
+    // A retry with its Idempotency-Key answers as the first request did, even when the
+    // request would now be refused (here: the month's allowance is used up since).
+    let storage = server.storage().await;
+    storage
+        .tenant(&postdog_host::ids::TenantId::new(&tenant_id))
+        .record_messages_sent(50_000, postdog_host::storage::now_ms())
+        .await
+        .expect("usage");
+    storage.close().await;
+    let (status, again) = send(reply.clone(), "reply-1").await;
+    assert_eq!(
+        (status, again["id"].as_str()),
+        (200, Some(message_id.as_str())),
+        "{label}: replay after the allowance ran out: {again}"
+    );
+    let (status, refused) = send(reply, "reply-2").await;
+    assert_eq!(status, 402, "{label}: a new request is refused: {refused}");
 }

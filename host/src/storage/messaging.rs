@@ -781,6 +781,25 @@ impl TenantDb {
         }
     }
 
+    /// The message queued earlier with idempotency `key`: `Replayed` for the same
+    /// request (`request_hash`), `KeyConflict` for another; `None` for a new key.
+    pub async fn earlier_with_key(
+        &self,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<Option<Queued>, StorageError> {
+        Ok(self
+            .message_by_idempotency_key(key)
+            .await?
+            .map(|(message, hash)| {
+                if hash.as_deref() == Some(request_hash) {
+                    Queued::Replayed(message)
+                } else {
+                    Queued::KeyConflict(message)
+                }
+            }))
+    }
+
     async fn message_by_idempotency_key(
         &self,
         key: &str,

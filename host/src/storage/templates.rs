@@ -238,6 +238,11 @@ impl TenantDb {
 
     /// Applies a review state reported by the provider (webhook or polling) to the
     /// template with this name and language; the template if its state changed.
+    ///
+    /// A report without a reason keeps the reason of an unchanged state: polling does
+    /// not carry reasons, and must neither erase a rejection reason a webhook gave nor
+    /// count as a change. `REINSTATED` (Meta's event for a paused template approved
+    /// again) is `APPROVED`.
     pub async fn set_template_status(
         &self,
         install_id: &str,
@@ -246,12 +251,16 @@ impl TenantDb {
         status: &str,
         reason: Option<&str>,
     ) -> Result<Option<TemplateRecord>, StorageError> {
-        let status = status.to_ascii_uppercase();
+        let mut status = status.to_ascii_uppercase();
+        if status == "REINSTATED" {
+            status = "APPROVED".into();
+        }
         let reason = reason.filter(|reason| !reason.is_empty() && *reason != "NONE");
         let updated = sqlx::query(
-            "UPDATE message_templates SET status = $1, reason = $2, updated_at = $3 \
+            "UPDATE message_templates SET status = $1, \
+             reason = CASE WHEN status = $1 AND $2 IS NULL THEN reason ELSE $2 END, updated_at = $3 \
              WHERE tenant_id = $4 AND install_id = $5 AND name = $6 AND language = $7 \
-             AND status <> 'DRAFT' AND (status <> $1 OR COALESCE(reason, '') <> COALESCE($2, ''))",
+             AND status <> 'DRAFT' AND (status <> $1 OR ($2 IS NOT NULL AND COALESCE(reason, '') <> $2))",
         )
         .bind(&status)
         .bind(reason)
@@ -268,5 +277,66 @@ impl TenantDb {
             return Ok(None);
         }
         self.template_by_name(install_id, name, language).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::storage::testing;
+    use crate::template_model::TemplateSpec;
+
+    /// The review state as webhooks and polling report it: a poll (no reason) keeps a
+    /// webhook's rejection reason and is no change; a new state without a reason
+    /// clears it; `REINSTATED` is `APPROVED`.
+    #[tokio::test]
+    async fn review_states_keep_their_reason_and_reinstated_is_approved() -> anyhow::Result<()> {
+        for backend in testing::all_backends().await? {
+            let label = backend.label;
+            let tenant = backend.storage.create_tenant("Templates", "pro").await?;
+            let db = backend.storage.tenant(&tenant.id);
+            let spec: TemplateSpec = serde_json::from_value(serde_json::json!({
+                "name": "order_update", "language": "en_US", "category": "UTILITY",
+                "body": {"text": "Your order is on its way."}
+            }))?;
+            let created = db.create_template("i1", &spec).await?.expect("created");
+            db.template_submitted(&created.id, "tpl-1", "PENDING")
+                .await?
+                .expect("submitted");
+            let set = |status: &'static str, reason: Option<&'static str>| {
+                let db = db.clone();
+                async move {
+                    db.set_template_status("i1", "order_update", "en_US", status, reason)
+                        .await
+                }
+            };
+            let rejected = set("REJECTED", Some("INVALID_FORMAT"))
+                .await?
+                .expect("change");
+            assert_eq!(
+                rejected.reason.as_deref(),
+                Some("INVALID_FORMAT"),
+                "{label}"
+            );
+            assert!(
+                set("REJECTED", None).await?.is_none(),
+                "{label}: a poll is no change"
+            );
+            let kept = db.template(&created.id).await?.expect("template");
+            assert_eq!(kept.reason.as_deref(), Some("INVALID_FORMAT"), "{label}");
+            let approved = set("APPROVED", None).await?.expect("change");
+            assert_eq!(
+                approved.reason, None,
+                "{label}: a new state clears the reason"
+            );
+            let paused = set("PAUSED", Some("low quality")).await?.expect("change");
+            assert_eq!(paused.status, "PAUSED", "{label}");
+            let reinstated = set("REINSTATED", None).await?.expect("change");
+            assert_eq!(
+                (reinstated.status.as_str(), reinstated.reason.as_deref()),
+                ("APPROVED", None),
+                "{label}"
+            );
+        }
+        Ok(())
     }
 }
