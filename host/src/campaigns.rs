@@ -1148,23 +1148,25 @@ impl Campaigns {
         campaign: &Campaign,
         sample: usize,
     ) -> Result<AudienceSummary, CampaignError> {
-        Self::evaluate(db, campaign, sample, false).await
+        Self::evaluate(db, campaign, sample, false, None).await
     }
 
-    /// [`summarize`](Self::summarize); with `until_eligible`, stops after the page that
-    /// holds the first eligible recipient (the counts are then partial, but complete
-    /// whenever nobody is eligible).
+    /// [`summarize`](Self::summarize) of the contacts after `after` (in id order: the
+    /// part a paused fan-out has not reached); with `until_eligible`, stops after the
+    /// page that holds the first eligible recipient (the counts are then partial, but
+    /// complete whenever nobody is eligible).
     async fn evaluate(
         db: &TenantDb,
         campaign: &Campaign,
         sample: usize,
         until_eligible: bool,
+        after: Option<&str>,
     ) -> Result<AudienceSummary, CampaignError> {
         let templates = Self::approved_templates(db, campaign).await?;
         let audience = compile_audience(db, &campaign.audience).await?;
         let split = Self::split(db, campaign, &audience).await?;
         let mut summary = AudienceSummary::default();
-        let mut after: Option<String> = None;
+        let mut after: Option<String> = after.map(str::to_string);
         loop {
             let page = audience_page(db, &audience, &campaign.channel, after.as_deref()).await?;
             let Some((last, _)) = page.last() else {
@@ -1290,7 +1292,7 @@ impl Campaigns {
             Err(CampaignError::Quota { .. }) => false,
             Err(error) => return Err(error),
         };
-        let summary = Self::evaluate(db, campaign, 0, all_fit).await?;
+        let summary = Self::evaluate(db, campaign, 0, all_fit, None).await?;
         if summary.eligible == 0 {
             return Err(invalid(format!(
                 "nobody in the audience can be sent this campaign: {} contacts reached, skipped by reason {}; preview it to see why",
@@ -1302,6 +1304,31 @@ impl Campaigns {
             Self::check_quota(db, summary.eligible).await?;
         }
         Ok(())
+    }
+
+    /// Refuses to resume a campaign whose remaining recipients do not fit the month's
+    /// allowance: those waiting (queued or held), and, when the fan-out is unfinished,
+    /// the eligible contacts it has not reached yet (all of them for a scheduled
+    /// campaign paused at its start time). As at the start, a count of the contacts
+    /// decides when everything fits; otherwise the exact number does.
+    async fn check_waiting_fits(db: &TenantDb, campaign: &Campaign) -> Result<(), CampaignError> {
+        let waiting = db.campaign_recipient_count(&campaign.id, "queued").await?
+            + db.campaign_recipient_count(&campaign.id, "held").await?;
+        if campaign.fanout_done {
+            return Self::check_quota(db, waiting).await.map(drop);
+        }
+        let audience = compile_audience(db, &campaign.audience).await?;
+        let reached = db.count_matching(&audience.include).await?;
+        match Self::check_quota(db, waiting + reached).await {
+            Ok(_) => return Ok(()),
+            Err(CampaignError::Quota { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        let rest =
+            Self::evaluate(db, campaign, 0, false, campaign.fanout_cursor.as_deref()).await?;
+        Self::check_quota(db, waiting + rest.eligible)
+            .await
+            .map(drop)
     }
 
     fn state_error(campaign: &Campaign, action: &str) -> CampaignError {
@@ -1444,9 +1471,7 @@ impl Campaigns {
         if campaign.status != "paused" {
             return Err(Self::state_error(campaign, "resumed"));
         }
-        let waiting = db.campaign_recipient_count(&campaign.id, "queued").await?
-            + db.campaign_recipient_count(&campaign.id, "held").await?;
-        Self::check_quota(db, waiting).await?;
+        Self::check_waiting_fits(db, campaign).await?;
         let mut resumed = campaign.clone();
         resumed.generation = campaign.generation + 1;
         if !db

@@ -952,6 +952,93 @@ async fn ab_decided_early(database_url: Option<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_paused_at_its_start_resumes_only_when_it_fits_on_every_backend() {
+    for database_url in postdog_tests::database_urls().await {
+        resume_checks_the_unsent_audience(database_url).await;
+    }
+}
+
+/// A scheduled campaign whose audience no longer fits at its start time is paused with
+/// nothing written; resuming it must count the whole audience it has yet to reach (it
+/// counted only the recipients already written: none, so it always fit).
+async fn resume_checks_the_unsent_audience(database_url: Option<String>) {
+    let label = label(database_url.as_ref());
+    let fake = FakeGraph::start(FakeGraphConfig::default()).await;
+    let (server, api, tenant_id, install_id) = setup(database_url, &fake, "starter", &[]).await;
+    approved_template(
+        &api,
+        &fake,
+        &install_id,
+        "fit_notice",
+        "Hi {{1}}, news.",
+        &["Ada"],
+    )
+    .await;
+    seed_contacts(&server, &tenant_id, "fit", "777", 5).await;
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": "Fit", "install_id": install_id,
+                   "audience": {"tags": ["fit"]}, "template": note("fit_notice")}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    let at = postdog_host::webhooks::utc_rfc3339(unix_ms(SystemTime::now()) + 2_000);
+    let (status, scheduled) = api
+        .post(&format!("/v1/campaigns/{id}/schedule"), json!({ "at": at }))
+        .await;
+    assert_eq!(status, 200, "{label}: {scheduled}");
+    // After scheduling, other sends use the month up to 3 left of the 5,000.
+    let storage = server.storage().await;
+    storage
+        .tenant(&TenantId::new(&tenant_id))
+        .record_messages_sent(4_997, postdog_host::storage::now_ms())
+        .await
+        .expect("usage");
+    storage.close().await;
+    let paused = wait_for_status(&api, &id, "paused").await;
+    assert!(
+        paused["status_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("needs 5 messages"),
+        "{label}: {paused}"
+    );
+    let (status, refused) = api
+        .post(&format!("/v1/campaigns/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 422, "{label}: {refused}");
+    assert_eq!(
+        (&refused["type"], &refused["remaining"], &refused["needed"]),
+        (
+            &json!("https://postdog.dev/problems/quota-exceeded"),
+            &json!(3),
+            &json!(5)
+        ),
+        "{label}: {refused}"
+    );
+    assert_eq!(fake.sent_count(), 0, "{label}: nothing sent");
+    let response = reqwest::Client::new()
+        .patch(format!("{}/admin/v1/tenants/{tenant_id}", server.base_url))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"plan": "pro"}))
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_success(), "{label}: upgrade");
+    let (status, resumed) = api
+        .post(&format!("/v1/campaigns/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {resumed}");
+    wait_for_status(&api, &id, "completed").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = fake.sent();
+    let recipients: HashSet<&str> = sent.iter().map(|m| m.wa_id.as_str()).collect();
+    assert_eq!((sent.len(), recipients.len()), (5, 5), "{label}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn campaign_fan_out_survives_sigkill_on_every_backend() {
     for database_url in postdog_tests::database_urls().await {
         crash(database_url).await;
