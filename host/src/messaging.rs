@@ -381,7 +381,13 @@ fn matches_keyword(text: &str, keywords: &[String]) -> bool {
     let text = text.trim();
     keywords
         .iter()
-        .any(|keyword| keyword.trim().eq_ignore_ascii_case(text))
+        .any(|keyword| same_keyword(keyword.trim(), text))
+}
+
+/// Whether two keywords are the same ignoring case, in any script: `СТОП` is `стоп`,
+/// `STOPP` is `stopp` (ASCII-only folding missed every non-Latin keyword).
+pub(crate) fn same_keyword(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || (!a.is_ascii() && a.to_lowercase() == b.to_lowercase())
 }
 
 impl Messaging {
@@ -1852,6 +1858,21 @@ pub fn message_event(message: &Message) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keywords_match_in_any_script() {
+        let keywords = vec![
+            "СТОП".to_string(),
+            "Arrêter".to_string(),
+            "停止".to_string(),
+        ];
+        for text in ["стоп", " Стоп ", "ARRÊTER", "arrêter", "停止"] {
+            assert!(matches_keyword(text, &keywords), "{text}");
+        }
+        for text in ["стоп!", "arreter", "стопп"] {
+            assert!(!matches_keyword(text, &keywords), "{text}");
+        }
+    }
 
     #[test]
     fn keywords_match_whole_message_case_insensitively() {

@@ -194,6 +194,7 @@ struct ConversationQuery {
     install_id: Option<String>,
     contact_id: Option<String>,
     before: Option<i64>,
+    before_id: Option<String>,
     limit: Option<i64>,
 }
 
@@ -220,13 +221,18 @@ async fn list_conversations(
         install_id: query.install_id,
         contact_id: query.contact_id,
         before: query.before,
+        before_id: query.before_id,
         limit,
     };
     let conversations = caller.db().conversations(&filter).await?;
     let next = (conversations.len() as i64 == limit)
-        .then(|| conversations.last().map(|c| c.last_message_at))
+        .then(|| conversations.last())
         .flatten();
-    Ok(Json(json!({ "data": conversations, "next_before": next })))
+    Ok(Json(json!({
+        "data": conversations,
+        "next_before": next.map(|c| c.last_message_at),
+        "next_before_id": next.map(|c| c.id.clone()),
+    })))
 }
 
 async fn show_conversation(
@@ -245,6 +251,7 @@ async fn show_conversation(
 #[serde(deny_unknown_fields)]
 struct MessagesQuery {
     before: Option<i64>,
+    before_id: Option<String>,
     limit: Option<i64>,
 }
 
@@ -258,10 +265,19 @@ async fn conversation_messages(
     if db.conversation(&id).await?.is_none() {
         return Err(not_found("conversation", &id));
     }
+    let limit = limit_of(query.limit)?;
     let messages = db
-        .conversation_messages(&id, query.before, limit_of(query.limit)?)
+        .conversation_messages(&id, query.before.map(|at| (at, query.before_id)), limit)
         .await?;
-    Ok(Json(json!({ "data": messages })))
+    // The page is oldest first: the next (older) page is before its first message.
+    let next = (messages.len() as i64 == limit)
+        .then(|| messages.first())
+        .flatten();
+    Ok(Json(json!({
+        "data": messages,
+        "next_before": next.map(|m| m.created_at),
+        "next_before_id": next.map(|m| m.id.clone()),
+    })))
 }
 
 #[derive(Deserialize)]
@@ -504,7 +520,7 @@ async fn save_settings(
     if let Some(both) = opt_out.iter().find(|keyword| {
         opt_in
             .iter()
-            .any(|other| other.eq_ignore_ascii_case(keyword))
+            .any(|other| crate::messaging::same_keyword(other, keyword))
     }) {
         return Err(invalid(format!(
             "`{both}` is both an opt-out and an opt-in keyword"

@@ -560,6 +560,7 @@ fn operations() -> Vec<Operation> {
             .query("install_id", "string", "One channel install.")
             .query("contact_id", "string", "One contact.")
             .query("before", "integer", "Paging: `next_before` of the previous page.")
+            .query("before_id", "string", "Paging: `next_before_id` of the previous page (with `before`; rows sharing its millisecond are then not skipped).")
             .query("limit", "integer", "1 to 200, default 50.")
             .ok(200, "Conversations", Some("ConversationPage"))
             .error(400, "invalid-query"),
@@ -567,7 +568,8 @@ fn operations() -> Vec<Operation> {
             .ok(200, "The conversation", Some("Conversation"))
             .error(404, "not-found"),
         op("get", "/v1/conversations/{id}/messages", "Inbox", "Messages of a conversation, oldest first", Tenant(ANY_ROLE))
-            .query("before", "integer", "Only messages created before (Unix ms).")
+            .query("before", "integer", "Only messages created before (Unix ms); paging: `next_before` of the previous page.")
+            .query("before_id", "string", "Paging: `next_before_id` of the previous page (with `before`; messages sharing its millisecond are then not skipped).")
             .query("limit", "integer", "1 to 200, default 50.")
             .ok(200, "Messages", Some("MessageList"))
             .error(404, "not-found"),
@@ -1040,7 +1042,10 @@ fn schemas() -> Map<String, Value> {
                 "created_at": time, "sent_at": nullable_time, "delivered_at": nullable_time, "read_at": nullable_time, "failed_at": nullable_time,
                 "status_history": {"type": "array", "items": {"type": "object"}}}}),
         ),
-        ("MessageList", list_of("Message")),
+        (
+            "MessageList",
+            json!({"type": "object", "properties": {"data": {"type": "array", "items": reference("Message")}, "next_before": nullable_time, "next_before_id": nullable_text}, "required": ["data"]}),
+        ),
         (
             "SendRequest",
             object(
@@ -1061,7 +1066,7 @@ fn schemas() -> Map<String, Value> {
         ),
         (
             "ConversationPage",
-            json!({"type": "object", "properties": {"data": {"type": "array", "items": reference("Conversation")}, "next_before": nullable_time}}),
+            json!({"type": "object", "properties": {"data": {"type": "array", "items": reference("Conversation")}, "next_before": nullable_time, "next_before_id": nullable_text}}),
         ),
         (
             "AssignRequest",

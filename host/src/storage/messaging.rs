@@ -1385,8 +1385,16 @@ impl TenantDb {
             equals(&mut sql, "contact_id", contact);
         }
         if let Some(before) = filter.before {
-            let placeholder = sql.bind(Bind::Int(before));
-            sql.push(&format!(" AND last_message_at < {placeholder}"));
+            let at = sql.bind(Bind::Int(before));
+            match &filter.before_id {
+                Some(id) => {
+                    let id = sql.bind(Bind::Text(id.clone()));
+                    sql.push(&format!(
+                        " AND (last_message_at < {at} OR (last_message_at = {at} AND id < {id}))"
+                    ));
+                }
+                None => sql.push(&format!(" AND last_message_at < {at}")),
+            }
         }
         let limit = sql.bind(Bind::Int(filter.limit));
         sql.push(&format!(
@@ -1404,21 +1412,26 @@ impl TenantDb {
     }
 
     /// Messages of a conversation, oldest first, optionally only those created before
-    /// `before` (the newest `limit` of them).
+    /// `before` — or at `before` with an id below `before_id`, the oldest message of the
+    /// previous page (messages stored in one batch share their millisecond) — the
+    /// newest `limit` of them.
     pub async fn conversation_messages(
         &self,
         conversation_id: &str,
-        before: Option<i64>,
+        before: Option<(i64, Option<String>)>,
         limit: i64,
     ) -> Result<Vec<Message>, StorageError> {
+        let (before, before_id) = before.map_or((None, None), |(at, id)| (Some(at), id));
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND conversation_id = $2 \
-             AND ($3 IS NULL OR created_at < $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+             AND ($3 IS NULL OR created_at < $3 OR (created_at = $3 AND id < $5)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
         )))
         .bind(self.tenant_id().as_str())
         .bind(conversation_id)
         .bind(before)
         .bind(limit)
+        .bind(before_id)
         .fetch_all(self.storage().pool())
         .await
         .context("listing messages")?;
@@ -1658,8 +1671,11 @@ pub struct ConversationFilter {
     pub install_id: Option<String>,
     /// One contact.
     pub contact_id: Option<String>,
-    /// Only older than this last-message time (paging).
+    /// Only older than this last-message time (paging)…
     pub before: Option<i64>,
+    /// …or as old, with a smaller id: the last row of the previous page, so rows that
+    /// share its millisecond are not skipped (the inbound writer stores a batch at once).
+    pub before_id: Option<String>,
     /// At most this many.
     pub limit: i64,
 }
@@ -1701,6 +1717,80 @@ async fn history_insert(
 mod tests {
     use super::*;
     use crate::storage::{ContactData, testing};
+
+    /// Paging through conversations and messages that share a millisecond (the inbound
+    /// writer stores a batch at once) returns every row exactly once.
+    #[tokio::test]
+    async fn pages_do_not_skip_rows_of_the_same_millisecond() -> anyhow::Result<()> {
+        for backend in testing::all_backends().await? {
+            let label = backend.label;
+            let tenant = backend.storage.create_tenant("Paging", "pro").await?;
+            let db = backend.storage.tenant(&tenant.id);
+            let inbound = |n: usize, phone: String| InboundRecord {
+                message_id: uuid::Uuid::now_v7().to_string(),
+                install_id: "install-1".into(),
+                channel: "whatsapp".into(),
+                provider_message_id: format!("wamid.page{n}"),
+                phone,
+                profile_name: None,
+                timestamp_ms: now_ms(),
+                kind: "text".into(),
+                content: serde_json::json!({"body": format!("message {n}")}),
+                reply_to: None,
+            };
+            let mut conversation = String::new();
+            for n in 0..5 {
+                // Five conversations, and five messages in the last one.
+                db.record_inbound(&inbound(n, format!("+1415555020{n}")), |_| Vec::new())
+                    .await?;
+                conversation = db
+                    .record_inbound(&inbound(10 + n, "+14155550209".into()), |_| Vec::new())
+                    .await?
+                    .conversation_id;
+            }
+            for sql in [
+                "UPDATE conversations SET last_message_at = 1000 WHERE tenant_id = $1",
+                "UPDATE messages SET created_at = 1000 WHERE tenant_id = $1",
+            ] {
+                sqlx::query(sql)
+                    .bind(tenant.id.as_str())
+                    .execute(backend.storage.pool())
+                    .await?;
+            }
+            let mut seen = Vec::new();
+            let mut filter = ConversationFilter {
+                limit: 2,
+                ..ConversationFilter::default()
+            };
+            loop {
+                let page = db.conversations(&filter).await?;
+                seen.extend(page.iter().map(|c| c.id.clone()));
+                let Some(last) = page.last().filter(|_| page.len() == 2) else {
+                    break;
+                };
+                filter.before = Some(last.last_message_at);
+                filter.before_id = Some(last.id.clone());
+            }
+            let distinct: std::collections::HashSet<_> = seen.iter().collect();
+            assert_eq!((seen.len(), distinct.len()), (6, 6), "{label}: {seen:?}");
+
+            let mut texts = Vec::new();
+            let mut before = None;
+            loop {
+                let page = db.conversation_messages(&conversation, before, 2).await?;
+                texts.splice(0..0, page.iter().map(|m| m.content["body"].clone()));
+                let Some(first) = page.first().filter(|_| page.len() == 2) else {
+                    break;
+                };
+                before = Some((first.created_at, Some(first.id.clone())));
+            }
+            let expected: Vec<_> = (10..15)
+                .map(|n| serde_json::json!(format!("message {n}")))
+                .collect();
+            assert_eq!(texts, expected, "{label}");
+        }
+        Ok(())
+    }
 
     /// Statuses of one message applied at the same time (Meta delivers `delivered` and
     /// `read` on separate connections, and retries): the message ends in the highest
