@@ -179,6 +179,12 @@ fn reconcile_window() -> Duration {
 
 type KeywordEntry = (Instant, Arc<(Vec<String>, Vec<String>)>);
 
+/// How often a send the provider failed by status with a retryable error (after
+/// accepting it) is sent again before the failure stands.
+pub const PROVIDER_RETRIES: u64 = 3;
+/// The wait before such a retry when the provider named none.
+const PROVIDER_RETRY_WAIT: Duration = Duration::from_secs(15);
+
 /// The highest `throughput_per_second` an install may configure. Meta grants a number 80
 /// messages/s by default and up to 1,000 once upgraded; the ceiling is higher so other
 /// providers (and the loopback fakes of the benchmarks) are not capped by Meta's tiers.
@@ -683,6 +689,14 @@ impl Messaging {
                         .await?;
                 }
                 let status = status_name(update.status);
+                if status == "failed"
+                    && let Some(failure) = update.error.as_ref().filter(|error| error.retryable)
+                    && self
+                        .retry_failed_send(db, install_id, &update.provider_message_id, failure)
+                        .await?
+                {
+                    return Ok(());
+                }
                 let error = update.error.as_ref().map(provider_error_json);
                 self.apply_status(
                     db,
@@ -721,6 +735,58 @@ impl Messaging {
             }
         }
         Ok(())
+    }
+
+    /// A `failed` status whose error the channel marks retryable (Meta reports the
+    /// pair rate limit 131056, the throughput limit 130429 and transient errors this
+    /// way, after accepting the send): the message goes back to the outbox and is sent
+    /// again after the provider's wait, up to [`PROVIDER_RETRIES`] times; whether it did.
+    async fn retry_failed_send(
+        &self,
+        db: &TenantDb,
+        install_id: &str,
+        provider_message_id: &str,
+        failure: &ct::ProviderError,
+    ) -> Result<bool, StorageError> {
+        let wait = failure
+            .retry_after_ms
+            .map_or(PROVIDER_RETRY_WAIT, Duration::from_millis);
+        let run_at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(60_000);
+        let mut error = provider_error_json(failure);
+        error["kind"] = json!(if failure.code == 131_056 || failure.code == 130_429 {
+            "rate-limited"
+        } else {
+            "provider"
+        });
+        let requeued = db
+            .requeue_after_provider_failure(
+                install_id,
+                provider_message_id,
+                &error,
+                PROVIDER_RETRIES,
+                |message_id, retry| {
+                    let mut job = outbox_job(db, message_id, 0);
+                    job.idempotency_key = Some(format!("send:{message_id}:retry{retry}"));
+                    job.run_at = run_at;
+                    job
+                },
+            )
+            .await?;
+        let Some((message, retry)) = requeued else {
+            return Ok(false);
+        };
+        if failure.code == 130_429 {
+            // The number is over its throughput: every send through it waits.
+            self.hold_install(install_id, wait);
+        }
+        tracing::info!(message_id = %message.id, code = failure.code, retry, wait_ms = wait.as_millis(), "the provider failed a send it had accepted; it is sent again");
+        self.inner.jobs.wake();
+        self.publish(
+            db.tenant_id().as_str(),
+            "message.status",
+            message_event(&message),
+        );
+        Ok(true)
     }
 
     async fn apply_keywords(

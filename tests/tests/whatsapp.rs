@@ -639,6 +639,89 @@ async fn scenario(database_url: Option<String>) {
         "{label}: a permanent error is not retried"
     );
 
+    // A send Meta accepted and then failed by status with a retryable error (the
+    // throughput limit 130429: 1 s) is sent again after the wait and ends delivered
+    // under its new id; a permanent failure by status (131026) stands.
+    let fake_ref = &fake;
+    let by_status = move |text: &'static str| {
+        move || {
+            fake_ref
+                .sent()
+                .into_iter()
+                .filter(|s| s.text() == Some(text))
+                .collect::<Vec<_>>()
+        }
+    };
+    let message_status = |id: String| {
+        let api = api.clone();
+        async move { api.get(&format!("/v1/messages/{id}")).await.1 }
+    };
+    let mut retried_ids = Vec::new();
+    for (text, code) in [("failed by status", 130_429), ("lost by status", 131_026)] {
+        let (status, queued) = api
+            .post(
+                "/v1/messages",
+                json!({"install_id": install_id, "contact_id": contact_id, "text": {"body": text}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{label}: {queued}");
+        let id = queued["id"].as_str().expect("id").to_string();
+        let sends = by_status(text);
+        let first = eventually("the first send", || async { sends().into_iter().next() }).await;
+        eventually("its acceptance", || async {
+            (message_status(id.clone()).await["status"] == "accepted").then_some(())
+        })
+        .await;
+        assert_eq!(
+            fake.deliver_status(&first.wamid, "failed", Some((code, "failed by status")))
+                .await
+                .expect("status"),
+            200,
+            "{label}"
+        );
+        retried_ids.push((id, first, sends));
+    }
+    let (retried_id, first, sends) = retried_ids.remove(0);
+    let again = eventually("the send again", || async {
+        let all = sends();
+        (all.len() == 2).then(|| all[1].clone())
+    })
+    .await;
+    assert_ne!(again.wamid, first.wamid, "{label}");
+    assert!(
+        again
+            .accepted_at
+            .duration_since(first.accepted_at)
+            .unwrap_or_default()
+            >= Duration::from_millis(900),
+        "{label}: the provider's wait"
+    );
+    let accepted = eventually("accepted again", || async {
+        let message = message_status(retried_id.clone()).await;
+        (message["status"] == "accepted" && message["provider_message_id"] == again.wamid.as_str())
+            .then_some(message)
+    })
+    .await;
+    assert_eq!(accepted["error"]["retries"], 1, "{label}: {accepted}");
+    assert_eq!(
+        fake.deliver_status(&again.wamid, "delivered", None)
+            .await
+            .expect("status"),
+        200
+    );
+    eventually("delivered", || async {
+        (message_status(retried_id.clone()).await["status"] == "delivered").then_some(())
+    })
+    .await;
+    let (lost_id, _, lost_sends) = retried_ids.remove(0);
+    let lost = eventually("the permanent failure", || async {
+        let message = message_status(lost_id.clone()).await;
+        (message["status"] == "failed").then_some(message)
+    })
+    .await;
+    assert_eq!(lost["error"]["code"], 131_026, "{label}: {lost}");
+    assert_eq!(lost_sends().len(), 1, "{label}: not sent again");
+
     // Tenant webhooks: signed, retried after the first 500 with the same id.
     let requests = eventually("signed webhooks", || async {
         let requests = received.requests.lock().expect("lock").clone();

@@ -978,6 +978,103 @@ impl TenantDb {
         outcome.context("applying a delivery status")
     }
 
+    /// A failure the provider reported by status for an accepted outbound message, that
+    /// sending again can cure (a rate limit, a transient error): the message goes back
+    /// to the outbox in one transaction — `queued`, its provider id and attempt cleared,
+    /// the failure kept as its `error` with the retry count, a `retry:<n>` entry in its
+    /// history, the month's usage given back (it is counted again when the provider
+    /// takes it) — with the send job `job(n)` (its key must name the retry). `None`
+    /// (nothing written) when the message is unknown, not outbound, past `accepted`/
+    /// `sent`, or was retried `max_retries` times already: the failure then applies as
+    /// usual.
+    pub async fn requeue_after_provider_failure(
+        &self,
+        install_id: &str,
+        provider_message_id: &str,
+        error: &Value,
+        max_retries: u64,
+        job: impl FnOnce(&str, u64) -> NewJob,
+    ) -> Result<Option<(Message, u64)>, StorageError> {
+        let tenant = self.tenant_id().as_str();
+        let now = now_ms();
+        let outcome: Result<Option<(Message, u64)>, sqlx::Error> = async {
+            let mut tx = self.storage().begin_write().await?;
+            let Some(row) = sqlx::query(
+                "SELECT id, direction, status_rank, error FROM messages \
+                 WHERE tenant_id = $1 AND install_id = $2 AND provider_message_id = $3",
+            )
+            .bind(tenant)
+            .bind(install_id)
+            .bind(provider_message_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let id: String = row.try_get("id")?;
+            let direction: String = row.try_get("direction")?;
+            let rank: i64 = row.try_get("status_rank")?;
+            let previous: Option<String> = row.try_get("error")?;
+            let retries = previous
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                .and_then(|error| error["retries"].as_u64())
+                .unwrap_or(0);
+            if direction != "outbound" || !(1..=2).contains(&rank) || retries >= max_retries {
+                return Ok(None);
+            }
+            let retry = retries + 1;
+            let mut recorded = error.clone();
+            recorded["retries"] = Value::from(retry);
+            let recorded = recorded.to_string();
+            let requeued = sqlx::query(
+                "UPDATE messages SET status = 'queued', status_rank = 0, provider_message_id = NULL, \
+                 send_attempted_at = NULL, error = $1, updated_at = $2 \
+                 WHERE tenant_id = $3 AND id = $4 AND provider_message_id = $5 AND status_rank BETWEEN 1 AND 2",
+            )
+            .bind(&recorded)
+            .bind(now)
+            .bind(tenant)
+            .bind(&id)
+            .bind(provider_message_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if requeued != 1 {
+                return Ok(None);
+            }
+            sqlx::query(HISTORY_INSERT)
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(tenant)
+                .bind(&id)
+                .bind(format!("retry:{retry}"))
+                .bind(None::<i64>)
+                .bind(&recorded)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE message_usage SET sent = sent - 1 WHERE tenant_id = $1 AND month = $2 AND sent > 0",
+            )
+            .bind(tenant)
+            .bind(super::month_of(now))
+            .execute(&mut *tx)
+            .await?;
+            insert_job(&mut *tx, &job(&id, retry)).await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
+            )))
+            .bind(tenant)
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let message = decode_message(&row)?;
+            tx.commit().await?;
+            Ok(Some((message, retry)))
+        }
+        .await;
+        outcome.context("queueing a message again after a provider failure")
+    }
+
     /// When message `id` was last handed to its provider with no outcome recorded since
     /// (an interrupted attempt), if ever.
     pub async fn send_attempted_at(&self, id: &str) -> Result<Option<i64>, StorageError> {
