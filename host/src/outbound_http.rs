@@ -234,8 +234,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] == 0x2001 && segments[1] == 0x0db8)) // documentation
 }
 
-/// Resolves names and keeps only public addresses: the connector never sees others.
-struct PublicOnlyResolver;
+/// Resolves names and keeps only public addresses: the connector (or a tenant's webhook
+/// endpoint) never reaches others, whatever the name resolved to before.
+pub(crate) struct PublicOnlyResolver;
 
 impl Resolve for PublicOnlyResolver {
     fn resolve(&self, name: Name) -> Resolving {

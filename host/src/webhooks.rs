@@ -152,26 +152,26 @@ pub fn check_url(url: &str) -> Result<url::Url, String> {
     Ok(parsed)
 }
 
+/// Whether webhooks refuse `ip`: the outbound HTTP rules of the plugins (loopback,
+/// private, link-local and cloud metadata, CGNAT, unique-local, NAT64 of those, …).
 fn private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| private(IpAddr::V4(v4)))
-        }
-    }
+    !crate::outbound_http::is_public_address(ip)
+}
+
+/// The client deliveries are sent with. The target is checked before sending (a clear
+/// error for the delivery log), and again when connecting unless `allow_private`: a
+/// name that resolved to a public address for the check could resolve to a private one
+/// for the request (DNS rebinding).
+fn delivery_client(allow_private: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none());
+    let builder = if allow_private {
+        builder
+    } else {
+        builder.dns_resolver(crate::outbound_http::PublicOnlyResolver)
+    };
+    builder.build().unwrap_or_default()
 }
 
 impl Webhooks {
@@ -193,11 +193,7 @@ impl Webhooks {
                     .map(|s| Duration::from_secs(*s))
                     .collect()
             });
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+        let client = delivery_client(allow_private);
         let webhooks = Self {
             inner: Arc::new(Inner {
                 marketplace,
@@ -532,6 +528,31 @@ mod tests {
         assert!(total > 24 * 3600, "{total}");
     }
 
+    /// The name is resolved again when connecting, public addresses only: a target
+    /// that passed the check cannot then reach a private address.
+    #[tokio::test]
+    async fn the_delivery_client_connects_to_public_addresses_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listener");
+        let url = format!(
+            "http://localhost:{}/",
+            listener.local_addr().expect("addr").port()
+        );
+        let refused = delivery_client(false)
+            .post(&url)
+            .send()
+            .await
+            .expect_err("a loopback name is refused");
+        let chain = std::iter::successors(Some(&refused as &dyn std::error::Error), |error| {
+            error.source()
+        })
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+        assert!(chain.contains("no public address"), "{chain}");
+    }
+
     #[test]
     fn private_addresses_are_recognised() {
         for ip in [
@@ -543,10 +564,12 @@ mod tests {
             "fd00::1",
             "100.64.0.1",
             "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+            "0.1.2.3",
         ] {
             assert!(private(ip.parse().expect("ip")), "{ip}");
         }
-        for ip in ["8.8.8.8", "2001:4860:4860::8888"] {
+        for ip in ["8.8.8.8", "2001:4860:4860::8888", "64:ff9b::808:808"] {
             assert!(!private(ip.parse().expect("ip")), "{ip}");
         }
     }
