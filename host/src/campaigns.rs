@@ -378,6 +378,18 @@ pub async fn build(
             check_source(source, &fields)
                 .map_err(|problem| invalid(format!("`{pointer}.variables.{place}`: {problem}")))?;
         }
+        // The whole mapping against the template as a send would use it (header and
+        // buttons too): a mismatch would skip every recipient at the fan-out.
+        if let Err(problems) = send_components(
+            &stored.spec,
+            &sample_variables(&stored.spec, &template.variables),
+        ) {
+            return Err(invalid(format!(
+                "`{pointer}.variables` does not fit template {}: {}",
+                template.name,
+                problems.join("; ")
+            )));
+        }
         for key in template.variables.buttons.keys() {
             if key.parse::<usize>().is_err() {
                 return Err(invalid(format!(
@@ -444,6 +456,42 @@ pub async fn build(
         updated_at: now,
         variants,
     })
+}
+
+/// Values shaped like a send's for a campaign's variable mapping: each literal as it is,
+/// each contact field as a stand-in of the right kind (a link for a media header, a
+/// position for a location header).
+fn sample_variables(
+    spec: &crate::template_model::TemplateSpec,
+    mapping: &VariablesInput,
+) -> SendVariables {
+    use crate::template_model::HeaderFormat;
+    let sample = |source: &Source, stand_in: &str| {
+        source.value.clone().unwrap_or_else(|| stand_in.to_string())
+    };
+    let header_stand_in = match spec.header.as_ref().map(|header| header.format) {
+        Some(HeaderFormat::Image | HeaderFormat::Video | HeaderFormat::Document) => {
+            "https://example.com/media"
+        }
+        Some(HeaderFormat::Location) => "52.52,13.40",
+        _ => "sample",
+    };
+    SendVariables {
+        header: mapping
+            .header
+            .as_ref()
+            .map(|source| sample(source, header_stand_in)),
+        body: mapping
+            .body
+            .iter()
+            .map(|source| sample(source, "sample"))
+            .collect(),
+        buttons: mapping
+            .buttons
+            .iter()
+            .map(|(key, source)| (key.parse().unwrap_or(usize::MAX), sample(source, "sample")))
+            .collect(),
+    }
 }
 
 fn check_source(source: &Source, fields: &[crate::storage::CustomField]) -> Result<(), String> {

@@ -359,6 +359,14 @@ async fn end_to_end(database_url: Option<String>) {
             "custom field",
         ),
         (
+            json!({"template": {"name": "spring_sale", "language": "en_US", "variables": {"header": {"value": "Hi"}, "body": [{"field": "name"}, {"field": "city"}]}}}),
+            "the template has no header",
+        ),
+        (
+            json!({"template": {"name": "spring_sale", "language": "en_US", "variables": {"body": [{"field": "name"}, {"value": "line\nbreak"}]}}}),
+            "line break",
+        ),
+        (
             json!({"template": {"name": "missing", "language": "en_US"}}),
             "no template",
         ),
