@@ -239,6 +239,15 @@ impl Jobs {
                 {
                     tracing::warn!(%error, "sweeping finished jobs failed");
                 }
+                // A status waits for its send's receipt seconds at most; a week is
+                // plenty for any provider's retries.
+                if let Err(error) = inner
+                    .storage
+                    .sweep_early_statuses(now_ms() - 7 * 86_400_000)
+                    .await
+                {
+                    tracing::warn!(%error, "sweeping early statuses failed");
+                }
             }
             // A full batch means more may be due: look again at once.
             if claimed > 0 && claimed == free.min(64) {

@@ -487,6 +487,19 @@ impl Storage {
             .map(|result| result.rows_affected())
     }
 
+    /// Deletes statuses that waited since before `before` (Unix ms) for a send receipt
+    /// that never came (a provider id PostDog never sent, or another system's
+    /// message on the same number); how many.
+    pub async fn sweep_early_statuses(&self, before: i64) -> Result<u64, StorageError> {
+        let _turn = self.write_turn().await;
+        sqlx::query("DELETE FROM early_statuses WHERE recorded_at < $1")
+            .bind(before)
+            .execute(self.pool())
+            .await
+            .context("sweeping early statuses")
+            .map(|result| result.rows_affected())
+    }
+
     /// Queue depths by queue, for `/metrics`.
     pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StorageError> {
         let now = now_ms();

@@ -1313,15 +1313,17 @@ impl TenantDb {
                 latest = Some(message);
             }
         }
-        sqlx::query(
-            "DELETE FROM early_statuses WHERE tenant_id = $1 AND install_id = $2 AND provider_message_id = $3",
-        )
-        .bind(tenant)
-        .bind(&message.install_id)
-        .bind(provider_message_id)
-        .execute(self.storage().pool())
-        .await
-        .context("clearing early statuses")?;
+        // Only the statuses applied: one that arrives meanwhile is kept for its turn
+        // (deleting by provider id would drop it unread).
+        for row in &early {
+            let id: String = row.try_get("id").context("decoding early status")?;
+            sqlx::query("DELETE FROM early_statuses WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant)
+                .bind(id)
+                .execute(self.storage().pool())
+                .await
+                .context("clearing early statuses")?;
+        }
         Ok(latest)
     }
 
@@ -1885,6 +1887,46 @@ mod tests {
                 .map(|n| serde_json::json!(format!("message {n}")))
                 .collect();
             assert_eq!(texts, expected, "{label}");
+        }
+        Ok(())
+    }
+
+    /// A status for a provider id never sent waits, and is swept once old.
+    #[tokio::test]
+    async fn statuses_for_unknown_messages_wait_and_are_swept() -> anyhow::Result<()> {
+        for backend in testing::all_backends().await? {
+            let label = backend.label;
+            let tenant = backend.storage.create_tenant("Early", "pro").await?;
+            let db = backend.storage.tenant(&tenant.id);
+            let applied = db
+                .apply_status(
+                    "install-1",
+                    "wamid.never-sent",
+                    "delivered",
+                    None,
+                    None,
+                    |_, _| Vec::new(),
+                )
+                .await?;
+            assert!(applied.is_none(), "{label}: kept for later");
+            let waiting = || async {
+                sqlx::query("SELECT COUNT(*) AS n FROM early_statuses WHERE tenant_id = $1")
+                    .bind(tenant.id.as_str())
+                    .fetch_one(backend.storage.pool())
+                    .await
+                    .and_then(|row| row.try_get::<i64, _>("n"))
+            };
+            assert_eq!(waiting().await?, 1, "{label}");
+            assert_eq!(
+                backend
+                    .storage
+                    .sweep_early_statuses(now_ms() - 60_000)
+                    .await?,
+                0,
+                "{label}: a fresh one stays"
+            );
+            assert!(backend.storage.sweep_early_statuses(now_ms() + 1).await? >= 1);
+            assert_eq!(waiting().await?, 0, "{label}");
         }
         Ok(())
     }
