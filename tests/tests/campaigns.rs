@@ -740,28 +740,53 @@ async fn seed_contacts(server: &PostdogServer, tenant_id: &str, tag: &str, prefi
     storage.close().await;
 }
 
+/// An A/B campaign of two approved templates, `{prefix}_a` and `{prefix}_b`, to
+/// `contacts` opted-in contacts tagged `prefix` with phones `+1415{phones}…` (test share
+/// `test_percent`, metric read, decided after an hour); its id.
+async fn ab_campaign(
+    server: &PostdogServer,
+    api: &Api,
+    fake: &FakeGraph,
+    (tenant_id, install_id): (&str, &str),
+    (prefix, phones): (&str, &str),
+    contacts: usize,
+    test_percent: u32,
+) -> String {
+    for (variant, body) in [
+        ("a", "Hi {{1}}, new arrivals."),
+        ("b", "Dear {{1}}, 30% off today only!"),
+    ] {
+        let name = format!("{prefix}_{variant}");
+        approved_template(api, fake, install_id, &name, body, &["Ada"]).await;
+    }
+    seed_contacts(server, tenant_id, prefix, phones, contacts).await;
+    let variant = |variant: &str| json!({"name": format!("{prefix}_{variant}"), "language": "en_US", "variables": {"body": [{"field": "name"}]}});
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": prefix, "install_id": install_id, "audience": {"tags": [prefix]},
+                   "ab": {"variants": [variant("a"), variant("b")], "test_percent": test_percent,
+                          "metric": "read", "duration_seconds": 3600}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{campaign}");
+    campaign["id"].as_str().expect("id").to_string()
+}
+
 async fn ab_test(database_url: Option<String>) {
     let label = label(database_url.as_ref());
     let fake = FakeGraph::start(FakeGraphConfig::default()).await;
     let (server, api, tenant_id, install_id) = setup(database_url, &fake, "business", &[]).await;
-    for (name, body) in [
-        ("promo_a", "Hi {{1}}, new arrivals."),
-        ("promo_b", "Dear {{1}}, 30% off today only!"),
-    ] {
-        approved_template(&api, &fake, &install_id, name, body, &["Ada"]).await;
-    }
-    seed_contacts(&server, &tenant_id, "ab", "555", 240).await;
-    let variant = |name: &str| json!({"name": name, "language": "en_US", "variables": {"body": [{"field": "name"}]}});
-    let (status, campaign) = api
-        .post(
-            "/v1/campaigns",
-            json!({"name": "AB", "install_id": install_id, "audience": {"tags": ["ab"]},
-                   "ab": {"variants": [variant("promo_a"), variant("promo_b")], "test_percent": 50,
-                          "metric": "read", "duration_seconds": 3600}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{label}: {campaign}");
-    let id = campaign["id"].as_str().expect("id").to_string();
+    let id = ab_campaign(
+        &server,
+        &api,
+        &fake,
+        (&tenant_id, &install_id),
+        ("promo", "555"),
+        240,
+        50,
+    )
+    .await;
     let (status, preview) = api
         .post(&format!("/v1/campaigns/{id}/preview"), json!({}))
         .await;
@@ -886,24 +911,16 @@ async fn ab_decided_early(database_url: Option<String>) {
     let label = label(database_url.as_ref());
     let fake = FakeGraph::start(FakeGraphConfig::default()).await;
     let (server, api, tenant_id, install_id) = setup(database_url, &fake, "business", &[]).await;
-    for (name, body) in [
-        ("early_a", "Hi {{1}}, new arrivals."),
-        ("early_b", "Dear {{1}}, 30% off today only!"),
-    ] {
-        approved_template(&api, &fake, &install_id, name, body, &["Ada"]).await;
-    }
-    seed_contacts(&server, &tenant_id, "early", "666", CONTACTS).await;
-    let variant = |name: &str| json!({"name": name, "language": "en_US", "variables": {"body": [{"field": "name"}]}});
-    let (status, campaign) = api
-        .post(
-            "/v1/campaigns",
-            json!({"name": "Early", "install_id": install_id, "audience": {"tags": ["early"]},
-                   "ab": {"variants": [variant("early_a"), variant("early_b")], "test_percent": 10,
-                          "metric": "read", "duration_seconds": 3600}}),
-        )
-        .await;
-    assert_eq!(status, 201, "{label}: {campaign}");
-    let id = campaign["id"].as_str().expect("id").to_string();
+    let id = ab_campaign(
+        &server,
+        &api,
+        &fake,
+        (&tenant_id, &install_id),
+        ("early", "666"),
+        CONTACTS,
+        10,
+    )
+    .await;
     let (status, started) = api
         .post(&format!("/v1/campaigns/{id}/start"), json!({}))
         .await;

@@ -324,6 +324,21 @@ fn json_column(row: &sqlx::any::AnyRow, name: &str) -> Result<Option<Value>, sql
     Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
 }
 
+/// Message `id` as `executor` (a write transaction, after its writes) sees it.
+async fn message_in<'e, E>(executor: E, tenant: &str, id: &str) -> Result<Message, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
+    )))
+    .bind(tenant)
+    .bind(id)
+    .fetch_one(executor)
+    .await?;
+    decode_message(&row)
+}
+
 fn decode_message(row: &sqlx::any::AnyRow) -> Result<Message, sqlx::Error> {
     Ok(Message {
         id: row.try_get("id")?,
@@ -960,14 +975,7 @@ impl TenantDb {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
-            )))
-            .bind(tenant)
-            .bind(&id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let message = decode_message(&row)?;
+            let message = message_in(&mut *tx, tenant, &id).await?;
             for job in make_jobs(&message, changed) {
                 insert_job(&mut *tx, &job).await?;
             }
@@ -1060,14 +1068,7 @@ impl TenantDb {
             .execute(&mut *tx)
             .await?;
             insert_job(&mut *tx, &job(&id, retry)).await?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
-            )))
-            .bind(tenant)
-            .bind(&id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let message = decode_message(&row)?;
+            let message = message_in(&mut *tx, tenant, &id).await?;
             tx.commit().await?;
             Ok(Some((message, retry)))
         }
