@@ -434,6 +434,12 @@ async fn end_to_end(database_url: Option<String>) {
         );
     }
     assert_eq!(fake.sent_count(), 0, "{label}");
+    let (_, untouched) = api.get(&format!("/v1/campaigns/{id}/stats")).await;
+    assert_eq!(
+        (&untouched["targeted"], &untouched["status"]),
+        (&json!(0), &json!("draft")),
+        "{label}: the preview writes no recipient: {untouched}"
+    );
 
     // The month's allowance: 4,997 of the starter plan's 5,000 are used, the campaign
     // needs 5 → refused with the numbers; an upgrade lifts it at once.
@@ -574,6 +580,15 @@ async fn end_to_end(database_url: Option<String>) {
         .get(&format!("/v1/campaigns/{id}/stats?reply_window_hours=0"))
         .await;
     assert_eq!(status, 422, "{label}");
+    let (status, narrow) = api
+        .get(&format!("/v1/campaigns/{id}/stats?reply_window_hours=0.5"))
+        .await;
+    assert_eq!(status, 200, "{label}: {narrow}");
+    assert_eq!(
+        (&narrow["replied"], &narrow["reply_window_hours"]),
+        (&json!(1), &json!(0.5)),
+        "{label}: {narrow}"
+    );
 
     // The export: one row per recipient with the status history of its message.
     let response = api
@@ -1142,6 +1157,10 @@ async fn crash(database_url: Option<String>) {
     }
     server.kill_hard();
     let at_kill = fake.sent_count();
+    assert!(
+        at_kill < CRASH_RECIPIENTS,
+        "{label}: every send was done before the kill; the test needs a larger audience"
+    );
     let campaign_at_kill = db.campaign(&id).await.expect("read").expect("campaign");
     let materialised = db
         .campaign_recipient_count(&id, "queued")
