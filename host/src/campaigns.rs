@@ -677,6 +677,34 @@ async fn audience_page(
         .collect())
 }
 
+/// Whether the job runner dead-letters `job` after `failure` (its rule: a permanent
+/// failure, or a retryable one on the last attempt).
+fn ends_the_job(failure: &JobFailure, job: &crate::storage::Job) -> bool {
+    !failure.retryable || job.attempts >= job.max_attempts
+}
+
+/// Marks the recipients of a dead-lettered `campaign.send` job that are still queued
+/// as failed (`send-job-failed: …`), so the campaign can complete and its statistics
+/// say why. A recipient the job did send is no longer queued and is left alone.
+async fn fail_stranded(db: &TenantDb, campaign_id: &str, job: &crate::storage::Job, error: &str) {
+    let contacts: Vec<&str> = match job.payload["contact_id"].as_str() {
+        Some(contact) => vec![contact],
+        None => job.payload["contact_ids"]
+            .as_array()
+            .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default(),
+    };
+    let error = format!("send-job-failed: {error}");
+    for contact in contacts {
+        if let Err(failure) = db
+            .finish_campaign_recipient(campaign_id, contact, "failed", None, None, Some(&error))
+            .await
+        {
+            tracing::error!(%failure, campaign_id, contact, "a dead-lettered send's recipient stays queued");
+        }
+    }
+}
+
 /// A contact's place in a campaign's random order: a hash of the campaign and contact
 /// ids, so the order is random across contacts and the same every time it is computed.
 fn ab_key(campaign_id: &str, contact_id: &str) -> u64 {
@@ -963,7 +991,15 @@ impl Campaigns {
         let db = self.db_of(&job)?;
         let campaign_id = job.payload["campaign_id"].as_str().unwrap_or_default();
         if job.kind == "campaign.send" {
-            return self.run_send(&db, campaign_id, &job).await;
+            let sent = self.run_send(&db, campaign_id, &job).await;
+            if let Err(failure) = &sent
+                && ends_the_job(failure, &job)
+            {
+                // Dead-lettered: its recipients still queued would keep the campaign
+                // running for ever. They fail with the job's error instead.
+                fail_stranded(&db, campaign_id, &job, &failure.message).await;
+            }
+            return sent;
         }
         let Some(campaign) = db.campaign(campaign_id).await? else {
             return Ok(()); // deleted
@@ -2536,6 +2572,72 @@ mod tests {
             updated_at: 0,
             variants: Vec::new(),
         }
+    }
+
+    /// A dead-lettered send job fails its recipients that are still queued (the
+    /// campaign could never complete), and only those.
+    #[tokio::test]
+    async fn a_dead_send_job_fails_its_queued_recipients() -> anyhow::Result<()> {
+        for backend in crate::storage::testing::all_backends().await? {
+            let label = backend.label;
+            let tenant = backend.storage.create_tenant("Stranded", "pro").await?;
+            let db = backend.storage.tenant(&tenant.id);
+            db.create_campaign(&campaign(None, 0)).await?;
+            let recipient = |contact: &str| NewRecipient {
+                contact_id: contact.into(),
+                variant: Some("A".into()),
+                test_group: false,
+                state: "queued",
+                skip_reason: None,
+            };
+            assert!(
+                db.record_fanout_batch("c1", &[recipient("k1"), recipient("k2")], &[], None, true)
+                    .await?
+            );
+            db.finish_campaign_recipient("c1", "k1", "sent", None, Some("m1"), None)
+                .await?;
+            let mut job = crate::storage::Job {
+                id: "j1".into(),
+                tenant_id: Some(tenant.id.as_str().into()),
+                queue: "campaigns".into(),
+                kind: "campaign.send".into(),
+                payload: json!({"campaign_id": "c1", "contact_ids": ["k1", "k2"]}),
+                priority: 0,
+                run_at: 0,
+                state: "running".into(),
+                attempts: 11,
+                max_attempts: 12,
+                last_error: None,
+                idempotency_key: None,
+                created_at: 0,
+                updated_at: 0,
+                finished_at: None,
+                lease_owner: None,
+                completed: crate::storage::CompletedFlag::default(),
+            };
+            let flaky = JobFailure::retry("the database is away");
+            assert!(!ends_the_job(&flaky, &job), "{label}: a retry is left");
+            job.attempts = 12;
+            assert!(ends_the_job(&flaky, &job), "{label}: the last attempt");
+            assert!(ends_the_job(&JobFailure::permanent("no"), &job));
+            fail_stranded(&db, "c1", &job, &flaky.message).await;
+            assert_eq!(
+                db.campaign_recipient_count("c1", "queued").await?,
+                0,
+                "{label}"
+            );
+            assert_eq!(
+                db.campaign_recipient_count("c1", "sent").await?,
+                1,
+                "{label}"
+            );
+            assert_eq!(
+                db.campaign_recipient_count("c1", "failed").await?,
+                1,
+                "{label}"
+            );
+        }
+        Ok(())
     }
 
     /// A fan-out batch is written only while the campaign runs: a pause or cancel that
