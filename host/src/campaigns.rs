@@ -1364,18 +1364,10 @@ impl Campaigns {
         db: &TenantDb,
         campaign: &Campaign,
     ) -> Result<(), CampaignError> {
-        // The eligible recipients are some of the contacts the audience reaches: when
-        // all of those fit in the month's allowance, the start needs to know only that
-        // somebody is eligible, not how many (a count instead of evaluating every
-        // contact: a start answers at once for any audience size). Otherwise the exact
-        // number decides, and is the one the refusal shows.
-        let audience = compile_audience(db, &campaign.audience).await?;
-        let reached = db.count_matching(&audience.include).await?;
-        let all_fit = match Self::check_quota(db, reached).await {
-            Ok(_) => true,
-            Err(CampaignError::Quota { .. }) => false,
-            Err(error) => return Err(error),
-        };
+        // When every contact the audience reaches fits, the start needs to know only
+        // that somebody is eligible, not how many. Otherwise the exact number decides,
+        // and is the one the refusal shows.
+        let all_fit = Self::reached_fit(db, campaign, 0).await?;
         let summary = Self::evaluate(db, campaign, 0, all_fit, None).await?;
         if summary.eligible == 0 {
             return Err(invalid(format!(
@@ -1390,23 +1382,37 @@ impl Campaigns {
         Ok(())
     }
 
+    /// Whether `already` messages and one for every contact the audience reaches fit the
+    /// month's allowance. The eligible recipients are some of the contacts reached, so
+    /// when this holds, one `COUNT` spares evaluating every contact (a start or resume
+    /// answers at once for any audience size).
+    async fn reached_fit(
+        db: &TenantDb,
+        campaign: &Campaign,
+        already: u64,
+    ) -> Result<bool, CampaignError> {
+        let audience = compile_audience(db, &campaign.audience).await?;
+        let reached = db.count_matching(&audience.include).await?;
+        match Self::check_quota(db, already + reached).await {
+            Ok(_) => Ok(true),
+            Err(CampaignError::Quota { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Refuses to resume a campaign whose remaining recipients do not fit the month's
     /// allowance: those waiting (queued or held), and, when the fan-out is unfinished,
     /// the eligible contacts it has not reached yet (all of them for a scheduled
-    /// campaign paused at its start time). As at the start, a count of the contacts
-    /// decides when everything fits; otherwise the exact number does.
+    /// campaign paused at its start time), with the same shortcut as the start
+    /// ([`reached_fit`](Self::reached_fit)).
     async fn check_waiting_fits(db: &TenantDb, campaign: &Campaign) -> Result<(), CampaignError> {
         let waiting = db.campaign_recipient_count(&campaign.id, "queued").await?
             + db.campaign_recipient_count(&campaign.id, "held").await?;
         if campaign.fanout_done {
             return Self::check_quota(db, waiting).await.map(drop);
         }
-        let audience = compile_audience(db, &campaign.audience).await?;
-        let reached = db.count_matching(&audience.include).await?;
-        match Self::check_quota(db, waiting + reached).await {
-            Ok(_) => return Ok(()),
-            Err(CampaignError::Quota { .. }) => {}
-            Err(error) => return Err(error),
+        if Self::reached_fit(db, campaign, waiting).await? {
+            return Ok(());
         }
         let rest =
             Self::evaluate(db, campaign, 0, false, campaign.fanout_cursor.as_deref()).await?;
