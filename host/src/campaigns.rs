@@ -2580,6 +2580,17 @@ mod tests {
         }
     }
 
+    /// A queued recipient of variant A.
+    fn recipient(contact: &str) -> NewRecipient {
+        NewRecipient {
+            contact_id: contact.into(),
+            variant: Some("A".into()),
+            test_group: false,
+            state: "queued",
+            skip_reason: None,
+        }
+    }
+
     /// A dead-lettered send job fails its recipients that are still queued (the
     /// campaign could never complete), and only those.
     #[tokio::test]
@@ -2589,13 +2600,6 @@ mod tests {
             let tenant = backend.storage.create_tenant("Stranded", "pro").await?;
             let db = backend.storage.tenant(&tenant.id);
             db.create_campaign(&campaign(None, 0)).await?;
-            let recipient = |contact: &str| NewRecipient {
-                contact_id: contact.into(),
-                variant: Some("A".into()),
-                test_group: false,
-                state: "queued",
-                skip_reason: None,
-            };
             assert!(
                 db.record_fanout_batch("c1", &[recipient("k1"), recipient("k2")], &[], None, true)
                     .await?
@@ -2657,13 +2661,6 @@ mod tests {
             let mut draft = campaign(None, 0);
             draft.status = "draft".into();
             db.create_campaign(&draft).await?;
-            let recipient = |contact: &str| NewRecipient {
-                contact_id: contact.into(),
-                variant: Some("A".into()),
-                test_group: false,
-                state: "queued",
-                skip_reason: None,
-            };
             let queued =
                 |db: TenantDb| async move { db.campaign_recipient_count("c1", "queued").await };
             assert!(
