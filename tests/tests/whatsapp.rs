@@ -480,6 +480,14 @@ async fn scenario(database_url: Option<String>) {
     assert_eq!(status, 200);
     let (status, accepted) = api.post("/v1/messages", promo).await;
     assert_eq!(status, 202, "{label}: {accepted}");
+    // Sent before the STOP below: consent is checked again at send time, so a STOP
+    // applied while the promo still waits in the outbox would (rightly) stop it.
+    eventually("the promo at Meta", || async {
+        fake.sent()
+            .into_iter()
+            .find(|s| s.text() == Some("20% off today"))
+    })
+    .await;
 
     // A STOP whose first delivery stored the message but failed before its opt-out was
     // recorded (the webhook was not answered 200): Meta's redelivery is a duplicate of
@@ -553,12 +561,6 @@ async fn scenario(database_url: Option<String>) {
 
     // Provider throttling is retried (Retry-After honoured) and sent exactly once;
     // a permanent error fails the message at once, with the provider's code.
-    eventually("the promo at Meta", || async {
-        fake.sent()
-            .into_iter()
-            .find(|s| s.text() == Some("20% off today"))
-    })
-    .await;
     let attempts = fake.send_attempts();
     fake.fail_next(1, Failure::retry_after(1));
     let (status, throttled) = api
