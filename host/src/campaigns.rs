@@ -939,6 +939,15 @@ fn send_jobs(
         .collect()
 }
 
+/// What became of one recipient of a send job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Sent, skipped, failed, or left to the outbox: nothing more for this job to do.
+    Done,
+    /// Not sent yet: the number is at its throughput limit (the job is deferred).
+    Deferred,
+}
+
 /// Spaces sends to `throttle` a minute: the run time of the `index`-th send from `base`.
 fn paced(base: i64, throttle: Option<i64>, index: u64) -> i64 {
     match throttle {
@@ -1856,14 +1865,47 @@ impl Campaigns {
             .acquire_many(u32::try_from(width).unwrap_or(1))
             .await
             .map_err(|_| JobFailure::retry("the campaign sender is shutting down"))?;
+        // Once the number refuses one send a turn, the rest of the batch waits too.
+        let deferred = std::sync::atomic::AtomicBool::new(false);
         let sends = batch.into_iter().map(|(recipient, contact)| {
-            self.send_one(db, &context, recipient, contact, job, lease.clone())
+            let (deferred, lease) = (&deferred, lease.clone());
+            let context = &context;
+            async move {
+                if deferred.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(Turn::Deferred);
+                }
+                let turn = self
+                    .send_one(db, context, recipient, contact, job, lease)
+                    .await;
+                if matches!(turn, Ok(Turn::Deferred)) {
+                    deferred.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                turn
+            }
         });
-        let outcomes: Vec<Result<(), JobFailure>> = futures::stream::iter(sends)
+        let turns: Vec<Result<Turn, JobFailure>> = futures::stream::iter(sends)
             .buffer_unordered(width)
             .collect()
             .await;
-        outcomes.into_iter().collect()
+        let mut waiting = 0;
+        for turn in turns {
+            if turn? == Turn::Deferred {
+                waiting += 1;
+            }
+        }
+        if waiting > 0 {
+            // The job comes back for its remaining recipients when the number has turns
+            // for them; deferring is not an attempt.
+            let wait = self
+                .inner
+                .messaging
+                .deferral(&context.campaign.install_id, waiting);
+            return Err(JobFailure::defer(
+                format!("{waiting} recipients wait for the number's throughput limit"),
+                wait,
+            ));
+        }
+        Ok(())
     }
 
     /// Sends one recipient of a running campaign (`contact`: `None` once deleted).
@@ -1875,7 +1917,7 @@ impl Campaigns {
         contact: Option<Contact>,
         job: &crate::storage::Job,
         lease: Option<crate::storage::JobLease>,
-    ) -> Result<(), JobFailure> {
+    ) -> Result<Turn, JobFailure> {
         let campaign = &context.campaign;
         let contact_id = recipient.contact_id.as_str();
         let last_attempt = job.attempts + 1 >= job.max_attempts;
@@ -1891,7 +1933,7 @@ impl Campaigns {
                     .resume_send(db, message_id, now_ms())
                     .await?;
             }
-            return Ok(());
+            return Ok(Turn::Done);
         }
         let finish = |state: &'static str,
                       reason: Option<String>,
@@ -1909,12 +1951,12 @@ impl Campaigns {
         };
         let Some(contact) = contact else {
             finish("skipped", Some("contact_deleted".into()), None, None).await?;
-            return Ok(());
+            return Ok(Turn::Done);
         };
         // Consent may have changed since the fan-out: checked again.
         if let Some(reason) = consent_reason(&contact, &campaign.channel) {
             finish("skipped", Some(reason.into()), None, None).await?;
-            return Ok(());
+            return Ok(Turn::Done);
         }
         if let Some(quiet) = &context.quiet_hours {
             let zone = contact
@@ -1930,7 +1972,7 @@ impl Campaigns {
                     campaign.id
                 ));
                 db.enqueue_campaign_jobs(&[later]).await?;
-                return Ok(());
+                return Ok(Turn::Done);
             }
         }
         let Some(variant) = recipient.variant.as_deref().and_then(|name| {
@@ -1946,7 +1988,7 @@ impl Campaigns {
                 Some("no-variant: the recipient has no variant".into()),
             )
             .await?;
-            return Ok(());
+            return Ok(Turn::Done);
         };
         let template = match &context.templates {
             Ok(templates) => templates.get(&variant.name),
@@ -1957,7 +1999,7 @@ impl Campaigns {
                     &format!("template_not_approved: {problem}"),
                 )
                 .await?;
-                return Ok(());
+                return Ok(Turn::Done);
             }
         };
         let Some(template) = template else {
@@ -1970,7 +2012,7 @@ impl Campaigns {
                 ),
             )
             .await?;
-            return Ok(());
+            return Ok(Turn::Done);
         };
         let variables = match render_variables(&variant.variables, &contact) {
             Ok(variables) => variables,
@@ -1982,7 +2024,7 @@ impl Campaigns {
                     None,
                 )
                 .await?;
-                return Ok(());
+                return Ok(Turn::Done);
             }
         };
         let send = TemplateNow {
@@ -1998,6 +2040,7 @@ impl Campaigns {
         };
         match self.inner.messaging.send_template_now(db, send).await {
             Ok(SentNow::Queued(_) | SentNow::RecipientNotQueued) => {}
+            Ok(SentNow::Deferred) => return Ok(Turn::Deferred),
             // The key's first message (queued by an earlier, interrupted run).
             Ok(SentNow::Existing(message_id)) => {
                 finish("sent", None, Some(message_id), None).await?;
@@ -2029,7 +2072,7 @@ impl Campaigns {
                 finish("failed", None, None, Some(format!("{code}: {error}"))).await?;
             }
         }
-        Ok(())
+        Ok(Turn::Done)
     }
 
     /// Sends the held remainder of an A/B campaign to the winner if the decision has

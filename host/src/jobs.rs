@@ -28,6 +28,10 @@ pub struct JobFailure {
     pub message: String,
     /// Wait at least this long before the next attempt (a provider's Retry-After).
     pub retry_after: Option<Duration>,
+    /// Not a failure: the job could not start its work yet (its channel is at its
+    /// throughput limit) and runs again after `retry_after` without the run counting
+    /// as an attempt.
+    pub deferred: bool,
 }
 
 impl JobFailure {
@@ -37,6 +41,23 @@ impl JobFailure {
             retryable: true,
             message: message.into(),
             retry_after: None,
+            deferred: false,
+        }
+    }
+
+    /// A failure worth retrying, not before `wait`.
+    pub fn retry_after(message: impl Into<String>, wait: Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::retry(message)
+        }
+    }
+
+    /// The job did nothing and runs again after `wait`; the run is not an attempt.
+    pub fn defer(message: impl Into<String>, wait: Duration) -> Self {
+        Self {
+            deferred: true,
+            ..Self::retry_after(message, wait)
         }
     }
 
@@ -46,6 +67,7 @@ impl JobFailure {
             retryable: false,
             message: message.into(),
             retry_after: None,
+            deferred: false,
         }
     }
 }
@@ -68,6 +90,8 @@ pub struct JobCounters {
     pub failed: AtomicU64,
     /// Jobs dead-lettered.
     pub dead: AtomicU64,
+    /// Runs deferred (the job's channel at its throughput limit; not attempts).
+    pub deferred: AtomicU64,
     /// Jobs started.
     pub started: AtomicU64,
 }
@@ -342,6 +366,12 @@ impl Jobs {
                     inner.storage.complete_job(&id, &inner.owner).await
                 }
             }
+            Err(failure) if failure.deferred => {
+                counters.deferred.fetch_add(1, Ordering::Relaxed);
+                let wait = failure.retry_after.unwrap_or(Duration::from_secs(1));
+                let at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+                inner.storage.defer_job(&id, &inner.owner, at).await
+            }
             Err(failure) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 let next = (failure.retryable && attempts < max_attempts).then(|| {
@@ -394,17 +424,30 @@ mod tests {
             });
             jobs.register("flaky", |job| async move {
                 if job.attempts < 2 {
-                    Err(JobFailure {
-                        retryable: true,
-                        message: "not yet".into(),
-                        retry_after: Some(Duration::from_millis(10)),
-                    })
+                    Err(JobFailure::retry_after(
+                        "not yet",
+                        Duration::from_millis(10),
+                    ))
                 } else {
                     Ok(())
                 }
             });
             jobs.register("broken", |_job| async move {
                 Err(JobFailure::permanent("cannot ever work"))
+            });
+            // Deferred more often than it may be attempted: deferrals are not attempts.
+            let patience = Arc::new(AtomicUsize::new(0));
+            let waited = patience.clone();
+            jobs.register("patient", move |job| {
+                let waited = waited.clone();
+                async move {
+                    let limit = usize::try_from(job.max_attempts).unwrap_or(0) + 2;
+                    if waited.fetch_add(1, Ordering::SeqCst) < limit {
+                        Err(JobFailure::defer("not its turn", Duration::from_millis(5)))
+                    } else {
+                        Ok(())
+                    }
+                }
             });
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let worker = tokio::spawn(jobs.clone().run(stopped, Duration::from_secs(5)));
@@ -421,15 +464,27 @@ mod tests {
                 .enqueue(&NewJob::new("test", "broken", None, serde_json::json!({})))
                 .await?
                 .expect("id");
+            let mut patient = NewJob::new("test", "patient", None, serde_json::json!({}));
+            patient.max_attempts = 3;
+            let patient = jobs.enqueue(&patient).await?.expect("id");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
                 let flaky = db.storage.job(&flaky).await?.expect("job");
                 let broken = db.storage.job(&broken).await?.expect("job");
+                let patient = db.storage.job(&patient).await?.expect("job");
                 if runs.load(Ordering::SeqCst) == 20
                     && flaky.state == "done"
                     && broken.state == "dead"
+                    && patient.state == "done"
                 {
                     assert_eq!(flaky.attempts, 2, "{}", db.label);
+                    assert_eq!(patience.load(Ordering::SeqCst), 6, "{}", db.label);
+                    assert_eq!(
+                        patient.attempts, 1,
+                        "{}: deferrals are not attempts",
+                        db.label
+                    );
+                    assert!(jobs.counters().deferred.load(Ordering::SeqCst) >= 5);
                     assert_eq!(broken.attempts, 1, "{}: permanent is not retried", db.label);
                     assert_eq!(broken.last_error.as_deref(), Some("cannot ever work"));
                     break;

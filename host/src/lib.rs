@@ -15,6 +15,7 @@ mod key_files;
 pub mod marketplace;
 pub mod messaging;
 pub mod outbound_http;
+mod pacing;
 pub mod plans;
 pub mod plugin_author;
 pub mod plugin_dev;

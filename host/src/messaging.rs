@@ -25,6 +25,7 @@ use tokio::sync::broadcast;
 use crate::contacts::normalize_phone;
 use crate::jobs::{JobFailure, Jobs};
 use crate::marketplace::{ChannelHandle, Marketplace, MarketplaceError};
+use crate::pacing::{Admit, Class};
 use crate::runtime::abi::{channel_types as ct, types};
 use crate::storage::{
     ConsentEntry, InboundRecord, Job, Message, NewJob, OutboundRecord, Queued, Storage,
@@ -141,21 +142,14 @@ pub struct MediaContent {
     pub filename: Option<String>,
 }
 
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-    /// The provider asked the whole number to slow down (130429, app or account
-    /// limits): nothing is sent through it before this instant.
-    held_until: Option<Instant>,
-}
-
 struct Inner {
     storage: Storage,
     marketplace: Marketplace,
     jobs: Jobs,
     webhooks: Webhooks,
     live: broadcast::Sender<Arc<LiveEvent>>,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Per-number pacing (the install's throughput limit and the provider's holds).
+    pacer: crate::pacing::Pacer,
     recipients: Mutex<HashMap<String, Arc<tokio::sync::Mutex<i64>>>>,
     /// Install id → tenant id (an install never changes tenant).
     install_tenants: Mutex<HashMap<String, String>>,
@@ -196,6 +190,8 @@ pub const MAX_THROUGHPUT_PER_SECOND: f64 = 10_000.0;
 struct Attempt<'a> {
     retries_left: bool,
     stamped: bool,
+    /// The install's pacer admitted the send already (a campaign's, before queueing).
+    paced: bool,
     lease: Option<&'a crate::storage::JobLease>,
 }
 
@@ -233,6 +229,9 @@ pub enum SentNow {
     Existing(String),
     /// The recipient was no longer queued; nothing was written.
     RecipientNotQueued,
+    /// The number is at its throughput limit and the send's turn is not near: nothing
+    /// was written; defer the job (`Messaging::deferral`).
+    Deferred,
 }
 
 /// The messaging service. Cheap to clone.
@@ -407,7 +406,7 @@ impl Messaging {
                 jobs,
                 webhooks,
                 live,
-                buckets: Mutex::default(),
+                pacer: crate::pacing::Pacer::default(),
                 recipients: Mutex::default(),
                 install_tenants: Mutex::default(),
                 keywords: Mutex::default(),
@@ -1197,6 +1196,13 @@ impl Messaging {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(content.to_string().as_bytes()))
         };
+        // The number's turn is taken before the message exists: a send that would wait
+        // long writes nothing, and its job is deferred (`Messaging::deferral`).
+        let rate = throughput(&handle);
+        match (self.inner.pacer).admit(send.install_id, rate, Class::Bulk, Instant::now()) {
+            Admit::Go(pause) => tokio::time::sleep(pause).await,
+            Admit::Later => return Ok(SentNow::Deferred),
+        }
         let message_id = uuid::Uuid::now_v7().to_string();
         let record = OutboundRecord {
             message_id: message_id.clone(),
@@ -1232,6 +1238,7 @@ impl Messaging {
         let attempt = Attempt {
             retries_left: true,
             stamped: true,
+            paced: true,
             lease: send.lease.as_ref(),
         };
         if let Err(failure) = self.hand_over(db, &handle, &message, phone, attempt).await {
@@ -1261,49 +1268,22 @@ impl Messaging {
         self.inner.jobs.enqueue(&job).await.map(drop)
     }
 
-    fn take_token(&self, install_id: &str, rate: f64) -> Option<Duration> {
-        let mut buckets = self.inner.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let bucket = buckets.entry(install_id.to_string()).or_insert(Bucket {
-            tokens: rate,
-            updated: now,
-            held_until: None,
-        });
-        if let Some(until) = bucket.held_until {
-            if until > now {
-                return Some(until - now);
-            }
-            bucket.held_until = None;
-            bucket.tokens = 0.0;
-            bucket.updated = now;
-        }
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            None
-        } else {
-            Some(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
-        }
-    }
-
     /// Holds every send through `install_id` for `wait` (the provider's backoff).
     fn hold_install(&self, install_id: &str, wait: Duration) {
-        let mut buckets = self.inner.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let bucket = buckets.entry(install_id.to_string()).or_insert(Bucket {
-            tokens: 0.0,
-            updated: now,
-            held_until: None,
-        });
-        let until = now + wait.min(Duration::from_secs(3600));
-        bucket.held_until = Some(bucket.held_until.map_or(until, |held| held.max(until)));
+        self.inner.pacer.hold(install_id, wait, Instant::now());
         tracing::warn!(
             install_id,
             wait_ms = wait.as_millis(),
             "the provider asked the number to slow down; its sends wait"
         );
+    }
+
+    /// When a job deferred with `sends` bulk sends through `install_id` (refused a
+    /// turn by the number's pacer) should come back.
+    pub fn deferral(&self, install_id: &str, sends: usize) -> Duration {
+        self.inner
+            .pacer
+            .promise(install_id, Class::Bulk, sends, Instant::now())
     }
 
     fn recipient_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<i64>> {
@@ -1350,13 +1330,10 @@ impl Messaging {
             let window = i64::try_from(self.inner.reconcile_window.as_millis()).unwrap_or(i64::MAX);
             let waited = now_ms() - attempted;
             if waited < window {
-                return Err(JobFailure {
-                    retryable: true,
-                    message: "an earlier attempt was interrupted after reaching the provider; waiting for its statuses before sending again".into(),
-                    retry_after: Some(Duration::from_millis(
-                        u64::try_from(window - waited).unwrap_or(1000),
-                    )),
-                });
+                return Err(JobFailure::retry_after(
+                    "an earlier attempt was interrupted after reaching the provider; waiting for its statuses before sending again",
+                    Duration::from_millis(u64::try_from(window - waited).unwrap_or(1000)),
+                ));
             }
             tracing::warn!(
                 message_id,
@@ -1373,13 +1350,12 @@ impl Messaging {
         {
             Ok(handle) => handle,
             Err(MarketplaceError::CircuitOpen { until, .. }) => {
-                return Err(JobFailure {
-                    retryable: true,
-                    message: "the channel connector's circuit is open".into(),
-                    retry_after: Some(Duration::from_millis(
+                return Err(JobFailure::retry_after(
+                    "the channel connector's circuit is open",
+                    Duration::from_millis(
                         u64::try_from((until - now_ms()).max(100)).unwrap_or(1000),
-                    )),
-                });
+                    ),
+                ));
             }
             Err(
                 error @ (MarketplaceError::NotFound(_)
@@ -1463,6 +1439,7 @@ impl Messaging {
         let attempt = Attempt {
             retries_left: job.attempts < job.max_attempts,
             stamped: false,
+            paced: false,
             lease: lease.as_ref(),
         };
         self.hand_over(&db, &handle, &message, phone, attempt).await
@@ -1484,21 +1461,36 @@ impl Messaging {
         let fail = |code: &str, text: String| json!({ "code": code, "message": text });
         let content = outbound_content(&message.content)
             .map_err(|error| JobFailure::permanent(format!("stored content: {error}")))?;
-        let rate = handle
-            .install()
-            .config
-            .get("throughput_per_second")
-            .and_then(Value::as_f64)
-            .unwrap_or(80.0)
-            .clamp(1.0, MAX_THROUGHPUT_PER_SECOND);
-        while let Some(wait) = self.take_token(&message.install_id, rate) {
-            tokio::time::sleep(wait).await;
-        }
         let recipient = self.recipient_lock(&format!("{}:{phone}", message.install_id));
         let mut not_before = recipient.lock().await;
-        let wait = *not_before - now_ms();
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+        let wait = Duration::from_millis(u64::try_from(*not_before - now_ms()).unwrap_or(0));
+        if wait > crate::pacing::INLINE_WAIT {
+            // The recipient's pair rate limit holds it for a while: the job comes back.
+            return Err(JobFailure::defer(
+                "the provider's pair rate limit holds this recipient",
+                wait,
+            ));
+        }
+        if !attempt.paced {
+            let class = if message.purpose == "marketing" {
+                Class::Bulk
+            } else {
+                Class::Conversation
+            };
+            let pacer = &self.inner.pacer;
+            let rate = throughput(handle);
+            let pause = match pacer.admit(&message.install_id, rate, class, Instant::now()) {
+                Admit::Go(pause) => pause,
+                Admit::Later => {
+                    return Err(JobFailure::defer(
+                        "the number is at its throughput limit",
+                        pacer.promise(&message.install_id, class, 1, Instant::now()),
+                    ));
+                }
+            };
+            tokio::time::sleep(pause.max(wait)).await;
+        } else {
+            tokio::time::sleep(wait).await;
         }
         let outbound = ct::OutboundMessage {
             message_id: message.id.clone(),
@@ -1547,9 +1539,8 @@ impl Messaging {
                 drop(not_before);
                 if retry && attempt.retries_left {
                     return Err(JobFailure {
-                        retryable: true,
-                        message: text,
                         retry_after,
+                        ..JobFailure::retry(text)
                     });
                 }
                 let error_json = match &error {
@@ -1731,6 +1722,18 @@ fn outbox_job(db: &TenantDb, message_id: &str, priority: i32) -> NewJob {
 /// opt-out.
 ///
 /// # Errors
+/// The install's throughput limit, in sends a second (`throughput_per_second` in its
+/// configuration; 80 by default, as Meta's default for a business phone number).
+fn throughput(handle: &ChannelHandle) -> f64 {
+    handle
+        .install()
+        .config
+        .get("throughput_per_second")
+        .and_then(Value::as_f64)
+        .unwrap_or(80.0)
+        .clamp(1.0, MAX_THROUGHPUT_PER_SECOND)
+}
+
 /// `Refused` (`opted-out`).
 fn refuse_opted_out(
     consent: &std::collections::BTreeMap<String, ConsentEntry>,

@@ -422,11 +422,7 @@ impl Webhooks {
                 let next = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
                 db.record_attempt(&delivery_id, &attempt, "pending", Some(next))
                     .await?;
-                Err(JobFailure {
-                    retryable: true,
-                    message: error.unwrap_or_default(),
-                    retry_after: Some(*wait),
-                })
+                Err(JobFailure::retry_after(error.unwrap_or_default(), *wait))
             }
             None => {
                 db.record_attempt(&delivery_id, &attempt, "failed", None)

@@ -63,13 +63,20 @@ async fn setup(
         .await
         .expect("request");
     assert!(response.status().is_success(), "raise the rate");
+    let install_id = connect(&server, &api, fake, 1000).await;
+    (server, api, tenant_id, install_id)
+}
+
+/// Installs the WhatsApp connector for `api`'s tenant, wired to `fake`'s number with
+/// `throughput` sends a second, and points the fake's webhooks at it; the install id.
+async fn connect(server: &PostdogServer, api: &Api, fake: &FakeGraph, throughput: u32) -> String {
     let config = fake.config().clone();
     let (status, install) = api
         .post(
             "/v1/installs",
             json!({"plugin": "postdog/whatsapp", "grants": ["http:graph.facebook.com", "webhook"],
                    "config": {"phone_number_id": config.phone_number_id, "waba_id": config.waba_id,
-                              "throughput_per_second": 1000}}),
+                              "throughput_per_second": throughput}}),
         )
         .await;
     assert_eq!(status, 201, "{install}");
@@ -88,7 +95,7 @@ async fn setup(
         assert!(status.is_success(), "{body}");
     }
     fake.set_webhook_target(format!("{}/hooks/{install_id}", server.base_url));
-    (server, api, tenant_id, install_id)
+    install_id
 }
 
 /// Creates, submits and approves (through the fake's webhook) a MARKETING template.
@@ -988,6 +995,150 @@ async fn ab_decided_early(database_url: Option<String>) {
         (&stats["held"], &stats["queued"], &stats["sent"]),
         (&json!(0), &json!(0), &json!(CONTACTS)),
         "{label}: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_number_at_its_throughput_limit_holds_no_job_worker_on_every_backend() {
+    for database_url in postdog_tests::database_urls().await {
+        throttled_number(database_url).await;
+    }
+}
+
+/// Tenant A's campaign of 100 goes through a number limited to 5 sends a second, on a
+/// server that runs 4 jobs at once — 4 batch jobs of 25, enough to take every worker if
+/// they waited for their turns inside them. They are deferred instead: tenant B's reply
+/// and A's own agent reply on the busy number both reach Meta while most of the
+/// campaign is still to go. The campaign still reaches every recipient exactly once,
+/// and Meta (which allows 8 a second here) never refuses a send for throughput.
+async fn throttled_number(database_url: Option<String>) {
+    const RECIPIENTS: usize = 100;
+    let label = label(database_url.as_ref());
+    let fake = FakeGraph::start(FakeGraphConfig {
+        throughput_per_second: Some(8),
+        ..FakeGraphConfig::default()
+    })
+    .await;
+    let env = [("POSTDOG_JOB_CONCURRENCY", "4".to_string())];
+    let (server, api, tenant_id, _) = setup(database_url, &fake, "business", &env).await;
+    let (other_api, _) = Api::tenant(&server, "business").await;
+    let other_install = connect(&server, &other_api, &fake, 1000).await;
+    let (bea, ann) = ("+14155550201", "+14155550202");
+    let (_, status) = fake
+        .inbound_text(bea, "Bea", "hello")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200, "{label}");
+    let install_id = connect(&server, &api, &fake, 5).await;
+    let (_, status) = fake
+        .inbound_text(ann, "Ann", "hello")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200, "{label}");
+    approved_template(
+        &api,
+        &fake,
+        &install_id,
+        "busy_note",
+        "Hello {{1}}, news.",
+        &["Ada"],
+    )
+    .await;
+    seed_contacts(&server, &tenant_id, "busy", "777", RECIPIENTS).await;
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": "Busy", "install_id": install_id, "audience": {"tags": ["busy"]},
+                   "template": {"name": "busy_note", "language": "en_US",
+                                "variables": {"body": [{"field": "name"}]}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+    let campaign_sends = || {
+        fake.sent()
+            .iter()
+            .filter(|m| m.template_name() == Some("busy_note"))
+            .count()
+    };
+    eventually("the campaign's first sends", || async {
+        (campaign_sends() > 0).then_some(())
+    })
+    .await;
+
+    let (status, reply) = other_api
+        .post(
+            "/v1/messages",
+            json!({"install_id": other_install, "to": bea, "text": {"body": "from the other tenant"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{label}: {reply}");
+    let (status, reply) = api
+        .post(
+            "/v1/messages",
+            json!({"install_id": install_id, "to": ann, "text": {"body": "from an agent"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{label}: {reply}");
+    for text in ["from the other tenant", "from an agent"] {
+        let before = eventually(text, || async {
+            fake.sent()
+                .iter()
+                .any(|m| m.text() == Some(text))
+                .then(campaign_sends)
+        })
+        .await;
+        // At 5 a second, 15 sends are 3 s. (When the campaign's jobs waited in their
+        // workers, both replies reached Meta after about 40 of its sends, once a first
+        // batch of 25 had finished and freed one; they now come after 1 to 3.)
+        assert!(
+            before <= 15,
+            "{label}: {text:?} reached Meta after {before} of the campaign's {RECIPIENTS} sends"
+        );
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, shown) = api.get(&format!("/v1/campaigns/{id}")).await;
+        if shown["status"] == "completed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: the campaign did not complete: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sent = sends_to(&fake, "777");
+    let per = per_recipient(&sent);
+    assert_eq!(
+        (sent.len(), per.len()),
+        (RECIPIENTS, RECIPIENTS),
+        "{label}: every recipient exactly once"
+    );
+    assert_eq!(
+        fake.send_attempts(),
+        fake.sent_count(),
+        "{label}: Meta refused no send for throughput"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let deferred: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("postdog_jobs_deferred_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the deferred counter");
+    assert!(
+        deferred > 0,
+        "{label}: jobs were deferred, not held: {metrics}"
     );
 }
 

@@ -1197,6 +1197,11 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             "Jobs this process dead-lettered.",
             &counters.dead,
         ),
+        (
+            "postdog_jobs_deferred_total",
+            "Job runs this process deferred because their channel was at its throughput limit (not attempts).",
+            &counters.deferred,
+        ),
     ] {
         let _ = writeln!(
             out,

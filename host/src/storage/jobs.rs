@@ -441,6 +441,25 @@ impl Storage {
             .map(drop)
     }
 
+    /// Puts running job `id` back in the queue, due at `run_at`, without the run
+    /// counting as an attempt (its work could not start yet: see `JobFailure::defer`).
+    pub async fn defer_job(&self, id: &str, owner: &str, run_at: i64) -> Result<(), StorageError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, run_at = $1, \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = $2 \
+             WHERE id = $3 AND lease_owner = $4 AND state = 'running'",
+        )
+        .bind(run_at)
+        .bind(now_ms())
+        .bind(id)
+        .bind(owner)
+        .execute(self.pool())
+        .await
+        .context("deferring a job")
+        .map(drop)
+    }
+
     /// Gives back the jobs `owner` holds (graceful shutdown): they are due again at once
     /// and the interrupted attempt does not count.
     pub async fn release_jobs(&self, owner: &str) -> Result<u64, StorageError> {
