@@ -501,6 +501,9 @@ pub struct ImportJobSpec {
     pub country: String,
     /// The plan's contact limit (`None`: unlimited).
     pub contact_limit: Option<u64>,
+    /// Tenant webhooks: each created contact's `contact.created` deliveries are written
+    /// with it.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Runs import jobs in the background, a few at a time.
@@ -610,9 +613,18 @@ async fn run(spec: ImportJobSpec) -> Result<(), (ImportCounts, String)> {
                 }
             }
         }
+        let subscribed = spec
+            .webhooks
+            .subscriptions(&spec.db)
+            .await
+            .map_err(|error| fail(counts, error.to_string()))?;
+        let tenant = spec.db.tenant_id().as_str();
+        let announce = |id: &str, data: &crate::storage::ContactData| {
+            subscribed.contact_created(tenant, "import", id, data)
+        };
         let (outcomes, opt_ins_refused) = spec
             .db
-            .import_batch(&rows, spec.strategy, room)
+            .import_batch(&rows, spec.strategy, room, &announce)
             .await
             .map_err(|error| fail(counts, error.to_string()))?;
         counts.opt_ins_refused += opt_ins_refused;

@@ -615,10 +615,16 @@ impl Messaging {
                         });
                         let mut jobs = Vec::new();
                         if result.contact_created {
-                            jobs.extend(subscribed.fanout(
+                            let contact = crate::storage::ContactData {
+                                name: record.profile_name.clone(),
+                                phone: Some(record.phone.clone()),
+                                ..Default::default()
+                            };
+                            jobs.extend(subscribed.contact_created(
                                 &event_tenant,
-                                "contact.created",
-                                json!({ "contact_id": result.contact_id, "phone": record.phone, "name": record.profile_name, "source": record.channel }),
+                                &record.channel,
+                                &result.contact_id,
+                                &contact,
                             ));
                         }
                         jobs.extend(subscribed.fanout(&event_tenant, "message.received", data));
@@ -988,13 +994,15 @@ impl Messaging {
                     .map_err(|error| SendError::Invalid(format!("`to`: {error}")))?;
                 match db.contact_by_phone(&phone).await? {
                     Some(contact) => contact,
-                    None => db
-                        .create_contact(&crate::storage::ContactData {
+                    None => {
+                        let data = crate::storage::ContactData {
                             phone: Some(phone),
                             ..Default::default()
-                        })
-                        .await
-                        .map_err(|error| SendError::Invalid(error.to_string()))?,
+                        };
+                        self.create_contact(db, &data, "message")
+                            .await
+                            .map_err(|error| SendError::Invalid(error.to_string()))?
+                    }
                 }
             }
             _ => {
@@ -1266,6 +1274,39 @@ impl Messaging {
         let mut job = outbox_job(db, message_id, 0);
         job.run_at = at;
         self.inner.jobs.enqueue(&job).await.map(drop)
+    }
+
+    /// Creates a contact with its `contact.created` webhook deliveries (one transaction);
+    /// `source` says what created it (`api`, `import`, `flow`, `message`).
+    ///
+    /// # Errors
+    /// As [`TenantDb::create_contact`].
+    pub async fn create_contact(
+        &self,
+        db: &TenantDb,
+        data: &crate::storage::ContactData,
+        source: &str,
+    ) -> Result<crate::storage::Contact, crate::storage::ContactWriteError> {
+        let subscribed = self.inner.webhooks.subscriptions(db).await?;
+        let tenant = db.tenant_id().as_str();
+        let contact = db
+            .create_contact_announced(data, &|id, data| {
+                subscribed.contact_created(tenant, source, id, data)
+            })
+            .await?;
+        self.inner.jobs.wake();
+        Ok(contact)
+    }
+
+    /// The tenant webhook endpoints subscribed to events (cached briefly).
+    ///
+    /// # Errors
+    /// Storage.
+    pub async fn subscriptions(
+        &self,
+        db: &TenantDb,
+    ) -> Result<crate::webhooks::Subscribed, StorageError> {
+        self.inner.webhooks.subscriptions(db).await
     }
 
     /// Holds every send through `install_id` for `wait` (the provider's backoff).

@@ -55,7 +55,7 @@ pub use api_keys::{ApiKey, NewApiKey, Role};
 pub use audit::AuditEntry;
 pub use campaigns::{Campaign, ExportRow, NewRecipient, Recipient, RecipientCounts, Variant};
 pub use consent::{CONSENT_CHANNELS, ConsentEntry};
-pub use contacts::{Contact, ContactChange, ContactData, ContactWriteError};
+pub use contacts::{Announce, Contact, ContactChange, ContactData, ContactWriteError};
 pub use custom_fields::{CustomField, FieldKind};
 pub use flows::{ContactEdit, Flow, FlowVersion, Run, RunChange, Step};
 pub use imports::{DuplicateStrategy, ImportCounts, ImportJob, ImportRow, RowOutcome};

@@ -70,6 +70,30 @@ pub struct Subscribed {
 }
 
 impl Subscribed {
+    /// The `contact.created` deliveries of contact `contact_id` (`data`), created by
+    /// `source`: `api`, `import`, `flow`, `message` (a send to a new number) or the
+    /// channel of an inbound message (`whatsapp`).
+    pub fn contact_created(
+        &self,
+        tenant_id: &str,
+        source: &str,
+        contact_id: &str,
+        data: &crate::storage::ContactData,
+    ) -> Vec<NewJob> {
+        self.fanout(
+            tenant_id,
+            "contact.created",
+            json!({
+                "contact_id": contact_id,
+                "name": data.name,
+                "phone": data.phone,
+                "email": data.email,
+                "tags": data.tags,
+                "source": source,
+            }),
+        )
+    }
+
     /// One delivery job per endpoint subscribed to `event_type` (none when nobody is).
     pub fn fanout(&self, tenant_id: &str, event_type: &str, data: Value) -> Vec<NewJob> {
         let wanted: Vec<&String> = self

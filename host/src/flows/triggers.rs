@@ -300,7 +300,7 @@ impl Flows {
             tags: Vec::new(),
             fields: json!({}),
         };
-        match db.create_contact(&data).await {
+        match self.inner.messaging.create_contact(db, &data, "flow").await {
             Ok(contact) => Ok(contact.id),
             // Created meanwhile by a concurrent call.
             Err(ContactWriteError::Duplicate { existing_id, .. }) => Ok(existing_id),

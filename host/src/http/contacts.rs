@@ -3,7 +3,7 @@
 //! lower-cased; a phone or email another contact already has is a 409 naming it; the
 //! plan's contact limit is enforced on create.
 
-use axum::extract::{Path, Query};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -169,6 +169,7 @@ async fn apply_body(
 }
 
 async fn create(
+    State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -197,9 +198,9 @@ async fn create(
             .with("count", count));
         }
     }
-    let contact = caller
-        .db()
-        .create_contact(&data)
+    let contact = state
+        .messaging
+        .create_contact(caller.db(), &data, "api")
         .await
         .map_err(write_error)?;
     Ok((StatusCode::CREATED, Json(json!(contact))))

@@ -269,6 +269,7 @@ async fn start(
         strategy,
         country: caller.tenant.default_country.clone(),
         contact_limit: plan.contact_limit(),
+        webhooks: state.webhooks.clone(),
     });
     Ok((
         StatusCode::ACCEPTED,

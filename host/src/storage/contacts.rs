@@ -101,6 +101,10 @@ pub enum ContactChange {
     },
 }
 
+/// The jobs announcing a contact just created (id, data): its `contact.created` webhook
+/// deliveries, written in the transaction that creates it.
+pub type Announce<'a> = &'a (dyn Fn(&str, &ContactData) -> Vec<super::NewJob> + Send + Sync);
+
 /// (tenant id, contact id, change).
 pub(super) type ChangeSender = tokio::sync::mpsc::UnboundedSender<(String, String, ContactChange)>;
 
@@ -268,6 +272,20 @@ impl TenantDb {
 
     /// Creates a contact.
     pub async fn create_contact(&self, data: &ContactData) -> Result<Contact, ContactWriteError> {
+        self.create_contact_announced(data, &|_, _| Vec::new())
+            .await
+    }
+
+    /// As [`TenantDb::create_contact`], and writes the jobs `announce` gives for the new
+    /// contact (its `contact.created` webhook deliveries) in the same transaction.
+    ///
+    /// # Errors
+    /// As [`TenantDb::create_contact`].
+    pub async fn create_contact_announced(
+        &self,
+        data: &ContactData,
+        announce: Announce<'_>,
+    ) -> Result<Contact, ContactWriteError> {
         if let Some(duplicate) = self.find_duplicate(data, "").await? {
             return Err(duplicate);
         }
@@ -290,6 +308,9 @@ impl TenantDb {
             .execute(&mut *tx)
             .await?;
             Self::write_tags(&mut tx, tenant, &id, &data.tags).await?;
+            for job in announce(&id, data) {
+                super::jobs::insert_job(&mut *tx, &job).await?;
+            }
             tx.commit().await
         }
         .await;

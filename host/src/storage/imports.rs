@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::contacts::CONTACT_COLUMNS;
+use super::contacts::{Announce, CONTACT_COLUMNS};
 use super::filter_sql::{Bind, Sql};
 use super::{Backend, Contact, ContactData, QueryContext, StorageError, TenantDb, now_ms};
 
@@ -295,14 +295,16 @@ impl TenantDb {
     /// Applies a batch of rows with `strategy`; one outcome per row, in order, and the
     /// opt-ins refused over an opt-out. At most `room` contacts are created (the plan's
     /// remaining allowance; `None` is unlimited).
+    /// The jobs `announce` gives for each created contact are written with it.
     pub async fn import_batch(
         &self,
         rows: &[ImportRow],
         strategy: DuplicateStrategy,
         room: Option<u64>,
+        announce: Announce<'_>,
     ) -> Result<(Vec<RowOutcome>, u64), StorageError> {
         let (outcomes, pending, refused) = self.plan_batch(rows, strategy, room).await?;
-        match self.write_batch(&pending).await {
+        match self.write_batch(&pending, announce).await {
             Ok(()) => {
                 self.report_import_changes(&pending);
                 Ok((outcomes, refused))
@@ -316,7 +318,7 @@ impl TenantDb {
                     let (mut single, pending, row_refused) = self
                         .plan_batch(std::slice::from_ref(row), strategy, room)
                         .await?;
-                    let outcome = match self.write_batch(&pending).await {
+                    let outcome = match self.write_batch(&pending, announce).await {
                         Ok(()) => {
                             self.report_import_changes(&pending);
                             refused += row_refused;
@@ -608,7 +610,11 @@ impl TenantDb {
     }
 
     /// Writes a batch's new and changed contacts in one transaction.
-    async fn write_batch(&self, pending: &[Pending]) -> Result<(), sqlx::Error> {
+    async fn write_batch(
+        &self,
+        pending: &[Pending],
+        announce: Announce<'_>,
+    ) -> Result<(), sqlx::Error> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -684,6 +690,11 @@ impl TenantDb {
                 .bind(serde_json::json!(tags).to_string())
                 .execute(&mut *tx)
                 .await?;
+            }
+            for entry in &created {
+                for job in announce(&entry.id, &entry.contact) {
+                    super::jobs::insert_job(&mut *tx, &job).await?;
+                }
             }
         }
         // Consent after the contacts it belongs to; ids are v7, so the history keeps the
@@ -811,7 +822,7 @@ mod tests {
                 recorded_at: 0,
             };
             assert!(tenant_db.record_consent(&contact.id, &stop).await?);
-            tenant_db.write_batch(&pending).await?;
+            tenant_db.write_batch(&pending, &|_, _| Vec::new()).await?;
             let current = tenant_db.current_consent(&contact.id).await?;
             assert_eq!(current["whatsapp"].status, "opted_out", "{label}");
             assert_eq!(current["email"].status, "opted_in", "{label}");
