@@ -42,6 +42,7 @@ use serde_json::{Value, json};
 
 use crate::jobs::{JobFailure, Jobs};
 use crate::messaging::{Messaging, SendError, SentNow, TemplateNow};
+use crate::pacing::{Admit, Class};
 use crate::plans::Plan;
 use crate::segments::{Condition, Expr};
 use crate::storage::{
@@ -944,8 +945,15 @@ fn send_jobs(
 enum Turn {
     /// Sent, skipped, failed, or left to the outbox: nothing more for this job to do.
     Done,
-    /// Not sent yet: the number is at its throughput limit (the job is deferred).
-    Deferred,
+    /// Not sent yet (the job is deferred): the number is at its throughput limit.
+    NumberBusy,
+    /// Not sent yet (the job is deferred): the campaign is at its throttle.
+    Throttled,
+}
+
+/// The pacer lane of a throttled campaign.
+fn throttle_lane(campaign_id: &str) -> String {
+    format!("campaign:{campaign_id}")
 }
 
 /// Spaces sends to `throttle` a minute: the run time of the `index`-th send from `base`.
@@ -1866,19 +1874,19 @@ impl Campaigns {
             .await
             .map_err(|_| JobFailure::retry("the campaign sender is shutting down"))?;
         // Once the number refuses one send a turn, the rest of the batch waits too.
-        let deferred = std::sync::atomic::AtomicBool::new(false);
+        let held_up = std::sync::Mutex::new(None::<Turn>);
         let sends = batch.into_iter().map(|(recipient, contact)| {
-            let (deferred, lease) = (&deferred, lease.clone());
+            let (held_up, lease) = (&held_up, lease.clone());
             let context = &context;
             async move {
-                if deferred.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Ok(Turn::Deferred);
+                if let Some(turn) = *held_up.lock().unwrap_or_else(|p| p.into_inner()) {
+                    return Ok(turn);
                 }
                 let turn = self
                     .send_one(db, context, recipient, contact, job, lease)
                     .await;
-                if matches!(turn, Ok(Turn::Deferred)) {
-                    deferred.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(turn @ (Turn::NumberBusy | Turn::Throttled)) = turn {
+                    *held_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(turn);
                 }
                 turn
             }
@@ -1887,21 +1895,37 @@ impl Campaigns {
             .buffer_unordered(width)
             .collect()
             .await;
-        let mut waiting = 0;
+        let (mut number_busy, mut throttled) = (0, 0);
         for turn in turns {
-            if turn? == Turn::Deferred {
-                waiting += 1;
+            match turn? {
+                Turn::Done => {}
+                Turn::NumberBusy => number_busy += 1,
+                Turn::Throttled => throttled += 1,
             }
         }
-        if waiting > 0 {
-            // The job comes back for its remaining recipients when the number has turns
-            // for them; deferring is not an attempt.
-            let wait = self
-                .inner
-                .messaging
-                .deferral(&context.campaign.install_id, waiting);
+        if number_busy + throttled > 0 {
+            // The job comes back for its remaining recipients when the number (or the
+            // campaign's throttle) has turns for them; deferring is not an attempt.
+            let now = std::time::Instant::now();
+            let pacer = self.inner.messaging.pacer();
+            let mut wait = Duration::ZERO;
+            if number_busy > 0 {
+                wait = wait.max(pacer.promise(
+                    &context.campaign.install_id,
+                    Class::Bulk,
+                    number_busy,
+                    now,
+                ));
+            }
+            if throttled > 0 {
+                let lane = throttle_lane(&context.campaign.id);
+                wait = wait.max(pacer.promise(&lane, Class::Bulk, throttled, now));
+            }
             return Err(JobFailure::defer(
-                format!("{waiting} recipients wait for the number's throughput limit"),
+                format!(
+                    "{} recipients wait for the number's throughput limit or the campaign's throttle",
+                    number_busy + throttled
+                ),
                 wait,
             ));
         }
@@ -2027,6 +2051,19 @@ impl Campaigns {
                 return Ok(Turn::Done);
             }
         };
+        if let Some(per_minute) = campaign.throttle_per_minute.filter(|n| *n > 0) {
+            // Sends are due at their paced times, but many can come due at once (quiet
+            // hours ending, a server that was down): the campaign's lane keeps its pace.
+            #[allow(clippy::cast_precision_loss)] // at most 1,000,000 a minute
+            let rate = per_minute as f64 / 60.0;
+            let lane = throttle_lane(&campaign.id);
+            let pacer = self.inner.messaging.pacer();
+            match pacer.admit(&lane, rate, Class::Bulk, std::time::Instant::now()) {
+                Admit::Go(pause) if pause.is_zero() => {}
+                Admit::Go(pause) => tokio::time::sleep(pause).await,
+                Admit::Later => return Ok(Turn::Throttled),
+            }
+        }
         let send = TemplateNow {
             install_id: &campaign.install_id,
             contact: &contact,
@@ -2040,7 +2077,7 @@ impl Campaigns {
         };
         match self.inner.messaging.send_template_now(db, send).await {
             Ok(SentNow::Queued(_) | SentNow::RecipientNotQueued) => {}
-            Ok(SentNow::Deferred) => return Ok(Turn::Deferred),
+            Ok(SentNow::Deferred) => return Ok(Turn::NumberBusy),
             // The key's first message (queued by an earlier, interrupted run).
             Ok(SentNow::Existing(message_id)) => {
                 finish("sent", None, Some(message_id), None).await?;

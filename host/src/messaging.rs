@@ -230,7 +230,7 @@ pub enum SentNow {
     /// The recipient was no longer queued; nothing was written.
     RecipientNotQueued,
     /// The number is at its throughput limit and the send's turn is not near: nothing
-    /// was written; defer the job (`Messaging::deferral`).
+    /// was written; defer the job (`crate::pacing::Pacer::promise`).
     Deferred,
 }
 
@@ -1205,7 +1205,7 @@ impl Messaging {
             hex::encode(sha2::Sha256::digest(content.to_string().as_bytes()))
         };
         // The number's turn is taken before the message exists: a send that would wait
-        // long writes nothing, and its job is deferred (`Messaging::deferral`).
+        // long writes nothing, and its job is deferred (`Pacer::promise`).
         let rate = throughput(&handle);
         match (self.inner.pacer).admit(send.install_id, rate, Class::Bulk, Instant::now()) {
             Admit::Go(pause) => pause_for(pause).await,
@@ -1319,12 +1319,10 @@ impl Messaging {
         );
     }
 
-    /// When a job deferred with `sends` bulk sends through `install_id` (refused a
-    /// turn by the number's pacer) should come back.
-    pub fn deferral(&self, install_id: &str, sends: usize) -> Duration {
-        self.inner
-            .pacer
-            .promise(install_id, Class::Bulk, sends, Instant::now())
+    /// The pacer of this process's sends (number lanes by install id; campaigns add
+    /// their own throttle lanes).
+    pub(crate) fn pacer(&self) -> &crate::pacing::Pacer {
+        &self.inner.pacer
     }
 
     fn recipient_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<i64>> {

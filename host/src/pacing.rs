@@ -1,5 +1,7 @@
-//! Per-number send pacing: each channel install (one phone number) has a lane that
-//! admits sends at its configured rate, evenly spaced, by the generic cell rate
+//! Send pacing: each channel install (one phone number) has a lane that admits sends at
+//! its configured rate, and so does each throttled campaign (at its messages per
+//! minute, so sends that all came due at once — after quiet hours, after the server was
+//! down — still go at the campaign's pace), evenly spaced, by the generic cell rate
 //! algorithm (GCRA: one "next" instant per lane instead of a token count and a refill
 //! clock). A send may go at most [`EARLY`] before its even turn, which absorbs timer
 //! and scheduling jitter; no second ever carries a burst on top of the rate (a token
@@ -115,6 +117,11 @@ impl Pacer {
     pub fn admit(&self, key: &str, rate: f64, class: Class, now: Instant) -> Admit {
         let rate = rate.max(f64::MIN_POSITIVE);
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if lanes.len() > 10_000 {
+            // Lanes idle for a minute hold no turn and no promise: forget them.
+            let idle = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
+            lanes.retain(|_, lane| lane.next.max(lane.promised) > idle);
+        }
         let lane = lanes
             .entry(key.to_string())
             .or_insert_with(|| Lane::new(rate, now));
