@@ -1139,7 +1139,7 @@ impl Messaging {
                 });
             }
         }
-        check_quota(db, None).await?;
+        let plan = plan_of(db, None).await?;
         let message_id = uuid::Uuid::now_v7().to_string();
         let record = OutboundRecord {
             message_id: message_id.clone(),
@@ -1153,6 +1153,7 @@ impl Messaging {
             idempotency_key,
             request_hash: Some(request_hash),
             sent_by: sent_by.map(str::to_string),
+            allowance: Some(plan.monthly_messages()),
         };
         let job = outbox_job(db, &message_id, if purpose == "service" { 10 } else { 0 });
         match db.queue_outbound(&record, &job).await? {
@@ -1170,6 +1171,7 @@ impl Messaging {
             Queued::RecipientNotQueued => Err(SendError::Invalid(
                 "the campaign recipient is no longer queued".into(),
             )),
+            Queued::AllowanceUsed(used) => Err(allowance_used(plan, used)),
         }
     }
 
@@ -1198,8 +1200,9 @@ impl Messaging {
         };
         refuse_opted_out(&send.contact.consent, &send.contact.id, &channel)?;
         let raw = json!(send.variables);
+        // The month's allowance is checked by the write itself (`allowance`), which
+        // counts the message: no read of the usage first.
         let (content, _) = template_content(send.template, send.variables, Some(&raw))?;
-        check_quota(db, Some(send.plan)).await?;
         let request_hash = {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(content.to_string().as_bytes()))
@@ -1224,6 +1227,7 @@ impl Messaging {
             idempotency_key: Some(send.idempotency_key),
             request_hash: Some(request_hash),
             sent_by: Some(send.sent_by.to_string()),
+            allowance: Some(send.plan.monthly_messages()),
         };
         let how = crate::storage::Outbox::Now {
             attempted_at: now_ms(),
@@ -1237,6 +1241,7 @@ impl Messaging {
                 return Ok(SentNow::Existing(message.id));
             }
             Queued::RecipientNotQueued => return Ok(SentNow::RecipientNotQueued),
+            Queued::AllowanceUsed(used) => return Err(allowance_used(send.plan, used)),
         };
         self.publish(
             db.tenant_id().as_str(),
@@ -1804,8 +1809,12 @@ fn refuse_opted_out(
 ///
 /// # Errors
 /// `Refused` (`quota-exceeded`) with the numbers.
-async fn check_quota(db: &TenantDb, plan: Option<crate::plans::Plan>) -> Result<(), SendError> {
-    let plan = match plan {
+/// The plan whose monthly allowance a message counts against: `plan`, or the tenant's.
+async fn plan_of(
+    db: &TenantDb,
+    plan: Option<crate::plans::Plan>,
+) -> Result<crate::plans::Plan, SendError> {
+    Ok(match plan {
         Some(plan) => plan,
         None => db
             .storage()
@@ -1814,22 +1823,20 @@ async fn check_quota(db: &TenantDb, plan: Option<crate::plans::Plan>) -> Result<
             .map_or(crate::plans::Plan::Starter, |tenant| {
                 crate::plans::Plan::of(&tenant.plan)
             }),
-    };
-    let used = db
-        .messages_sent(&crate::storage::month_of(now_ms()))
-        .await?;
-    if used >= plan.monthly_messages() {
-        return Err(SendError::Refused {
-            code: "quota-exceeded",
-            message: format!(
-                "this month's message allowance of the {} plan is used up ({used} of {}); upgrade the plan to send more",
-                plan.as_str(),
-                plan.monthly_messages()
-            ),
-            details: json!({ "used": used, "allowance": plan.monthly_messages() }),
-        });
+    })
+}
+
+/// `Refused` (`quota-exceeded`): `used` of `plan`'s monthly allowance are counted.
+fn allowance_used(plan: crate::plans::Plan, used: u64) -> SendError {
+    SendError::Refused {
+        code: "quota-exceeded",
+        message: format!(
+            "this month's message allowance of the {} plan is used up ({used} of {}); upgrade the plan to send more",
+            plan.as_str(),
+            plan.monthly_messages()
+        ),
+        details: json!({ "used": used, "allowance": plan.monthly_messages() }),
     }
-    Ok(())
 }
 
 fn suggest(names: &[String]) -> String {

@@ -28,7 +28,7 @@ use futures::StreamExt as _;
 use postdog_host::campaigns::MIN_SAMPLE;
 use postdog_host::ids::TenantId;
 use postdog_host::storage::{ConsentEntry, ContactData};
-use postdog_tests::fake_graph::{FakeGraph, FakeGraphConfig, SentMessage};
+use postdog_tests::fake_graph::{Failure, FakeGraph, FakeGraphConfig, SentMessage};
 use postdog_tests::{Api, OPERATOR_TOKEN, PostdogServer, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -668,12 +668,14 @@ async fn end_to_end(database_url: Option<String>) {
     let (status, _) = api.delete(&format!("/v1/campaigns/{id}")).await;
     assert_eq!(status, 204, "{label}: a completed campaign can be deleted");
 
-    // Pause, resume and cancel, on a campaign throttled to one message a minute: the
-    // first goes at once, the next waits a minute — or a resume, which queues the
-    // waiting recipients again from now; cancelling marks the rest cancelled.
+    // Pause, resume and cancel, on a campaign throttled to 12 messages a minute: the
+    // first goes at once, the next 5 s later — after a pause and a resume too (a resume
+    // queues the waiting recipients again, but does not reset the pace: the campaign's
+    // throttle lane still holds the first send's turn); cancelling marks the rest
+    // cancelled.
     let mut slow = good.clone();
     slow["name"] = json!("Slow");
-    slow["throttle_per_minute"] = json!(1);
+    slow["throttle_per_minute"] = json!(12);
     let (status, campaign) = api.post("/v1/campaigns", slow).await;
     assert_eq!(status, 201, "{label}: {campaign}");
     let slow_id = campaign["id"].as_str().expect("id").to_string();
@@ -1236,6 +1238,96 @@ async fn throttle_after_downtime(database_url: Option<String>) {
         fake.sent_count(),
         "{label}: Meta refused no send for throughput (the sends due during the downtime went at the campaign's pace)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_monthly_allowance_is_a_hard_limit_on_every_backend() {
+    for database_url in postdog_tests::database_urls().await {
+        hard_allowance(database_url).await;
+    }
+}
+
+/// A message counts against the month's allowance from the moment it is queued, not
+/// when Meta accepts it: with one message left and a number that sends 1 a second, ten
+/// requests at once get one 202 and nine 402s (when only accepted messages counted, all
+/// ten passed the check while the first still waited for its turn). A message that fails
+/// before any provider accepted it gives its count back.
+async fn hard_allowance(database_url: Option<String>) {
+    let label = label(database_url.as_ref());
+    let fake = FakeGraph::start(FakeGraphConfig::default()).await;
+    let (server, api, tenant_id, _) = setup(database_url, &fake, "starter", &[]).await;
+    let install_id = connect(&server, &api, &fake, 1).await;
+    let cleo = "+14155550301";
+    let (_, status) = fake
+        .inbound_text(cleo, "Cleo", "hello")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200, "{label}");
+    let usage = || async {
+        let (_, tenant) = api.get("/v1/tenant").await;
+        tenant["usage"]["messages"].clone()
+    };
+    let allowance = usage().await["allowance"].as_u64().expect("allowance");
+    let storage = server.storage().await;
+    storage
+        .tenant(&TenantId::new(&tenant_id))
+        .record_messages_sent(allowance - 1, postdog_host::storage::now_ms())
+        .await
+        .expect("usage");
+    storage.close().await;
+    let send = |text: String| {
+        let api = &api;
+        let body = json!({"install_id": install_id, "to": cleo, "text": {"body": text}});
+        async move { api.post("/v1/messages", body).await }
+    };
+
+    // A permanent failure before acceptance gives the count back.
+    fake.fail_next(1, Failure::graph(131_026));
+    let (status, failing) = send("undeliverable".into()).await;
+    assert_eq!(status, 202, "{label}: {failing}");
+    assert_eq!(
+        usage().await["sent"],
+        allowance,
+        "{label}: counted when queued"
+    );
+    let id = failing["id"].as_str().expect("id").to_string();
+    eventually("the permanent failure", || async {
+        let (_, message) = api.get(&format!("/v1/messages/{id}")).await;
+        (message["status"] == "failed").then_some(())
+    })
+    .await;
+    assert_eq!(usage().await["sent"], allowance - 1, "{label}: given back");
+
+    let answers = futures::future::join_all((0..10).map(|n| send(format!("allowance {n}")))).await;
+    let accepted = answers.iter().filter(|(status, _)| *status == 202).count();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == 402)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!((accepted, refused.len()), (1, 9), "{label}: {answers:?}");
+    assert!(
+        refused[0]["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains(&format!("({allowance} of {allowance})"))),
+        "{label}: {}",
+        refused[0]
+    );
+    eventually("the one accepted message at Meta", || async {
+        fake.sent()
+            .iter()
+            .any(|m| m.text().is_some_and(|text| text.starts_with("allowance")))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_meta = fake
+        .sent()
+        .iter()
+        .filter(|m| m.text().is_some_and(|text| text.starts_with("allowance")))
+        .count();
+    assert_eq!(at_meta, 1, "{label}");
+    assert_eq!(usage().await["sent"], allowance, "{label}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

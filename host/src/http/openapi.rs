@@ -787,7 +787,7 @@ fn schemas() -> Map<String, Value> {
             "TenantWithUsage",
             json!({"allOf": [reference("Tenant"), {"type": "object", "properties": {"usage": {"type": "object", "properties": {
             "contacts": {"type": "object", "properties": {"count": {"type": "integer"}, "limit": {"type": ["integer", "null"]}}},
-            "messages": {"type": "object", "properties": {"month": {"type": "string", "description": "YYYY-MM (UTC)"}, "sent": {"type": "integer"}, "allowance": {"type": "integer"}, "remaining": {"type": "integer"}}},
+            "messages": {"type": "object", "properties": {"month": {"type": "string", "description": "YYYY-MM (UTC)"}, "sent": {"type": "integer", "description": "Messages counted against the allowance this month: queued or sent (one that fails before the provider accepts it is given back)"}, "allowance": {"type": "integer"}, "remaining": {"type": "integer"}}},
             "requests_per_minute": {"type": "integer"}}}}}]}),
         ),
         (

@@ -183,6 +183,9 @@ pub struct OutboundRecord {
     pub request_hash: Option<String>,
     /// The API key that sent it.
     pub sent_by: Option<String>,
+    /// The month's message allowance it must fit in (the tenant's plan): the message
+    /// counts against it from the moment it is queued; `None` counts it without a limit.
+    pub allowance: Option<u64>,
 }
 
 /// What queueing an outbound message did.
@@ -197,6 +200,9 @@ pub enum Queued {
     /// The campaign recipient it was for is no longer queued (paused or cancelled since):
     /// nothing was written.
     RecipientNotQueued,
+    /// The month's allowance is used up (messages queued or sent this month, as counted
+    /// when the write was tried): nothing was written.
+    AllowanceUsed(u64),
 }
 
 /// How [`TenantDb::queue_outbound_with`] hands a message on.
@@ -223,7 +229,22 @@ enum QueueOutcome {
     Queued(String, i64),
     KeyTaken,
     RecipientNotQueued,
+    AllowanceUsed,
 }
+
+/// A message queued counts against the month's allowance ($3; $1 tenant, $2 month),
+/// only if it fits: no row changes when it does not. Counting at queueing (not at the
+/// provider's acceptance) makes the allowance a hard limit: messages waiting in the
+/// outbox or in flight were not counted before, so a burst of API sends, or a
+/// campaign's sends in flight, could pass it.
+const USAGE_RESERVE: &str = "INSERT INTO message_usage (tenant_id, month, sent) VALUES ($1, $2, 1) \
+     ON CONFLICT (tenant_id, month) DO UPDATE SET sent = message_usage.sent + 1 \
+     WHERE message_usage.sent < $3";
+
+/// Gives a message's count back ($1 tenant, $2 month): it was not written after all, or
+/// it failed before any provider accepted it.
+const USAGE_RETURN: &str =
+    "UPDATE message_usage SET sent = sent - 1 WHERE tenant_id = $1 AND month = $2 AND sent > 0";
 
 /// A queued campaign recipient turns `sent` with its message: $1 message id, $2 now,
 /// $3 tenant, $4 campaign, $5 contact.
@@ -611,6 +632,9 @@ impl TenantDb {
                 recipient,
             } => (None, Some(*attempted_at), recipient.as_ref()),
         };
+        let allowance = record
+            .allowance
+            .map_or(i64::MAX, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
         let outcome = if let Some(writer) = self.storage().sqlite_writer() {
             // Serialized here: the writer thread serves every caller in turn.
             let (tenant, owned, content, job, recipient) = (
@@ -624,6 +648,15 @@ impl TenantDb {
                 .write(move |c| {
                     use super::sqlite_writer::{exec, query};
                     let now = now_ms();
+                    let month = super::month_of(now);
+                    if exec(c, USAGE_RESERVE, &[&tenant, &month, &allowance])? == 0 {
+                        return Ok(QueueOutcome::AllowanceUsed);
+                    }
+                    // Nothing written after all: the count goes back (the savepoint
+                    // keeps what a closure did when it returns normally).
+                    let unreserve = |c: &rusqlite::Connection| {
+                        exec(c, USAGE_RETURN, &[&tenant, &month]).map(drop)
+                    };
                     if let Some((campaign, contact)) = &recipient
                         && exec(
                             c,
@@ -631,6 +664,7 @@ impl TenantDb {
                             &[&owned.message_id, &now, &tenant, campaign, contact],
                         )? == 0
                     {
+                        unreserve(c)?;
                         return Ok(QueueOutcome::RecipientNotQueued);
                     }
                     let conversation_id: String = query(
@@ -673,6 +707,7 @@ impl TenantDb {
                         // is kept (the savepoint is released with no other change
                         // than the conversation's timestamps).
                         Err(error) if super::sqlite_writer::is_unique_violation(&error) => {
+                            unreserve(c)?;
                             return Ok(QueueOutcome::KeyTaken);
                         }
                         other => other?,
@@ -691,6 +726,18 @@ impl TenantDb {
             let outcome: Result<QueueOutcome, sqlx::Error> = async {
                 let mut tx = self.storage().begin_write().await?;
                 let now = now_ms();
+                // Anything that stops the write below drops the transaction, and the
+                // count with it.
+                let reserved = sqlx::query(USAGE_RESERVE)
+                    .bind(tenant)
+                    .bind(super::month_of(now))
+                    .bind(allowance)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if reserved == 0 {
+                    return Ok(QueueOutcome::AllowanceUsed);
+                }
                 if let Some((campaign, contact)) = recipient {
                     let updated = sqlx::query(RECIPIENT_SENT)
                         .bind(&record.message_id)
@@ -774,6 +821,9 @@ impl TenantDb {
                 failed_at: None,
             })),
             QueueOutcome::RecipientNotQueued => Ok(Queued::RecipientNotQueued),
+            QueueOutcome::AllowanceUsed => Ok(Queued::AllowanceUsed(
+                self.messages_sent(&super::month_of(now_ms())).await?,
+            )),
             QueueOutcome::KeyTaken => {
                 let key = record.idempotency_key.as_deref().unwrap_or_default();
                 match self.message_by_idempotency_key(key).await? {
@@ -990,8 +1040,8 @@ impl TenantDb {
     /// sending again can cure (a rate limit, a transient error): the message goes back
     /// to the outbox in one transaction — `queued`, its provider id and attempt cleared,
     /// the failure kept as its `error` with the retry count, a `retry:<n>` entry in its
-    /// history, the month's usage given back (it is counted again when the provider
-    /// takes it) — with the send job `job(n)` (its key must name the retry). `None`
+    /// history (it still counts against the month's allowance, as it did since it was
+    /// queued) — with the send job `job(n)` (its key must name the retry). `None`
     /// (nothing written) when the message is unknown, not outbound, past `accepted`/
     /// `sent`, or was retried `max_retries` times already: the failure then applies as
     /// usual.
@@ -1060,13 +1110,9 @@ impl TenantDb {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "UPDATE message_usage SET sent = sent - 1 WHERE tenant_id = $1 AND month = $2 AND sent > 0",
-            )
-            .bind(tenant)
-            .bind(super::month_of(now))
-            .execute(&mut *tx)
-            .await?;
+            // The message still counts against the month's allowance (it was counted
+            // when queued, and is queued again); a final failure before any provider
+            // accepts it gives the count back (`mark_failed`).
             insert_job(&mut *tx, &job(&id, retry)).await?;
             let message = message_in(&mut *tx, tenant, &id).await?;
             tx.commit().await?;
@@ -1159,8 +1205,8 @@ impl TenantDb {
         let now = now_ms();
         // Only once: the send job's receipt and a status echoing the message id (after a
         // crash lost the receipt) may both try; the first records it. The status, its
-        // history entry, the month's usage and the contact's last-contacted time are
-        // written together, so a crash cannot count a message twice or not at all.
+        // history entry and the contact's last-contacted time are written together. (The
+        // month's usage counted the message when it was queued.)
         // The row comes back from the update itself (no read after it).
         static ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             format!(
@@ -1171,11 +1217,8 @@ impl TenantDb {
                  RETURNING {MESSAGE_COLUMNS}"
             )
         });
-        const USAGE: &str = "INSERT INTO message_usage (tenant_id, month, sent) VALUES ($1, $2, 1) \
-             ON CONFLICT (tenant_id, month) DO UPDATE SET sent = message_usage.sent + excluded.sent";
         const CONTACTED: &str =
             "UPDATE contacts SET last_contacted_at = $1 WHERE tenant_id = $2 AND id = $3";
-        let month = super::month_of(now);
         let updated = if let Some(writer) = self.storage().sqlite_writer() {
             let (tenant, message_id, provider, lease) = (
                 tenant.to_string(),
@@ -1210,7 +1253,6 @@ impl TenantDb {
                                 &now,
                             ],
                         )?;
-                        exec(c, USAGE, &[&tenant, &month])?;
                         exec(c, CONTACTED, &[&now, &tenant, &message.contact_id])?;
                     }
                     Ok(updated)
@@ -1238,11 +1280,6 @@ impl TenantDb {
                     .transpose()?;
                 if let Some(message) = &updated {
                     history_insert(&mut tx, tenant, message_id, "accepted", None, None).await?;
-                    sqlx::query(USAGE)
-                        .bind(tenant)
-                        .bind(&month)
-                        .execute(&mut *tx)
-                        .await?;
                     sqlx::query(CONTACTED)
                         .bind(now)
                         .bind(tenant)
@@ -1353,6 +1390,17 @@ impl TenantDb {
             .rows_affected();
             if updated > 0 {
                 history_insert(&mut tx, tenant, message_id, status, None, Some(error)).await?;
+                // Never accepted by a provider: the message does not count against the
+                // month's allowance after all.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{USAGE_RETURN} AND EXISTS (SELECT 1 FROM messages WHERE tenant_id = $1 \
+                     AND id = $3 AND provider_message_id IS NULL)"
+                )))
+                .bind(tenant)
+                .bind(super::month_of(now))
+                .bind(message_id)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
             }
             Ok(())
@@ -1967,6 +2015,7 @@ mod tests {
                     idempotency_key: None,
                     request_hash: None,
                     sent_by: None,
+                    allowance: None,
                 };
                 let how = Outbox::Now {
                     attempted_at: now_ms(),
