@@ -679,9 +679,10 @@ async fn audience_page(
 }
 
 /// Whether the job runner dead-letters `job` after `failure` (its rule: a permanent
-/// failure, or a retryable one on the last attempt).
+/// failure, or a retryable one on the last attempt; never a deferral).
 fn ends_the_job(failure: &JobFailure, job: &crate::storage::Job) -> bool {
-    !failure.retryable || job.attempts >= job.max_attempts
+    // A deferral is no attempt: on its last attempt the job still comes back.
+    !failure.deferred && (!failure.retryable || job.attempts >= job.max_attempts)
 }
 
 /// Marks the recipients of a dead-lettered `campaign.send` job that are still queued
@@ -2710,6 +2711,11 @@ mod tests {
             job.attempts = 12;
             assert!(ends_the_job(&flaky, &job), "{label}: the last attempt");
             assert!(ends_the_job(&JobFailure::permanent("no"), &job));
+            let deferred = JobFailure::defer("the number is busy", Duration::from_secs(1));
+            assert!(
+                !ends_the_job(&deferred, &job),
+                "{label}: a deferred job comes back, even from its last attempt"
+            );
             fail_stranded(&db, "c1", &job, &flaky.message).await;
             assert_eq!(
                 db.campaign_recipient_count("c1", "queued").await?,
