@@ -1510,6 +1510,11 @@ impl Messaging {
         let wait = Duration::from_millis(u64::try_from(*not_before - now_ms()).unwrap_or(0));
         if wait > crate::pacing::INLINE_WAIT {
             // The recipient's pair rate limit holds it for a while: the job comes back.
+            // A campaign's message was stamped as attempted when it was queued; nothing
+            // reached the provider, so the outbox must not wait for a status first.
+            if attempt.stamped {
+                db.set_send_attempt(&message_id, None).await?;
+            }
             return Err(JobFailure::defer(
                 "the provider's pair rate limit holds this recipient",
                 wait,

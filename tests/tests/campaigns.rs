@@ -1233,6 +1233,95 @@ async fn throttle_after_downtime(database_url: Option<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_send_held_by_the_pair_rate_limit_goes_after_the_hold_on_every_backend() {
+    for database_url in postdog_tests::database_urls().await {
+        pair_rate_hold(database_url).await;
+    }
+}
+
+/// Meta refuses a second message to one recipient within 4 s (131056 here), and the
+/// kernel then holds that recipient. A campaign send to them during the hold is
+/// deferred past it — and goes then, not after the 120 s the outbox waits for the
+/// status of a send a crash interrupted (the campaign's message is stamped as attempted
+/// when queued; the deferral must clear that, since nothing reached Meta).
+async fn pair_rate_hold(database_url: Option<String>) {
+    let label = label(database_url.as_ref());
+    let fake = FakeGraph::start(FakeGraphConfig {
+        pair_rate_limit: Some(Duration::from_secs(4)),
+        ..FakeGraphConfig::default()
+    })
+    .await;
+    let (server, api, tenant_id, install_id) = setup(database_url, &fake, "business", &[]).await;
+    approved_template(
+        &api,
+        &fake,
+        &install_id,
+        "pair_note",
+        "Hello {{1}}, news.",
+        &["Ada"],
+    )
+    .await;
+    seed_contacts(&server, &tenant_id, "pair", "999", 1).await;
+    let dan = "+14159990000";
+    let (_, status) = fake
+        .inbound_text(dan, "Dan", "hello")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200, "{label}");
+    for text in ["first", "second"] {
+        let (status, sent) = api
+            .post(
+                "/v1/messages",
+                json!({"install_id": install_id, "to": dan, "text": {"body": text}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{label}: {sent}");
+        if text == "first" {
+            eventually("the first message at Meta", || async {
+                fake.sent()
+                    .iter()
+                    .any(|m| m.text() == Some("first"))
+                    .then_some(())
+            })
+            .await;
+        }
+    }
+    eventually("Meta's 131056 for the second", || async {
+        (fake.send_attempts() > fake.sent_count()).then_some(())
+    })
+    .await;
+    let (status, campaign) = api
+        .post(
+            "/v1/campaigns",
+            json!({"name": "Pair", "install_id": install_id, "audience": {"tags": ["pair"]},
+                   "template": {"name": "pair_note", "language": "en_US",
+                                "variables": {"body": [{"field": "name"}]}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    let (status, started) = api
+        .post(&format!("/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{label}: {started}");
+    // The hold is a few seconds; `eventually` waits 30 s at most.
+    eventually("the campaign's message after the hold", || async {
+        fake.sent()
+            .iter()
+            .any(|m| m.template_name() == Some("pair_note"))
+            .then_some(())
+    })
+    .await;
+    eventually("the second message after the hold", || async {
+        fake.sent()
+            .iter()
+            .any(|m| m.text() == Some("second"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_monthly_allowance_is_a_hard_limit_on_every_backend() {
     for database_url in postdog_tests::database_urls().await {
         hard_allowance(database_url).await;
