@@ -1322,11 +1322,7 @@ impl Campaigns {
 
     /// Refuses a campaign that needs more messages than the month has left.
     async fn check_quota(db: &TenantDb, needed: u64) -> Result<Value, CampaignError> {
-        let plan = db
-            .storage()
-            .get_tenant(db.tenant_id())
-            .await?
-            .map_or(Plan::Starter, |tenant| Plan::of(&tenant.plan));
+        let plan = Plan::of_tenant(db).await?;
         let used = db
             .messages_sent(&crate::storage::month_of(now_ms()))
             .await?;
@@ -2060,8 +2056,7 @@ impl Campaigns {
             let lane = throttle_lane(&campaign.id);
             let pacer = self.inner.messaging.pacer();
             match pacer.admit(&lane, rate, Class::Bulk, std::time::Instant::now()) {
-                Admit::Go(pause) if pause.is_zero() => {}
-                Admit::Go(pause) => tokio::time::sleep(pause).await,
+                Admit::Go(pause) => crate::pacing::sleep(pause).await,
                 Admit::Later => return Ok(Turn::Throttled),
             }
         }

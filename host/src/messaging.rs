@@ -1139,7 +1139,7 @@ impl Messaging {
                 });
             }
         }
-        let plan = plan_of(db, None).await?;
+        let plan = crate::plans::Plan::of_tenant(db).await?;
         let message_id = uuid::Uuid::now_v7().to_string();
         let record = OutboundRecord {
             message_id: message_id.clone(),
@@ -1211,7 +1211,7 @@ impl Messaging {
         // long writes nothing, and its job is deferred (`Pacer::promise`).
         let rate = throughput(&handle);
         match (self.inner.pacer).admit(send.install_id, rate, Class::Bulk, Instant::now()) {
-            Admit::Go(pause) => pause_for(pause).await,
+            Admit::Go(pause) => crate::pacing::sleep(pause).await,
             Admit::Later => return Ok(SentNow::Deferred),
         }
         let message_id = uuid::Uuid::now_v7().to_string();
@@ -1301,17 +1301,6 @@ impl Messaging {
             .await?;
         self.inner.jobs.wake();
         Ok(contact)
-    }
-
-    /// The tenant webhook endpoints subscribed to events (cached briefly).
-    ///
-    /// # Errors
-    /// Storage.
-    pub async fn subscriptions(
-        &self,
-        db: &TenantDb,
-    ) -> Result<crate::webhooks::Subscribed, StorageError> {
-        self.inner.webhooks.subscriptions(db).await
     }
 
     /// Holds every send through `install_id` for `wait` (the provider's backoff).
@@ -1537,9 +1526,9 @@ impl Messaging {
                     ));
                 }
             };
-            pause_for(pause.max(wait)).await;
+            crate::pacing::sleep(pause.max(wait)).await;
         } else {
-            pause_for(wait).await;
+            crate::pacing::sleep(wait).await;
         }
         let outbound = ct::OutboundMessage {
             message_id: message.id.clone(),
@@ -1771,14 +1760,6 @@ fn outbox_job(db: &TenantDb, message_id: &str, priority: i32) -> NewJob {
 /// opt-out.
 ///
 /// # Errors
-/// Sleeps `wait` unless it is zero (the common case on a number below its limit: a
-/// zero sleep still goes through the timer driver's lock, once per send).
-async fn pause_for(wait: Duration) {
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
-}
-
 /// The install's throughput limit, in sends a second (`throughput_per_second` in its
 /// configuration; 80 by default, as Meta's default for a business phone number).
 fn throughput(handle: &ChannelHandle) -> f64 {
@@ -1807,28 +1788,6 @@ fn refuse_opted_out(
         });
     }
     Ok(())
-}
-
-/// Refuses a send when this month's message allowance of the tenant's plan (`plan`, or
-/// read now) is used up.
-///
-/// # Errors
-/// `Refused` (`quota-exceeded`) with the numbers.
-/// The plan whose monthly allowance a message counts against: `plan`, or the tenant's.
-async fn plan_of(
-    db: &TenantDb,
-    plan: Option<crate::plans::Plan>,
-) -> Result<crate::plans::Plan, SendError> {
-    Ok(match plan {
-        Some(plan) => plan,
-        None => db
-            .storage()
-            .get_tenant(db.tenant_id())
-            .await?
-            .map_or(crate::plans::Plan::Starter, |tenant| {
-                crate::plans::Plan::of(&tenant.plan)
-            }),
-    })
 }
 
 /// `Refused` (`quota-exceeded`): `used` of `plan`'s monthly allowance are counted.

@@ -166,6 +166,15 @@ impl Pacer {
     }
 }
 
+/// Waits out the pause an [`Admit::Go`] gave, unless it is zero (the common case on a
+/// number below its limit: a zero sleep still goes through the timer driver's lock,
+/// once per send).
+pub async fn sleep(pause: Duration) {
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// The sends one bulk window admits at `rate` (at least one).
 fn bulk_window(rate: f64) -> usize {
     // Truncation intended: whole sends; rates are capped far below usize::MAX.

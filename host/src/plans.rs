@@ -16,6 +16,20 @@ pub enum Plan {
 }
 
 impl Plan {
+    /// The plan of `db`'s tenant, read now (Starter if the tenant is gone).
+    ///
+    /// # Errors
+    /// Storage.
+    pub async fn of_tenant(
+        db: &crate::storage::TenantDb,
+    ) -> Result<Self, crate::storage::StorageError> {
+        Ok(db
+            .storage()
+            .get_tenant(db.tenant_id())
+            .await?
+            .map_or(Plan::Starter, |tenant| Plan::of(&tenant.plan)))
+    }
+
     /// Every plan.
     pub const ALL: [Plan; 3] = [Plan::Starter, Plan::Pro, Plan::Business];
 

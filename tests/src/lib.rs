@@ -205,7 +205,31 @@ pub struct PostdogServer {
 /// The operator token test servers are started with.
 pub const OPERATOR_TOKEN: &str = "test-operator-token";
 
+/// The value of counter `name` (a line `name value`) in a Prometheus text `metrics`.
+pub fn counter(metrics: &str, name: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 impl PostdogServer {
+    /// The server's `/metrics` text.
+    ///
+    /// # Panics
+    /// When the request fails.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base_url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Starts a server on `database_url` (or SQLite in a fresh data directory) with the
     /// operator API enabled, and waits until `/healthz` answers.
     pub async fn start(database_url: Option<String>) -> Self {

@@ -1159,16 +1159,8 @@ async fn throttled_number(database_url: Option<String>) {
     }
 
     completes_once_each(&api, &fake, &id, ("777", RECIPIENTS), label).await;
-    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let deferred: u64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("postdog_jobs_deferred_total "))
-        .and_then(|value| value.trim().parse().ok())
+    let metrics = server.metrics().await;
+    let deferred = postdog_tests::counter(&metrics, "postdog_jobs_deferred_total")
         .expect("the deferred counter");
     assert!(
         deferred > 0,

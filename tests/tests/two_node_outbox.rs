@@ -9,14 +9,6 @@ use postdog_tests::fake_graph::{FakeGraph, FakeGraphConfig};
 use postdog_tests::{Api, PostdogServer};
 use serde_json::json;
 
-fn completed(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("postdog_jobs_completed_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_send_every_queued_message_exactly_once() {
     let Some(database) = postdog_host::storage::testing::postgres()
@@ -147,13 +139,9 @@ async fn two_nodes_send_every_queued_message_exactly_once() {
     // Both nodes' workers took part.
     let mut per_node = Vec::new();
     for server in [&first, &second] {
-        let metrics = reqwest::get(format!("{}/metrics", server.base_url))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        per_node.push(completed(&metrics));
+        let metrics = server.metrics().await;
+        per_node
+            .push(postdog_tests::counter(&metrics, "postdog_jobs_completed_total").unwrap_or(0));
     }
     assert!(
         per_node.iter().all(|n| *n > 0),

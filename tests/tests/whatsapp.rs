@@ -943,20 +943,12 @@ async fn scenario(database_url: Option<String>) {
     assert_eq!(status, 404, "{label}: another tenant's install cannot send");
 
     // The queue is observable: Prometheus metrics, `/v1/jobs`, `postdog jobs list`.
-    let metrics = reqwest::get(format!("{}/metrics", server.base_url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("postdog_jobs_queued{queue=\"messages\"}"),
         "{label}: {metrics}"
     );
-    let completed: u64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("postdog_jobs_completed_total "))
-        .and_then(|n| n.trim().parse().ok())
+    let completed = postdog_tests::counter(&metrics, "postdog_jobs_completed_total")
         .expect("completed counter");
     assert!(completed >= 5, "{label}: {metrics}");
     let (_, jobs) = api.get("/v1/jobs?queue=messages&state=done").await;
