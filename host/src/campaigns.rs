@@ -678,11 +678,9 @@ async fn audience_page(
         .collect())
 }
 
-/// Whether the job runner dead-letters `job` after `failure` (its rule: a permanent
-/// failure, or a retryable one on the last attempt; never a deferral).
+/// Whether the job runner dead-letters `job` after `failure`.
 fn ends_the_job(failure: &JobFailure, job: &crate::storage::Job) -> bool {
-    // A deferral is no attempt: on its last attempt the job still comes back.
-    !failure.deferred && (!failure.retryable || job.attempts >= job.max_attempts)
+    failure.ends_the_job(job.attempts >= job.max_attempts)
 }
 
 /// Marks the recipients of a dead-lettered `campaign.send` job that are still queued

@@ -70,6 +70,15 @@ impl JobFailure {
             deferred: false,
         }
     }
+
+    /// Whether the runner dead-letters the job after this failure, on the attempt that
+    /// was `last_attempt` or not: a permanent failure, or a retryable one on the last
+    /// attempt; never a deferral (it is no attempt: the job still comes back). Handlers
+    /// whose job leaves something waiting (a queued message, campaign recipients) settle
+    /// it when this holds.
+    pub fn ends_the_job(&self, last_attempt: bool) -> bool {
+        !self.deferred && (!self.retryable || last_attempt)
+    }
 }
 
 impl From<StorageError> for JobFailure {
@@ -374,7 +383,7 @@ impl Jobs {
             }
             Err(failure) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                let next = (failure.retryable && attempts < max_attempts).then(|| {
+                let next = (!failure.ends_the_job(attempts >= max_attempts)).then(|| {
                     let wait = failure.retry_after.unwrap_or_else(|| backoff(attempts - 1));
                     now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2)
                 });

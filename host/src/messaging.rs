@@ -417,7 +417,20 @@ impl Messaging {
         let this = messaging.clone();
         messaging.inner.jobs.register("message.send", move |job| {
             let this = this.clone();
-            async move { this.run_send(job).await }
+            async move {
+                let last_attempt = job.attempts >= job.max_attempts;
+                let tenant = job.tenant_id.clone();
+                let message_id = job.payload["message_id"].as_str().map(str::to_string);
+                let sent = this.run_send(job).await;
+                if let Err(failure) = &sent
+                    && failure.ends_the_job(last_attempt)
+                    && let (Some(tenant), Some(message_id)) = (tenant, message_id)
+                {
+                    this.fail_stranded(&tenant, &message_id, &failure.message)
+                        .await;
+                }
+                sent
+            }
         });
         messaging
     }
@@ -1641,7 +1654,23 @@ impl Messaging {
         status: &str,
         error: Value,
     ) -> Result<(), JobFailure> {
-        if let Some(message) = db.mark_failed(message_id, status, &error).await? {
+        self.finish_failed_if(db, message_id, status, error, false)
+            .await
+    }
+
+    /// [`Self::finish_failed`], with `only_queued`: only a message no provider took.
+    async fn finish_failed_if(
+        &self,
+        db: &TenantDb,
+        message_id: &str,
+        status: &str,
+        error: Value,
+        only_queued: bool,
+    ) -> Result<(), JobFailure> {
+        if let Some(message) = db
+            .mark_failed(message_id, status, &error, only_queued)
+            .await?
+        {
             let event = message_event(&message);
             self.inner
                 .webhooks
@@ -1650,6 +1679,24 @@ impl Messaging {
             self.publish(db.tenant_id().as_str(), "message.status", event);
         }
         Ok(())
+    }
+
+    /// A dead-lettered `message.send` job's message, still queued, would stay queued for
+    /// ever (and keep its place in the month's allowance): it fails with the job's error
+    /// (`send-job-failed`), which gives the allowance back if no provider took it. A
+    /// message a provider took is left alone (its statuses settle it).
+    async fn fail_stranded(&self, tenant: &str, message_id: &str, error: &str) {
+        let db = self
+            .inner
+            .storage
+            .tenant(&crate::ids::TenantId::new(tenant));
+        let error = json!({ "code": "send-job-failed", "message": error });
+        if let Err(failure) = self
+            .finish_failed_if(&db, message_id, "failed", error, true)
+            .await
+        {
+            tracing::error!(message_id, error = %failure.message, "a dead-lettered send's message stays queued");
+        }
     }
 
     /// Marks a conversation read: resets its unread count and tells the provider (blue

@@ -1365,26 +1365,30 @@ impl TenantDb {
         Ok(latest)
     }
 
-    /// Marks an outbound message failed (or `refused` by the kernel) with `error`.
+    /// Marks an outbound message failed (or `refused` by the kernel) with `error`, unless
+    /// it already failed — or, with `only_queued`, unless a provider took it. The message
+    /// as marked; `None` if it was not (missing, already failed, or no longer queued).
     pub async fn mark_failed(
         &self,
         message_id: &str,
         status: &str,
         error: &Value,
+        only_queued: bool,
     ) -> Result<Option<Message>, StorageError> {
         let now = now_ms();
         let tenant = self.tenant_id().as_str();
-        let outcome: Result<(), sqlx::Error> = async {
+        let outcome: Result<bool, sqlx::Error> = async {
             let mut tx = self.storage().begin_write().await?;
             let updated = sqlx::query(
                 "UPDATE messages SET status = $1, status_rank = 9, error = $2, failed_at = $3, updated_at = $3 \
-                 WHERE tenant_id = $4 AND id = $5 AND status_rank < 9",
+                 WHERE tenant_id = $4 AND id = $5 AND status_rank < 9 AND ($6 = 0 OR status = 'queued')",
             )
             .bind(status)
             .bind(error.to_string())
             .bind(now)
             .bind(tenant)
             .bind(message_id)
+            .bind(i64::from(only_queued))
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -1403,10 +1407,12 @@ impl TenantDb {
                 .await?;
                 tx.commit().await?;
             }
-            Ok(())
+            Ok(updated > 0)
         }
         .await;
-        outcome.context("marking a message failed")?;
+        if !outcome.context("marking a message failed")? {
+            return Ok(None);
+        }
         self.message(message_id).await
     }
 
@@ -1936,6 +1942,108 @@ mod tests {
                 .map(|n| serde_json::json!(format!("message {n}")))
                 .collect();
             assert_eq!(texts, expected, "{label}");
+        }
+        Ok(())
+    }
+
+    /// A dead-lettered send fails its message only while no provider took it (the
+    /// outbox's `fail_stranded`): the failure gives the month's allowance back and is
+    /// recorded once; an accepted message is left alone and keeps its count.
+    #[tokio::test]
+    async fn only_a_queued_message_fails_as_stranded_on_every_backend() -> anyhow::Result<()> {
+        for backend in testing::all_backends().await? {
+            let label = backend.label;
+            let tenant = backend.storage.create_tenant("Stranded", "pro").await?;
+            let db = backend.storage.tenant(&tenant.id);
+            let contact = db
+                .create_contact(&ContactData {
+                    name: None,
+                    phone: Some("+14155550100".into()),
+                    email: None,
+                    tags: Vec::new(),
+                    fields: serde_json::json!({}),
+                })
+                .await
+                .map_err(|error| anyhow::anyhow!("{error:?}"))?;
+            let queue = || {
+                let record = OutboundRecord {
+                    message_id: uuid::Uuid::now_v7().to_string(),
+                    install_id: "install-1".into(),
+                    channel: "whatsapp".into(),
+                    contact_id: contact.id.clone(),
+                    kind: "text".into(),
+                    content: serde_json::json!({"text": {"body": "hello"}}),
+                    reply_to: None,
+                    purpose: "service".into(),
+                    idempotency_key: None,
+                    request_hash: None,
+                    sent_by: None,
+                    allowance: Some(10),
+                };
+                let db = db.clone();
+                async move {
+                    let how = Outbox::Now {
+                        attempted_at: now_ms(),
+                        recipient: None,
+                    };
+                    match db.queue_outbound_with(&record, &how).await? {
+                        Queued::New(message) => Ok(message),
+                        other => Err(anyhow::anyhow!("not queued: {other:?}")),
+                    }
+                }
+            };
+            let stranded = queue().await?;
+            let accepted = queue().await?;
+            db.mark_accepted(&accepted.id, "wamid.taken", |_, _| Vec::new(), None)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{label}: not accepted"))?;
+            let month = super::super::month_of(now_ms());
+            assert_eq!(db.messages_sent(&month).await?, 2, "{label}: both counted");
+
+            let error = serde_json::json!({"code": "send-job-failed", "message": "the channel plugin failed"});
+            let failed = db
+                .mark_failed(&stranded.id, "failed", &error, true)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{label}: the queued message did not fail"))?;
+            assert_eq!(failed.status, "failed", "{label}");
+            assert_eq!(
+                db.messages_sent(&month).await?,
+                1,
+                "{label}: its count given back"
+            );
+            assert!(
+                db.mark_failed(&stranded.id, "failed", &error, true)
+                    .await?
+                    .is_none(),
+                "{label}: a message fails once"
+            );
+            assert!(
+                db.mark_failed(&accepted.id, "failed", &error, true)
+                    .await?
+                    .is_none(),
+                "{label}: a message the provider took is not failed as stranded"
+            );
+            let kept = db
+                .message(&accepted.id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{label}: gone"))?;
+            assert_eq!(kept.status, "accepted", "{label}");
+            assert_eq!(
+                db.messages_sent(&month).await?,
+                1,
+                "{label}: the accepted one still counts"
+            );
+            let history: Vec<String> = db
+                .status_history(&stranded.id)
+                .await?
+                .into_iter()
+                .map(|entry| entry.status)
+                .collect();
+            assert_eq!(
+                history.iter().filter(|status| *status == "failed").count(),
+                1,
+                "{label}: {history:?}"
+            );
         }
         Ok(())
     }
