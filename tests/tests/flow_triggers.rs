@@ -33,22 +33,36 @@ async fn flow_triggers_on_every_backend() {
 }
 
 /// The tenant's CRM: `GET /customers/{id}` answers a tier; counts the calls.
-async fn fake_crm() -> (FakeServer, Arc<Mutex<Vec<String>>>) {
+/// The CRM the actions call, which also takes the tenant's webhook deliveries
+/// (`POST /events`, bodies kept).
+async fn fake_crm() -> (FakeServer, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<Value>>>) {
     let calls: Arc<Mutex<Vec<String>>> = Arc::default();
+    let events: Arc<Mutex<Vec<Value>>> = Arc::default();
     let seen = calls.clone();
-    let router = axum::Router::new().route(
-        "/customers/{id}",
-        get(
-            move |axum::extract::Path(id): axum::extract::Path<String>| {
-                let seen = seen.clone();
+    let delivered = events.clone();
+    let router = axum::Router::new()
+        .route(
+            "/customers/{id}",
+            get(
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.lock().expect("lock").push(id.clone());
+                        Json(json!({"customer": {"id": id, "tier": "gold"}}))
+                    }
+                },
+            ),
+        )
+        .route(
+            "/events",
+            axum::routing::post(move |Json(event): Json<Value>| {
+                let delivered = delivered.clone();
                 async move {
-                    seen.lock().expect("lock").push(id.clone());
-                    Json(json!({"customer": {"id": id, "tier": "gold"}}))
+                    delivered.lock().expect("lock").push(event);
                 }
-            },
-        ),
-    );
-    (FakeServer::start(router).await, calls)
+            }),
+        );
+    (FakeServer::start(router).await, calls, events)
 }
 
 async fn publish(api: &Api, label: &str, name: &str, graph: Value) -> (String, Value) {
@@ -84,20 +98,30 @@ async fn scenario(database_url: Option<String>) {
     };
     let fake = FakeGraph::start(FakeGraphConfig::default()).await;
     let config = fake.config().clone();
-    let (crm, crm_calls) = fake_crm().await;
+    let (crm, crm_calls, tenant_events) = fake_crm().await;
     let server = PostdogServer::start_with(
         database_url,
-        &[(
-            "POSTDOG_HTTP_OVERRIDES",
-            format!(
-                "graph.facebook.com={},crm.example.com={}",
-                fake.base_url(),
-                crm.base_url()
+        &[
+            (
+                "POSTDOG_HTTP_OVERRIDES",
+                format!(
+                    "graph.facebook.com={},crm.example.com={}",
+                    fake.base_url(),
+                    crm.base_url()
+                ),
             ),
-        )],
+            ("POSTDOG_WEBHOOKS_ALLOW_PRIVATE", "1".into()),
+        ],
     )
     .await;
     let (api, _) = Api::tenant(&server, "pro").await;
+    let (status, endpoint) = api
+        .post(
+            "/v1/webhooks",
+            json!({"url": format!("{}/events", crm.base_url()), "events": ["contact.created"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}: {endpoint}");
     let (other, _) = Api::tenant(&server, "pro").await;
     for action in ACTIONS {
         let (status, body) = api.post("/v1/installs", json!({"plugin": action})).await;
@@ -168,6 +192,28 @@ async fn scenario(database_url: Option<String>) {
     assert_eq!(
         created["fields"]["last_order"], "ord-1",
         "{label}: {created}"
+    );
+
+    // The contact the trigger created is announced to the tenant's endpoint, once
+    // (later orders from the same phone find it), saying a flow created it.
+    let announced = eventually("contact.created for the flow's contact", || async {
+        let events = tenant_events.lock().expect("lock").clone();
+        events
+            .iter()
+            .any(|event| event["data"]["phone"] == "+14155550101")
+            .then_some(events)
+    })
+    .await;
+    let event = announced
+        .iter()
+        .find(|event| event["data"]["phone"] == "+14155550101")
+        .expect("found");
+    assert_eq!(event["type"], "contact.created", "{label}: {event}");
+    assert_eq!(event["data"]["source"], "flow", "{label}: {event}");
+    assert_eq!(
+        event["data"]["contact_id"],
+        customer.as_str(),
+        "{label}: {event}"
     );
 
     // Retries with the same Idempotency-Key return the first run; nothing new starts.
@@ -658,6 +704,17 @@ async fn scenario(database_url: Option<String>) {
         *crm_calls.lock().expect("lock"),
         vec![grace.clone()],
         "{label}: one call, to the granted host"
+    );
+    // Every order came from the same phone: its contact was announced once.
+    let announced = tenant_events
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|event| event["data"]["phone"] == "+14155550101")
+        .count();
+    assert_eq!(
+        announced, 1,
+        "{label}: one contact.created for the flow's contact"
     );
     drop(server);
 }

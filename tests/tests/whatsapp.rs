@@ -794,6 +794,26 @@ async fn scenario(database_url: Option<String>) {
         "{label}: the API's event names the contact it created"
     );
     assert_eq!(api_event["event"]["data"]["name"], "Cleo", "{label}");
+    // Grace's contact was created by the first message to her number (three requests
+    // named it): announced once, as created by a message.
+    let by_message = eventually("contact.created for the number first messaged", || async {
+        let events: Vec<Value> = received
+            .requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, _, status)| *status == 200)
+            .filter_map(|(_, body, _)| serde_json::from_slice::<Value>(body).ok())
+            .filter(|event| event["type"] == "contact.created" && event["data"]["phone"] == grace)
+            .collect();
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(by_message.len(), 1, "{label}: {by_message:?}");
+    assert_eq!(
+        by_message[0]["data"]["source"], "message",
+        "{label}: {by_message:?}"
+    );
     // Tenant webhooks: signed, retried after the first 500 with the same id.
     let requests = eventually("signed webhooks", || async {
         let requests = received.requests.lock().expect("lock").clone();
