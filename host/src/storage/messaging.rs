@@ -1381,7 +1381,8 @@ impl TenantDb {
             let mut tx = self.storage().begin_write().await?;
             let updated = sqlx::query(
                 "UPDATE messages SET status = $1, status_rank = 9, error = $2, failed_at = $3, updated_at = $3 \
-                 WHERE tenant_id = $4 AND id = $5 AND status_rank < 9 AND ($6 = 0 OR status = 'queued')",
+                 WHERE tenant_id = $4 AND id = $5 AND status_rank < 9 AND ($6 = 0 OR status = 'queued') \
+                 RETURNING created_at, provider_message_id",
             )
             .bind(status)
             .bind(error.to_string())
@@ -1389,25 +1390,25 @@ impl TenantDb {
             .bind(tenant)
             .bind(message_id)
             .bind(i64::from(only_queued))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated > 0 {
-                history_insert(&mut tx, tenant, message_id, status, None, Some(error)).await?;
-                // Never accepted by a provider: the message does not count against the
-                // month's allowance after all.
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{USAGE_RETURN} AND EXISTS (SELECT 1 FROM messages WHERE tenant_id = $1 \
-                     AND id = $3 AND provider_message_id IS NULL)"
-                )))
-                .bind(tenant)
-                .bind(super::month_of(now))
-                .bind(message_id)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = updated else {
+                return Ok(false);
+            };
+            history_insert(&mut tx, tenant, message_id, status, None, Some(error)).await?;
+            // Never accepted by a provider: the message does not count against the
+            // allowance after all — of the month it was queued (and counted) in, which
+            // is not this one for a message queued on the 31st that fails on the 1st.
+            if row.try_get::<Option<String>, _>("provider_message_id")?.is_none() {
+                let queued_at: i64 = row.try_get("created_at")?;
+                sqlx::query(USAGE_RETURN)
+                    .bind(tenant)
+                    .bind(super::month_of(queued_at))
+                    .execute(&mut *tx)
+                    .await?;
             }
-            Ok(updated > 0)
+            tx.commit().await?;
+            Ok(true)
         }
         .await;
         if !outcome.context("marking a message failed")? {
@@ -2033,6 +2034,43 @@ mod tests {
                 1,
                 "{label}: the accepted one still counts"
             );
+            // A message queued (and counted) in an earlier month gives its count back to
+            // that month, not to the month it fails in.
+            let late = queue().await?;
+            let earlier = now_ms() - 40 * 24 * 3600 * 1000;
+            let earlier_month = super::super::month_of(earlier);
+            let pool = backend.storage.pool();
+            sqlx::query("UPDATE messages SET created_at = $1 WHERE id = $2")
+                .bind(earlier)
+                .bind(late.id.as_str())
+                .execute(pool)
+                .await?;
+            sqlx::query(
+                "UPDATE message_usage SET sent = sent - 1 WHERE tenant_id = $1 AND month = $2",
+            )
+            .bind(tenant.id.as_str())
+            .bind(month.as_str())
+            .execute(pool)
+            .await?;
+            sqlx::query("INSERT INTO message_usage (tenant_id, month, sent) VALUES ($1, $2, 5)")
+                .bind(tenant.id.as_str())
+                .bind(earlier_month.as_str())
+                .execute(pool)
+                .await?;
+            db.mark_failed(&late.id, "failed", &error, true)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{label}: the late message did not fail"))?;
+            assert_eq!(
+                db.messages_sent(&earlier_month).await?,
+                4,
+                "{label}: given back to its month"
+            );
+            assert_eq!(
+                db.messages_sent(&month).await?,
+                1,
+                "{label}: this month untouched"
+            );
+
             let history: Vec<String> = db
                 .status_history(&stranded.id)
                 .await?
