@@ -2,6 +2,7 @@
 //! server behind the `postdog` binary.
 
 pub mod campaigns;
+mod cluster;
 pub mod contacts;
 pub mod cron;
 mod csv_out;

@@ -22,9 +22,15 @@
 //!
 //! A provider's backoff (130429 and the like) holds the whole lane until the instant it
 //! named, with no burst after it.
+//!
+//! Lanes live in memory, so each node (server process) on a shared database keeps
+//! `rate / live nodes` ([`Pacer::set_nodes`], from the `cluster_nodes` heartbeat in
+//! `server.rs`): together they keep the rate. Jobs a node defers are free to be taken by
+//! another node, so the work spreads over the nodes' shares.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest a conversation's send waits for its turn inside its job (bulk: half);
@@ -109,13 +115,29 @@ impl Lane {
 #[derive(Default)]
 pub struct Pacer {
     lanes: Mutex<HashMap<String, Lane>>,
+    /// The live nodes sharing the database (0 and 1 both mean this one alone): each
+    /// keeps its share of every rate, so that together they keep the rate.
+    nodes: AtomicUsize,
 }
 
 impl Pacer {
-    /// Asks lane `key` (at `rate` sends a second) for a turn at `now` for a send of
-    /// `class`.
+    /// Sets how many nodes share every lane's rate (this one included).
+    pub fn set_nodes(&self, nodes: usize) {
+        self.nodes.store(nodes.max(1), Ordering::Relaxed);
+    }
+
+    /// How many nodes share every lane's rate (this one included).
+    pub fn nodes(&self) -> usize {
+        self.nodes.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Asks lane `key` (at `rate` sends a second, for all nodes together) for a turn at
+    /// `now` for a send of `class`.
     pub fn admit(&self, key: &str, rate: f64, class: Class, now: Instant) -> Admit {
-        let rate = rate.max(f64::MIN_POSITIVE);
+        // Precision loss is irrelevant: node counts are small.
+        #[allow(clippy::cast_precision_loss)]
+        let nodes = self.nodes.load(Ordering::Relaxed).max(1) as f64;
+        let rate = (rate / nodes).max(f64::MIN_POSITIVE);
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         if lanes.len() > 10_000 {
             // Lanes idle for a minute hold no turn and no promise: forget them.
@@ -197,6 +219,29 @@ mod tests {
             assert!(waits.len() < 100_000, "the lane never says later");
         }
         waits
+    }
+
+    #[test]
+    fn nodes_sharing_the_database_each_keep_their_share_of_the_rate() {
+        let pacer = Pacer::default();
+        pacer.set_nodes(2);
+        let start = Instant::now();
+        // 10 a second between two nodes: 5 a second here, one every 200 ms (50 ms early
+        // at most), six within the conversation window of a second.
+        let waits = admit_all(&pacer, 10.0, Class::Conversation, start);
+        assert_eq!(waits.len(), 6, "{waits:?}");
+        for (n, wait) in waits.iter().enumerate().skip(1) {
+            let expected = MS * u32::try_from(n * 200 - 50).expect("small");
+            assert!(wait.abs_diff(expected) < MS, "{n}: {wait:?}");
+        }
+        // Alone again: the whole rate, one every 100 ms after the turn already given.
+        pacer.set_nodes(1);
+        let later = start + MS * 1000;
+        let waits = admit_all(&pacer, 10.0, Class::Conversation, later);
+        assert!(waits.len() >= 8, "{waits:?}");
+        for pair in waits[1..].windows(2) {
+            assert!((pair[1] - pair[0]).abs_diff(MS * 100) < MS, "{waits:?}");
+        }
     }
 
     #[test]

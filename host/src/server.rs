@@ -167,6 +167,20 @@ pub async fn serve(
     crate::templates_sync::register(&jobs, marketplace.clone(), webhooks.clone());
     let flows = crate::flows::Flows::new(marketplace.clone(), jobs.clone(), messaging.clone());
     let campaigns = crate::campaigns::Campaigns::new(jobs.clone(), messaging.clone());
+    // Counted among the nodes before any job runs: pacing shares rates between them.
+    // A SQLite file belongs to one server process, which keeps the whole rates (and a
+    // restart after a crash is not slowed by its own predecessor's heartbeat).
+    let membership = match storage.backend() {
+        crate::storage::Backend::Postgres => {
+            let node = crate::cluster::Node::join(&storage, &messaging).await;
+            Some(tokio::spawn(node.run(
+                storage.clone(),
+                messaging.clone(),
+                watch_stopped.clone(),
+            )))
+        }
+        crate::storage::Backend::Sqlite => None,
+    };
     let workers = tokio::spawn(
         jobs.clone()
             .run(watch_stopped, std::time::Duration::from_secs(10)),
@@ -199,6 +213,11 @@ pub async fn serve(
     }
     if let Err(error) = workers.await {
         tracing::error!(%error, "the job workers failed");
+    }
+    if let Some(membership) = membership
+        && let Err(error) = membership.await
+    {
+        tracing::error!(%error, "the node heartbeat failed");
     }
     tracing::info!("shut down cleanly");
     storage.close().await;

@@ -19,6 +19,7 @@ mod api_keys;
 mod audit;
 mod auth_cache;
 mod campaigns;
+mod cluster;
 mod consent;
 mod contacts;
 mod custom_fields;

@@ -1209,6 +1209,11 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             value.load(Ordering::Relaxed)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP postdog_cluster_nodes Live nodes sharing the database, this one included (each keeps its share of every send rate).\n# TYPE postdog_cluster_nodes gauge\npostdog_cluster_nodes {}",
+        state.messaging.pacer().nodes()
+    );
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
