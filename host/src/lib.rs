@@ -13,6 +13,7 @@ pub mod ids;
 pub mod imports;
 pub mod jobs;
 mod key_files;
+pub mod live_relay;
 pub mod marketplace;
 pub mod messaging;
 pub mod outbound_http;

@@ -148,6 +148,8 @@ struct Inner {
     jobs: Jobs,
     webhooks: Webhooks,
     live: broadcast::Sender<Arc<LiveEvent>>,
+    /// Where published events also go to reach the other nodes (`live_relay`).
+    relay: std::sync::OnceLock<tokio::sync::mpsc::Sender<Arc<LiveEvent>>>,
     /// Per-number pacing (the install's throughput limit and the provider's holds).
     pacer: crate::pacing::Pacer,
     recipients: Mutex<HashMap<String, Arc<tokio::sync::Mutex<i64>>>>,
@@ -406,6 +408,7 @@ impl Messaging {
                 jobs,
                 webhooks,
                 live,
+                relay: std::sync::OnceLock::new(),
                 pacer: crate::pacing::Pacer::default(),
                 recipients: Mutex::default(),
                 install_tenants: Mutex::default(),
@@ -445,14 +448,31 @@ impl Messaging {
         self.inner.live.subscribe()
     }
 
-    /// Publishes a change to the tenant's live event stream (`GET /v1/events`).
+    /// Publishes a change to the tenant's live event stream (`GET /v1/events`), on this
+    /// node and (through the relay, if any) on the others.
     pub fn publish(&self, tenant_id: &str, kind: &str, data: Value) {
-        // No subscriber is fine.
-        let _ = self.inner.live.send(Arc::new(LiveEvent {
+        let event = Arc::new(LiveEvent {
             tenant_id: tenant_id.to_string(),
             kind: kind.to_string(),
             data,
-        }));
+        });
+        if let Some(relay) = self.inner.relay.get()
+            && relay.try_send(event.clone()).is_err()
+        {
+            crate::live_relay::DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // No subscriber is fine.
+        let _ = self.inner.live.send(event);
+    }
+
+    /// Publishes an event another node published (on this node only).
+    pub(crate) fn publish_relayed(&self, event: LiveEvent) {
+        let _ = self.inner.live.send(Arc::new(event));
+    }
+
+    /// From now on, published events also go to `relay` (once; later calls do nothing).
+    pub(crate) fn relay_to(&self, relay: tokio::sync::mpsc::Sender<Arc<LiveEvent>>) {
+        let _ = self.inner.relay.set(relay);
     }
 
     /// Handles `GET|POST /hooks/{install_id}`.

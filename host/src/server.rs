@@ -181,6 +181,15 @@ pub async fn serve(
         }
         crate::storage::Backend::Sqlite => None,
     };
+    // Live events of the other nodes reach this node's event streams.
+    let relays = match (&options.database_url, storage.backend()) {
+        (Some(url), crate::storage::Backend::Postgres) => {
+            crate::live_relay::start(url, &messaging, watch_stopped.clone())
+                .await
+                .context("while connecting the live-event relay")?
+        }
+        _ => Vec::new(),
+    };
     let workers = tokio::spawn(
         jobs.clone()
             .run(watch_stopped, std::time::Duration::from_secs(10)),
@@ -213,6 +222,9 @@ pub async fn serve(
     }
     if let Err(error) = workers.await {
         tracing::error!(%error, "the job workers failed");
+    }
+    for relay in relays {
+        relay.abort();
     }
     if let Some(membership) = membership
         && let Err(error) = membership.await

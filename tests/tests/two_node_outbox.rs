@@ -282,3 +282,91 @@ async fn two_nodes_together_keep_a_number_under_its_throughput_limit() {
     );
     eprintln!("jobs completed per node: {per_node:?}");
 }
+
+/// Reads `stream` until `needle` shows up or `within` passed; what was read.
+async fn read_until(stream: &mut reqwest::Response, needle: &str, within: Duration) -> String {
+    let mut text = String::new();
+    let _ = tokio::time::timeout(within, async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(needle) {
+                return;
+            }
+        }
+    })
+    .await;
+    text
+}
+
+/// An inbox connected to one node sees what happens on the other: Meta's webhook lands
+/// on the first node, and the second node's event stream (`GET /v1/events`) shows the
+/// message, relayed through PostgreSQL's `NOTIFY`; another tenant's stream on the second
+/// node shows nothing of it. (Before, each node's stream carried only its own events.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_inbox_on_one_node_sees_messages_received_on_the_other() {
+    let Some(TwoNodes {
+        fake,
+        first: _first,
+        second,
+        a: _a,
+        b,
+        install_id: _install_id,
+        _shared,
+        _database,
+    }) = two_nodes(FakeGraphConfig::default(), 80).await
+    else {
+        return;
+    };
+    let (other, _) = Api::tenant(&second, "pro").await;
+    let open = |key: String| {
+        let url = format!("{}/v1/events", second.base_url);
+        async move {
+            let stream = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("event stream");
+            assert_eq!(stream.status(), 200);
+            stream
+        }
+    };
+    let mut stream = open(b.key.clone()).await;
+    let mut other_stream = open(other.key.clone()).await;
+    // Both streams are open (the `ready` event) before the message arrives.
+    assert!(
+        read_until(&mut stream, "event: ready", Duration::from_secs(10))
+            .await
+            .contains("ready")
+    );
+    assert!(
+        read_until(&mut other_stream, "event: ready", Duration::from_secs(10))
+            .await
+            .contains("ready")
+    );
+    let (_, status) = fake
+        .inbound_text("+14155550123", "Ada Lovelace", "hello from the first node")
+        .await
+        .expect("inbound");
+    assert_eq!(status, 200);
+    let seen = read_until(
+        &mut stream,
+        "hello from the first node",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        seen.contains("event: message.received") && seen.contains("hello from the first node"),
+        "the second node's stream: {seen}"
+    );
+    let elsewhere = read_until(
+        &mut other_stream,
+        "hello from the first node",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        !elsewhere.contains("hello from the first node"),
+        "another tenant's stream: {elsewhere}"
+    );
+}
