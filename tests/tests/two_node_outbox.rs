@@ -188,7 +188,7 @@ async fn two_nodes_send_every_queued_message_exactly_once() {
     eprintln!("jobs completed per node: {per_node:?}");
 }
 
-/// A number limited to 6 sends a second, on a Meta that refuses the 10th send within a
+/// A number limited to 6 sends a second, on a Meta that refuses the 11th send within a
 /// second (130429): 60 messages queued through two nodes reach Meta exactly once each
 /// with no refusal, both nodes sending — each node keeps half the rate. (With a lane per
 /// process and nothing shared, the two together sent up to 12 a second and Meta refused.)
@@ -205,7 +205,7 @@ async fn two_nodes_together_keep_a_number_under_its_throughput_limit() {
         _database,
     }) = two_nodes(
         FakeGraphConfig {
-            throughput_per_second: Some(9),
+            throughput_per_second: Some(10),
             ..FakeGraphConfig::default()
         },
         6,
