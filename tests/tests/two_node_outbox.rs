@@ -112,6 +112,68 @@ async fn two_nodes(fake_config: FakeGraphConfig, throughput: u32) -> Option<TwoN
     })
 }
 
+/// Queues `total` `shipping_notice` messages to distinct numbers (`+1415 5PP nnnn`),
+/// alternating between the two nodes' APIs; their ids.
+async fn queue_notices(
+    nodes: [&Api; 2],
+    install_id: &str,
+    prefix: &str,
+    total: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..total {
+        let (status, message) = nodes[n % 2]
+            .post(
+                "/v1/messages",
+                json!({"install_id": install_id, "to": format!("+1415{prefix}{n:04}"),
+                       "template": {"name": "shipping_notice", "language": "en_US", "variables": {"body": [format!("Customer {n}")]}}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{message}");
+        ids.push(message["id"].as_str().expect("id").to_string());
+    }
+    ids
+}
+
+/// Waits (a minute at most) until Meta took `total` sends, then a second more for any
+/// duplicate; how many times each PostDog message id reached Meta.
+async fn sends_per_message(fake: &FakeGraph, total: usize) -> HashMap<String, usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while fake.sent_count() < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {total} sent",
+            fake.sent_count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut per_message: HashMap<String, usize> = HashMap::new();
+    for sent in fake.sent() {
+        let id = sent.body["biz_opaque_callback_data"]
+            .as_str()
+            .expect("PostDog's message id travels with the send")
+            .to_string();
+        *per_message.entry(id).or_default() += 1;
+    }
+    per_message
+}
+
+/// Both nodes' job workers took part (each completed jobs).
+async fn both_nodes_ran_jobs(first: &PostdogServer, second: &PostdogServer) {
+    let mut per_node = Vec::new();
+    for server in [first, second] {
+        let metrics = server.metrics().await;
+        per_node
+            .push(postdog_tests::counter(&metrics, "postdog_jobs_completed_total").unwrap_or(0));
+    }
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "both nodes ran jobs: {per_node:?}"
+    );
+    eprintln!("jobs completed per node: {per_node:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_send_every_queued_message_exactly_once() {
     let Some(TwoNodes {
@@ -130,38 +192,8 @@ async fn two_nodes_send_every_queued_message_exactly_once() {
 
     // Queue 300 messages, alternating nodes.
     let total = 300;
-    let mut ids = Vec::new();
-    for n in 0..total {
-        let api = if n % 2 == 0 { &a } else { &b };
-        let (status, message) = api
-            .post(
-                "/v1/messages",
-                json!({"install_id": install_id, "to": format!("+1415556{n:04}"),
-                       "template": {"name": "shipping_notice", "language": "en_US", "variables": {"body": [format!("Customer {n}")]}}}),
-            )
-            .await;
-        assert_eq!(status, 202, "{message}");
-        ids.push(message["id"].as_str().expect("id").to_string());
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while fake.sent_count() < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {total} sent",
-            fake.sent_count()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Let any duplicate arrive before counting.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut per_message: HashMap<String, usize> = HashMap::new();
-    for sent in fake.sent() {
-        let id = sent.body["biz_opaque_callback_data"]
-            .as_str()
-            .expect("PostDog's message id travels with the send")
-            .to_string();
-        *per_message.entry(id).or_default() += 1;
-    }
+    let ids = queue_notices([&a, &b], &install_id, "556", total).await;
+    let per_message = sends_per_message(&fake, total).await;
     assert_eq!(per_message.len(), total, "every message reached Meta");
     assert!(
         per_message.values().all(|count| *count == 1),
@@ -174,18 +206,7 @@ async fn two_nodes_send_every_queued_message_exactly_once() {
     for id in &ids {
         assert!(per_message.contains_key(id), "{id} never sent");
     }
-    // Both nodes' workers took part.
-    let mut per_node = Vec::new();
-    for server in [&first, &second] {
-        let metrics = server.metrics().await;
-        per_node
-            .push(postdog_tests::counter(&metrics, "postdog_jobs_completed_total").unwrap_or(0));
-    }
-    assert!(
-        per_node.iter().all(|n| *n > 0),
-        "both nodes ran jobs: {per_node:?}"
-    );
-    eprintln!("jobs completed per node: {per_node:?}");
+    both_nodes_ran_jobs(&first, &second).await;
 }
 
 /// A number limited to 6 sends a second, on a Meta that refuses the 11th send within a
@@ -231,35 +252,8 @@ async fn two_nodes_together_keep_a_number_under_its_throughput_limit() {
         }
     }
     let total = 60;
-    for n in 0..total {
-        let api = if n % 2 == 0 { &a } else { &b };
-        let (status, message) = api
-            .post(
-                "/v1/messages",
-                json!({"install_id": install_id, "to": format!("+1415557{n:04}"),
-                       "template": {"name": "shipping_notice", "language": "en_US", "variables": {"body": [format!("Customer {n}")]}}}),
-            )
-            .await;
-        assert_eq!(status, 202, "{message}");
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while fake.sent_count() < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {total} sent",
-            fake.sent_count()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut per_message: HashMap<String, usize> = HashMap::new();
-    for sent in fake.sent() {
-        let id = sent.body["biz_opaque_callback_data"]
-            .as_str()
-            .expect("PostDog's message id travels with the send")
-            .to_string();
-        *per_message.entry(id).or_default() += 1;
-    }
+    queue_notices([&a, &b], &install_id, "557", total).await;
+    let per_message = sends_per_message(&fake, total).await;
     assert_eq!(per_message.len(), total, "every message reached Meta");
     assert!(
         per_message.values().all(|count| *count == 1),
@@ -270,17 +264,7 @@ async fn two_nodes_together_keep_a_number_under_its_throughput_limit() {
         fake.sent_count(),
         "Meta refused no send for throughput"
     );
-    let mut per_node = Vec::new();
-    for server in [&first, &second] {
-        let metrics = server.metrics().await;
-        per_node
-            .push(postdog_tests::counter(&metrics, "postdog_jobs_completed_total").unwrap_or(0));
-    }
-    assert!(
-        per_node.iter().all(|n| *n > 0),
-        "both nodes sent: {per_node:?}"
-    );
-    eprintln!("jobs completed per node: {per_node:?}");
+    both_nodes_ran_jobs(&first, &second).await;
 }
 
 /// Reads `stream` until `needle` shows up or `within` passed; what was read.

@@ -23,6 +23,19 @@ struct Received {
     requests: Arc<Mutex<Vec<(HeaderMap, Bytes, u16)>>>,
 }
 
+impl Received {
+    /// The bodies of the deliveries answered 200, as JSON.
+    fn delivered(&self) -> Vec<Value> {
+        self.requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, _, status)| *status == 200)
+            .filter_map(|(_, body, _)| serde_json::from_slice(body).ok())
+            .collect()
+    }
+}
+
 async fn receiver() -> (FakeServer, Received) {
     let received = Received::default();
     let state = received.clone();
@@ -748,13 +761,9 @@ async fn scenario(database_url: Option<String>) {
         "contact.created for the API's and the import's contacts",
         || async {
             let events: Vec<Value> = received
-                .requests
-                .lock()
-                .expect("lock")
-                .iter()
-                .filter(|(_, _, status)| *status == 200)
-                .filter_map(|(_, body, _)| {
-                    let event: Value = serde_json::from_slice(body).ok()?;
+                .delivered()
+                .into_iter()
+                .filter_map(|event| {
                     let phone = event["data"]["phone"].as_str().unwrap_or_default();
                     (event["type"] == "contact.created" && phone.starts_with("+1415555017"))
                         .then(|| json!({ "event": event }))
@@ -798,12 +807,8 @@ async fn scenario(database_url: Option<String>) {
     // named it): announced once, as created by a message.
     let by_message = eventually("contact.created for the number first messaged", || async {
         let events: Vec<Value> = received
-            .requests
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(_, _, status)| *status == 200)
-            .filter_map(|(_, body, _)| serde_json::from_slice::<Value>(body).ok())
+            .delivered()
+            .into_iter()
             .filter(|event| event["type"] == "contact.created" && event["data"]["phone"] == grace)
             .collect();
         (!events.is_empty()).then_some(events)

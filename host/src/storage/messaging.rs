@@ -1947,6 +1947,50 @@ mod tests {
         Ok(())
     }
 
+    /// A contact with a phone for outbound tests.
+    async fn phone_contact(db: &TenantDb) -> anyhow::Result<crate::storage::Contact> {
+        db.create_contact(&ContactData {
+            name: None,
+            phone: Some("+14155550100".into()),
+            email: None,
+            tags: Vec::new(),
+            fields: serde_json::json!({}),
+        })
+        .await
+        .map_err(|error| anyhow::anyhow!("{error:?}"))
+    }
+
+    /// A text message to `contact_id` through `install-1`, queued as handed over now.
+    async fn queue_text(
+        db: &TenantDb,
+        contact_id: &str,
+        text: &str,
+        allowance: Option<u64>,
+    ) -> anyhow::Result<Message> {
+        let record = OutboundRecord {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            install_id: "install-1".into(),
+            channel: "whatsapp".into(),
+            contact_id: contact_id.to_string(),
+            kind: "text".into(),
+            content: serde_json::json!({"text": {"body": text}}),
+            reply_to: None,
+            purpose: "service".into(),
+            idempotency_key: None,
+            request_hash: None,
+            sent_by: None,
+            allowance,
+        };
+        let how = Outbox::Now {
+            attempted_at: now_ms(),
+            recipient: None,
+        };
+        match db.queue_outbound_with(&record, &how).await? {
+            Queued::New(message) => Ok(message),
+            other => Err(anyhow::anyhow!("not queued: {other:?}")),
+        }
+    }
+
     /// A dead-lettered send fails its message only while no provider took it (the
     /// outbox's `fail_stranded`): the failure gives the month's allowance back and is
     /// recorded once; an accepted message is left alone and keeps its count.
@@ -1956,43 +2000,8 @@ mod tests {
             let label = backend.label;
             let tenant = backend.storage.create_tenant("Stranded", "pro").await?;
             let db = backend.storage.tenant(&tenant.id);
-            let contact = db
-                .create_contact(&ContactData {
-                    name: None,
-                    phone: Some("+14155550100".into()),
-                    email: None,
-                    tags: Vec::new(),
-                    fields: serde_json::json!({}),
-                })
-                .await
-                .map_err(|error| anyhow::anyhow!("{error:?}"))?;
-            let queue = || {
-                let record = OutboundRecord {
-                    message_id: uuid::Uuid::now_v7().to_string(),
-                    install_id: "install-1".into(),
-                    channel: "whatsapp".into(),
-                    contact_id: contact.id.clone(),
-                    kind: "text".into(),
-                    content: serde_json::json!({"text": {"body": "hello"}}),
-                    reply_to: None,
-                    purpose: "service".into(),
-                    idempotency_key: None,
-                    request_hash: None,
-                    sent_by: None,
-                    allowance: Some(10),
-                };
-                let db = db.clone();
-                async move {
-                    let how = Outbox::Now {
-                        attempted_at: now_ms(),
-                        recipient: None,
-                    };
-                    match db.queue_outbound_with(&record, &how).await? {
-                        Queued::New(message) => Ok(message),
-                        other => Err(anyhow::anyhow!("not queued: {other:?}")),
-                    }
-                }
-            };
+            let contact = phone_contact(&db).await?;
+            let queue = || queue_text(&db, &contact.id, "hello", Some(10));
             let stranded = queue().await?;
             let accepted = queue().await?;
             db.mark_accepted(&accepted.id, "wamid.taken", |_, _| Vec::new(), None)
@@ -2137,39 +2146,12 @@ mod tests {
             let label = backend.label;
             let tenant = backend.storage.create_tenant("Statuses", "pro").await?;
             let db = backend.storage.tenant(&tenant.id);
-            let contact = db
-                .create_contact(&ContactData {
-                    name: None,
-                    phone: Some("+14155550100".into()),
-                    email: None,
-                    tags: Vec::new(),
-                    fields: serde_json::json!({}),
-                })
-                .await
-                .map_err(|error| anyhow::anyhow!("{error:?}"))?;
+            let contact = phone_contact(&db).await?;
             let mut wamids = Vec::new();
             for n in 0..MESSAGES {
-                let record = OutboundRecord {
-                    message_id: uuid::Uuid::now_v7().to_string(),
-                    install_id: "install-1".into(),
-                    channel: "whatsapp".into(),
-                    contact_id: contact.id.clone(),
-                    kind: "text".into(),
-                    content: serde_json::json!({"text": format!("message {n}")}),
-                    reply_to: None,
-                    purpose: "service".into(),
-                    idempotency_key: None,
-                    request_hash: None,
-                    sent_by: None,
-                    allowance: None,
-                };
-                let how = Outbox::Now {
-                    attempted_at: now_ms(),
-                    recipient: None,
-                };
-                let Queued::New(message) = db.queue_outbound_with(&record, &how).await? else {
-                    anyhow::bail!("{label}: message {n} not queued");
-                };
+                let message = queue_text(&db, &contact.id, &format!("message {n}"), None)
+                    .await
+                    .map_err(|error| anyhow::anyhow!("{label}: message {n}: {error}"))?;
                 let wamid = format!("wamid.race{n}");
                 db.mark_accepted(&message.id, &wamid, |_, _| Vec::new(), None)
                     .await?
