@@ -8,6 +8,10 @@
 //! other nodes into its own broadcast. So an inbox connected to any node sees every
 //! change of its tenant.
 //!
+//! The same notifications carry the provider's holds: when Meta tells one node that a
+//! number is over its throughput (130429 with a wait), every node holds that number's
+//! lane until the same instant, instead of each learning it from a refusal of its own.
+//!
 //! A notification's payload must stay under 8,000 bytes: events are packed into batches
 //! up to [`PAYLOAD_LIMIT`], and an event too large on its own (a long message text) is
 //! relayed reduced to its short scalar fields with `"partial": true`, so a client knows
@@ -38,11 +42,36 @@ pub const QUEUE: usize = 16_384;
 /// Events not relayed: the queue was full, or sending failed.
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// One notification: the node that sent it and its events.
+/// What a node relays: a live event, or a provider's hold on a pacing lane.
+#[derive(Debug, Clone)]
+pub(crate) enum Outgoing {
+    /// A live event.
+    Event(Arc<LiveEvent>),
+    /// Lane `lane` is held until `until_ms` (Unix ms).
+    Hold {
+        /// The lane (an install id).
+        lane: String,
+        /// The end of the hold.
+        until_ms: i64,
+    },
+}
+
+/// One notification: the node that sent it, its events and holds.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Batch {
     node: String,
     events: Vec<Relayed>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    holds: Vec<RelayedHold>,
+}
+
+/// A hold on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct RelayedHold {
+    /// Lane.
+    l: String,
+    /// Until, Unix ms.
+    u: i64,
 }
 
 /// An event on the wire.
@@ -74,7 +103,7 @@ pub(crate) async fn start(
     Ok(vec![send, receive])
 }
 
-async fn send_loop(pool: sqlx::PgPool, node: String, mut outgoing: mpsc::Receiver<Arc<LiveEvent>>) {
+async fn send_loop(pool: sqlx::PgPool, node: String, mut outgoing: mpsc::Receiver<Outgoing>) {
     let mut waiting = Vec::new();
     // Ends when every sender is gone (the server stopped).
     while outgoing.recv_many(&mut waiting, 1024).await > 0 {
@@ -113,6 +142,9 @@ async fn receive_loop(
             Ok(notification) => match serde_json::from_str::<Batch>(notification.payload()) {
                 Ok(batch) if batch.node == node => {} // our own
                 Ok(batch) => {
+                    for hold in batch.holds {
+                        messaging.apply_relayed_hold(&hold.l, hold.u);
+                    }
                     for event in batch.events {
                         messaging.publish_relayed(LiveEvent {
                             tenant_id: event.t,
@@ -132,46 +164,63 @@ async fn receive_loop(
     }
 }
 
-/// Packs `events` into payloads under [`PAYLOAD_LIMIT`] (with how many events each).
-fn batches(node: &str, events: impl Iterator<Item = Arc<LiveEvent>>) -> Vec<(String, u64)> {
-    let encode = |events: &[Relayed]| {
+/// Packs `outgoing` into payloads under [`PAYLOAD_LIMIT`] (with how many items each).
+fn batches(node: &str, outgoing: impl Iterator<Item = Outgoing>) -> Vec<(String, u64)> {
+    let encode = |events: &[Relayed], holds: &[RelayedHold]| {
         serde_json::to_string(&Batch {
             node: node.to_string(),
             events: events.to_vec(),
+            holds: holds.to_vec(),
         })
         .unwrap_or_default()
     };
-    let envelope = encode(&[]).len();
+    // The envelope with an empty `holds` list, so that adding one never overflows.
+    let envelope = encode(&[], &[]).len() + r#","holds":[]"#.len();
     let mut payloads = Vec::new();
-    let mut current: Vec<Relayed> = Vec::new();
+    let (mut events, mut holds): (Vec<Relayed>, Vec<RelayedHold>) = (Vec::new(), Vec::new());
     let mut size = envelope;
-    for event in events {
-        let mut relayed = Relayed {
-            t: event.tenant_id.clone(),
-            k: event.kind.clone(),
-            d: event.data.clone(),
-        };
-        let mut length = serde_json::to_string(&relayed).map_or(0, |text| text.len()) + 1;
-        if envelope + length > PAYLOAD_LIMIT {
-            relayed.d = reduced(&relayed.d);
-            length = serde_json::to_string(&relayed).map_or(0, |text| text.len()) + 1;
-            if envelope + length > PAYLOAD_LIMIT {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
-                continue; // even its ids are too long: nothing sensible to relay
+    for item in outgoing {
+        let (length, item) = match item {
+            Outgoing::Hold { lane, until_ms } => {
+                let hold = RelayedHold {
+                    l: lane,
+                    u: until_ms,
+                };
+                let length = serde_json::to_string(&hold).map_or(0, |text| text.len()) + 1;
+                (length, Err(hold))
             }
+            Outgoing::Event(event) => {
+                let mut relayed = Relayed {
+                    t: event.tenant_id.clone(),
+                    k: event.kind.clone(),
+                    d: event.data.clone(),
+                };
+                let mut length = serde_json::to_string(&relayed).map_or(0, |text| text.len()) + 1;
+                if envelope + length > PAYLOAD_LIMIT {
+                    relayed.d = reduced(&relayed.d);
+                    length = serde_json::to_string(&relayed).map_or(0, |text| text.len()) + 1;
+                }
+                (length, Ok(relayed))
+            }
+        };
+        if envelope + length > PAYLOAD_LIMIT {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            continue; // even its ids are too long: nothing sensible to relay
         }
-        if size + length > PAYLOAD_LIMIT && !current.is_empty() {
-            let count = current.len() as u64;
-            payloads.push((encode(&current), count));
-            current.clear();
+        if size + length > PAYLOAD_LIMIT && !(events.is_empty() && holds.is_empty()) {
+            payloads.push((encode(&events, &holds), (events.len() + holds.len()) as u64));
+            events.clear();
+            holds.clear();
             size = envelope;
         }
         size += length;
-        current.push(relayed);
+        match item {
+            Ok(event) => events.push(event),
+            Err(hold) => holds.push(hold),
+        }
     }
-    if !current.is_empty() {
-        let count = current.len() as u64;
-        payloads.push((encode(&current), count));
+    if !(events.is_empty() && holds.is_empty()) {
+        payloads.push((encode(&events, &holds), (events.len() + holds.len()) as u64));
     }
     payloads
 }
@@ -201,27 +250,44 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn event(n: usize, text: &str) -> Arc<LiveEvent> {
-        Arc::new(LiveEvent {
+    fn event(n: usize, text: &str) -> Outgoing {
+        Outgoing::Event(Arc::new(LiveEvent {
             tenant_id: "tenant".into(),
             kind: "message.received".into(),
             data: json!({"id": format!("m{n}"), "text": text}),
-        })
+        }))
     }
 
     #[test]
     fn events_are_packed_under_the_payload_limit_and_big_ones_reduced() {
-        let events: Vec<_> = (0..400).map(|n| event(n, "hello there")).collect();
+        let mut events: Vec<_> = (0..400).map(|n| event(n, "hello there")).collect();
+        events.insert(
+            7,
+            Outgoing::Hold {
+                lane: "install-1".into(),
+                until_ms: 1_700_000_000_000,
+            },
+        );
         let payloads = batches("node-a", events.into_iter());
         assert!(payloads.len() > 1, "400 events do not fit one notification");
         let mut seen = Vec::new();
+        let mut holds = Vec::new();
         for (payload, count) in &payloads {
             assert!(payload.len() <= PAYLOAD_LIMIT, "{}", payload.len());
             let batch: Batch = serde_json::from_str(payload).expect("a batch");
             assert_eq!(batch.node, "node-a");
-            assert_eq!(batch.events.len() as u64, *count);
+            assert_eq!((batch.events.len() + batch.holds.len()) as u64, *count);
             seen.extend(batch.events.into_iter().map(|e| e.d["id"].clone()));
+            holds.extend(batch.holds);
         }
+        assert_eq!(
+            holds,
+            vec![RelayedHold {
+                l: "install-1".into(),
+                u: 1_700_000_000_000
+            }],
+            "the hold travels once"
+        );
         let expected: Vec<Value> = (0..400).map(|n| json!(format!("m{n}"))).collect();
         assert_eq!(seen, expected, "every event once, in order");
 

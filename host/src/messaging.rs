@@ -149,7 +149,7 @@ struct Inner {
     webhooks: Webhooks,
     live: broadcast::Sender<Arc<LiveEvent>>,
     /// Where published events also go to reach the other nodes (`live_relay`).
-    relay: std::sync::OnceLock<tokio::sync::mpsc::Sender<Arc<LiveEvent>>>,
+    relay: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::live_relay::Outgoing>>,
     /// Per-number pacing (the install's throughput limit and the provider's holds).
     pacer: crate::pacing::Pacer,
     recipients: Mutex<HashMap<String, Arc<tokio::sync::Mutex<i64>>>>,
@@ -456,13 +456,18 @@ impl Messaging {
             kind: kind.to_string(),
             data,
         });
+        self.relay(crate::live_relay::Outgoing::Event(event.clone()));
+        // No subscriber is fine.
+        let _ = self.inner.live.send(event);
+    }
+
+    /// Sends `item` to the other nodes, if this node relays (PostgreSQL).
+    fn relay(&self, item: crate::live_relay::Outgoing) {
         if let Some(relay) = self.inner.relay.get()
-            && relay.try_send(event.clone()).is_err()
+            && relay.try_send(item).is_err()
         {
             crate::live_relay::DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        // No subscriber is fine.
-        let _ = self.inner.live.send(event);
     }
 
     /// Publishes an event another node published (on this node only).
@@ -471,7 +476,7 @@ impl Messaging {
     }
 
     /// From now on, published events also go to `relay` (once; later calls do nothing).
-    pub(crate) fn relay_to(&self, relay: tokio::sync::mpsc::Sender<Arc<LiveEvent>>) {
+    pub(crate) fn relay_to(&self, relay: tokio::sync::mpsc::Sender<crate::live_relay::Outgoing>) {
         let _ = self.inner.relay.set(relay);
     }
 
@@ -1339,11 +1344,31 @@ impl Messaging {
     /// Holds every send through `install_id` for `wait` (the provider's backoff).
     fn hold_install(&self, install_id: &str, wait: Duration) {
         self.inner.pacer.hold(install_id, wait, Instant::now());
+        // The other nodes send through the same number: they hold it until the same
+        // instant.
+        self.relay(crate::live_relay::Outgoing::Hold {
+            lane: install_id.to_string(),
+            until_ms: now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2),
+        });
         tracing::warn!(
             install_id,
             wait_ms = wait.as_millis(),
             "the provider asked the number to slow down; its sends wait"
         );
+    }
+
+    /// Another node's provider hold on lane `lane`, until `until_ms` (Unix ms).
+    pub(crate) fn apply_relayed_hold(&self, lane: &str, until_ms: i64) {
+        let left = until_ms - now_ms();
+        if left > 0 {
+            let wait = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+            self.inner.pacer.hold(lane, wait, Instant::now());
+            tracing::info!(
+                lane,
+                wait_ms = left,
+                "another node's provider hold applies here"
+            );
+        }
     }
 
     /// The pacer of this process's sends (number lanes by install id; campaigns add
@@ -1562,6 +1587,17 @@ impl Messaging {
             crate::pacing::sleep(pause.max(wait)).await;
         } else {
             crate::pacing::sleep(wait).await;
+        }
+        // The provider held the number (here or on another node) while this send was
+        // waiting for its turn: it goes after the hold, not into it.
+        if let Some(left) = self.inner.pacer.held(&message.install_id, Instant::now()) {
+            if attempt.stamped {
+                db.set_send_attempt(&message_id, None).await?;
+            }
+            return Err(JobFailure::defer(
+                "the provider holds the number's sends",
+                left,
+            ));
         }
         let outbound = ct::OutboundMessage {
             message_id: message.id.clone(),

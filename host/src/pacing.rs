@@ -77,6 +77,9 @@ struct Lane {
     promised: Instant,
     /// A provider's backoff not yet folded into `next`.
     held_until: Option<Instant>,
+    /// The end of the latest provider hold (kept after `free_at` folds the hold in), for
+    /// sends admitted before it began.
+    hold_end: Option<Instant>,
 }
 
 impl Lane {
@@ -86,6 +89,7 @@ impl Lane {
             next: now,
             promised: now,
             held_until: None,
+            hold_end: None,
         }
     }
 
@@ -185,6 +189,16 @@ impl Pacer {
             .or_insert_with(|| Lane::new(1.0, now));
         let until = now + wait.min(Duration::from_secs(3600));
         lane.held_until = Some(lane.held_until.map_or(until, |held| held.max(until)));
+        lane.hold_end = Some(lane.hold_end.map_or(until, |held| held.max(until)));
+    }
+
+    /// How long lane `key` is still held by a provider's hold at `now`, if it is: a send
+    /// admitted before the hold began (and pausing for its turn) checks it before it
+    /// goes, so that it does not go into the hold.
+    pub fn held(&self, key: &str, now: Instant) -> Option<Duration> {
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let end = lanes.get(key)?.hold_end?;
+        (end > now).then(|| end - now)
     }
 }
 
@@ -334,11 +348,16 @@ mod tests {
             pacer.admit("n", 100.0, conversation, start),
             Admit::Go(Duration::ZERO)
         );
+        assert_eq!(pacer.held("n", start), None, "not held yet");
         pacer.hold("n", Duration::from_secs(5), start);
         assert_eq!(
             pacer.admit("n", 100.0, conversation, start + MS * 3999),
             Admit::Later
         );
+        // A send admitted before the hold sees it (after another admit folded it in).
+        assert_eq!(pacer.held("n", start + MS * 4000), Some(MS * 1000));
+        assert_eq!(pacer.held("n", start + MS * 5000), None, "over");
+        assert_eq!(pacer.held("m", start), None, "another lane");
         // Within a second of its end: admitted to go at the end, then 10 ms apart.
         for expected in [500, 510] {
             let Admit::Go(wait) = pacer.admit("n", 100.0, conversation, start + MS * 4500) else {

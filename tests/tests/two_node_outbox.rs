@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use postdog_tests::fake_graph::{FakeGraph, FakeGraphConfig};
+use postdog_tests::fake_graph::{Failure, FakeGraph, FakeGraphConfig};
 use postdog_tests::{Api, PostdogServer};
 use serde_json::json;
 
@@ -352,5 +352,57 @@ async fn an_inbox_on_one_node_sees_messages_received_on_the_other() {
     assert!(
         !elsewhere.contains("hello from the first node"),
         "another tenant's stream: {elsewhere}"
+    );
+}
+
+/// Meta tells one node that the number is over its throughput (429, `Retry-After: 4`):
+/// the other node holds the number too, until the same instant — no send reaches Meta
+/// from either node during the hold — and afterwards every message goes exactly once.
+/// (Before, the other node kept sending into the limit and learned of it only from
+/// refusals of its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_hold_on_one_node_holds_the_number_on_every_node() {
+    let Some(TwoNodes {
+        fake,
+        first: _first,
+        second: _second,
+        a,
+        b,
+        install_id,
+        _shared,
+        _database,
+    }) = two_nodes(FakeGraphConfig::default(), 50).await
+    else {
+        return;
+    };
+    fake.fail_next(1, Failure::retry_after(4));
+    let total = 30;
+    let queueing = {
+        let (a, b, install_id) = (a.clone(), b.clone(), install_id.clone());
+        tokio::spawn(async move { queue_notices([&a, &b], &install_id, "558", total).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while fake.send_attempts() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing reached Meta"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused_at = tokio::time::Instant::now();
+    tokio::time::sleep_until(refused_at + Duration::from_millis(500)).await;
+    let early = fake.send_attempts();
+    tokio::time::sleep_until(refused_at + Duration::from_millis(3_000)).await;
+    let during = fake.send_attempts();
+    assert_eq!(
+        during, early,
+        "sends reached Meta during the hold (attempts {early} at 0.5 s, {during} at 3 s)"
+    );
+    queueing.await.expect("queued");
+    let per_message = sends_per_message(&fake, total).await;
+    assert_eq!(per_message.len(), total, "every message reached Meta");
+    assert!(
+        per_message.values().all(|count| *count == 1),
+        "sent once each"
     );
 }
