@@ -678,18 +678,15 @@ async fn audience_page(
         .collect())
 }
 
-/// Whether the job runner dead-letters `job` after `failure`.
-fn ends_the_job(failure: &JobFailure, job: &crate::storage::Job) -> bool {
-    failure.ends_the_job(job.attempts >= job.max_attempts)
-}
-
-/// Marks the recipients of a dead-lettered `campaign.send` job that are still queued
-/// as failed (`send-job-failed: …`), so the campaign can complete and its statistics
-/// say why. A recipient the job did send is no longer queued and is left alone.
-async fn fail_stranded(db: &TenantDb, campaign_id: &str, job: &crate::storage::Job, error: &str) {
-    let contacts: Vec<&str> = match job.payload["contact_id"].as_str() {
+/// Marks the recipients of a dead-lettered `campaign.send` job (its `payload`) that are
+/// still queued as failed (`send-job-failed: …`), so the campaign can complete and its
+/// statistics say why. A recipient the job did send is no longer queued and is left
+/// alone.
+async fn fail_stranded(db: &TenantDb, payload: &Value, error: &str) {
+    let campaign_id = payload["campaign_id"].as_str().unwrap_or_default();
+    let contacts: Vec<&str> = match payload["contact_id"].as_str() {
         Some(contact) => vec![contact],
-        None => job.payload["contact_ids"]
+        None => payload["contact_ids"]
             .as_array()
             .map(|ids| ids.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default(),
@@ -988,6 +985,21 @@ impl Campaigns {
                 async move { this.run_job(job).await }
             });
         }
+        // A dead-lettered send's recipients still queued would keep the campaign
+        // running for ever: they fail with the job's error instead.
+        let storage = campaigns.inner.jobs.storage().clone();
+        campaigns
+            .inner
+            .jobs
+            .on_dead_letter("campaign.send", move |dead| {
+                let storage = storage.clone();
+                async move {
+                    if let Some(tenant) = &dead.tenant_id {
+                        let db = storage.tenant(&crate::ids::TenantId::new(tenant));
+                        fail_stranded(&db, &dead.payload, &dead.error).await;
+                    }
+                }
+            });
         campaigns
     }
 
@@ -1007,15 +1019,7 @@ impl Campaigns {
         let db = self.db_of(&job)?;
         let campaign_id = job.payload["campaign_id"].as_str().unwrap_or_default();
         if job.kind == "campaign.send" {
-            let sent = self.run_send(&db, campaign_id, &job).await;
-            if let Err(failure) = &sent
-                && ends_the_job(failure, &job)
-            {
-                // Dead-lettered: its recipients still queued would keep the campaign
-                // running for ever. They fail with the job's error instead.
-                fail_stranded(&db, campaign_id, &job, &failure.message).await;
-            }
-            return sent;
+            return self.run_send(&db, campaign_id, &job).await;
         }
         let Some(campaign) = db.campaign(campaign_id).await? else {
             return Ok(()); // deleted
@@ -2699,6 +2703,9 @@ mod tests {
                 lease_owner: None,
                 completed: crate::storage::CompletedFlag::default(),
             };
+            let ends_the_job = |failure: &JobFailure, job: &crate::storage::Job| {
+                failure.ends_the_job(job.last_attempt())
+            };
             let flaky = JobFailure::retry("the database is away");
             assert!(!ends_the_job(&flaky, &job), "{label}: a retry is left");
             job.attempts = 12;
@@ -2709,7 +2716,7 @@ mod tests {
                 !ends_the_job(&deferred, &job),
                 "{label}: a deferred job comes back, even from its last attempt"
             );
-            fail_stranded(&db, "c1", &job, &flaky.message).await;
+            fail_stranded(&db, &job.payload, &flaky.message).await;
             assert_eq!(
                 db.campaign_recipient_count("c1", "queued").await?,
                 0,

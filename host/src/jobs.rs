@@ -73,9 +73,9 @@ impl JobFailure {
 
     /// Whether the runner dead-letters the job after this failure, on the attempt that
     /// was `last_attempt` or not: a permanent failure, or a retryable one on the last
-    /// attempt; never a deferral (it is no attempt: the job still comes back). Handlers
-    /// whose job leaves something waiting (a queued message, campaign recipients) settle
-    /// it when this holds.
+    /// attempt; never a deferral (it is no attempt: the job still comes back). What a
+    /// dead-lettered job leaves waiting is settled by its kind's hook
+    /// ([`Jobs::on_dead_letter`]).
     pub fn ends_the_job(&self, last_attempt: bool) -> bool {
         !self.deferred && (!self.retryable || last_attempt)
     }
@@ -89,6 +89,20 @@ impl From<StorageError> for JobFailure {
 
 /// A handler: runs one job.
 pub type Handler = Arc<dyn Fn(Job) -> BoxFuture<'static, Result<(), JobFailure>> + Send + Sync>;
+
+/// A job being dead-lettered, as its kind's dead-letter hook sees it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The job's tenant, if any.
+    pub tenant_id: Option<String>,
+    /// The job's payload.
+    pub payload: serde_json::Value,
+    /// The last failure.
+    pub error: String,
+}
+
+/// Settles what a dead-lettered job leaves waiting (see [`Jobs::on_dead_letter`]).
+type DeadHook = Arc<dyn Fn(DeadLetter) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -109,6 +123,7 @@ struct Inner {
     storage: Storage,
     owner: String,
     handlers: std::sync::RwLock<HashMap<String, Handler>>,
+    dead_hooks: std::sync::RwLock<HashMap<String, DeadHook>>,
     wake: Notify,
     slots: Arc<Semaphore>,
     concurrency: usize,
@@ -156,6 +171,7 @@ impl Jobs {
                 storage,
                 owner: format!("worker-{}", uuid::Uuid::new_v4()),
                 handlers: std::sync::RwLock::default(),
+                dead_hooks: std::sync::RwLock::default(),
                 wake: Notify::new(),
                 slots: Arc::new(Semaphore::new(concurrency)),
                 concurrency,
@@ -178,6 +194,24 @@ impl Jobs {
             .write()
             .unwrap_or_else(|poison| poison.into_inner())
             .insert(kind.to_string(), handler);
+    }
+
+    /// Registers `settle`, run when a job of `kind` is dead-lettered (a permanent
+    /// failure, or a retryable one on its last attempt; never a deferral), before the
+    /// job is recorded dead: what the job leaves waiting (a queued message, campaign
+    /// recipients) is settled there, once, by the runner that decided — and a crash in
+    /// between runs the job again rather than losing the settling.
+    pub fn on_dead_letter<F, Fut>(&self, kind: &str, settle: F)
+    where
+        F: Fn(DeadLetter) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let hook: DeadHook = Arc::new(move |dead| Box::pin(settle(dead)));
+        self.inner
+            .dead_hooks
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(kind.to_string(), hook);
     }
 
     /// The storage the queue lives in.
@@ -349,7 +383,15 @@ impl Jobs {
         let id = job.id.clone();
         let completed = job.completed.clone();
         let attempts = job.attempts;
-        let max_attempts = job.max_attempts;
+        let last_attempt = job.last_attempt();
+        // What a dead-letter hook needs, kept only for kinds that have one.
+        let dead_hook = inner
+            .dead_hooks
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&job.kind)
+            .cloned()
+            .map(|hook| (hook, job.tenant_id.clone(), job.payload.clone()));
         let outcome = match handler {
             None => Err(JobFailure::retry(format!(
                 "no handler for job kind `{}` on this node",
@@ -383,13 +425,21 @@ impl Jobs {
             }
             Err(failure) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                let next = (!failure.ends_the_job(attempts >= max_attempts)).then(|| {
+                let next = (!failure.ends_the_job(last_attempt)).then(|| {
                     let wait = failure.retry_after.unwrap_or_else(|| backoff(attempts - 1));
                     now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2)
                 });
                 if next.is_none() {
                     counters.dead.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(job = %id, error = %failure.message, "job dead-lettered");
+                    if let Some((settle, tenant_id, payload)) = dead_hook {
+                        settle(DeadLetter {
+                            tenant_id,
+                            payload,
+                            error: failure.message.clone(),
+                        })
+                        .await;
+                    }
                 }
                 inner
                     .storage
@@ -458,6 +508,17 @@ mod tests {
                     }
                 }
             });
+            // Dead-letter hooks: only the job the runner dead-letters is settled, once,
+            // with its tenant, payload and last error (not the retried, not the
+            // deferred past its attempts).
+            let settled: Arc<Mutex<Vec<DeadLetter>>> = Arc::default();
+            for kind in ["broken", "flaky", "patient"] {
+                let settled = settled.clone();
+                jobs.on_dead_letter(kind, move |dead| {
+                    let settled = settled.clone();
+                    async move { settled.lock().expect("lock").push(dead) }
+                });
+            }
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let worker = tokio::spawn(jobs.clone().run(stopped, Duration::from_secs(5)));
             for n in 0..20 {
@@ -470,7 +531,12 @@ mod tests {
                 .await?
                 .expect("id");
             let broken = jobs
-                .enqueue(&NewJob::new("test", "broken", None, serde_json::json!({})))
+                .enqueue(&NewJob::new(
+                    "test",
+                    "broken",
+                    None,
+                    serde_json::json!({"message_id": "m-broken"}),
+                ))
                 .await?
                 .expect("id");
             let mut patient = NewJob::new("test", "patient", None, serde_json::json!({}));
@@ -496,6 +562,17 @@ mod tests {
                     assert!(jobs.counters().deferred.load(Ordering::SeqCst) >= 5);
                     assert_eq!(broken.attempts, 1, "{}: permanent is not retried", db.label);
                     assert_eq!(broken.last_error.as_deref(), Some("cannot ever work"));
+                    let settled = settled.lock().expect("lock").clone();
+                    assert_eq!(settled.len(), 1, "{}: {settled:?}", db.label);
+                    assert_eq!(
+                        (
+                            settled[0].payload["message_id"].as_str(),
+                            settled[0].error.as_str()
+                        ),
+                        (Some("m-broken"), "cannot ever work"),
+                        "{}",
+                        db.label
+                    );
                     break;
                 }
                 assert!(

@@ -420,21 +420,16 @@ impl Messaging {
         let this = messaging.clone();
         messaging.inner.jobs.register("message.send", move |job| {
             let this = this.clone();
-            async move {
-                let last_attempt = job.attempts >= job.max_attempts;
-                let tenant = job.tenant_id.clone();
-                let message_id = job.payload["message_id"].as_str().map(str::to_string);
-                let sent = this.run_send(job).await;
-                if let Err(failure) = &sent
-                    && failure.ends_the_job(last_attempt)
-                    && let (Some(tenant), Some(message_id)) = (tenant, message_id)
-                {
-                    this.fail_stranded(&tenant, &message_id, &failure.message)
-                        .await;
-                }
-                sent
-            }
+            async move { this.run_send(job).await }
         });
+        let this = messaging.clone();
+        messaging
+            .inner
+            .jobs
+            .on_dead_letter("message.send", move |dead| {
+                let this = this.clone();
+                async move { this.fail_stranded(dead).await }
+            });
         messaging
     }
 
@@ -1741,12 +1736,17 @@ impl Messaging {
     /// ever (and keep its place in the month's allowance): it fails with the job's error
     /// (`send-job-failed`), which gives the allowance back if no provider took it. A
     /// message a provider took is left alone (its statuses settle it).
-    async fn fail_stranded(&self, tenant: &str, message_id: &str, error: &str) {
+    async fn fail_stranded(&self, dead: crate::jobs::DeadLetter) {
+        let (Some(tenant), Some(message_id)) =
+            (dead.tenant_id, dead.payload["message_id"].as_str())
+        else {
+            return; // a malformed job: nothing to settle
+        };
         let db = self
             .inner
             .storage
-            .tenant(&crate::ids::TenantId::new(tenant));
-        let error = json!({ "code": "send-job-failed", "message": error });
+            .tenant(&crate::ids::TenantId::new(&tenant));
+        let error = json!({ "code": "send-job-failed", "message": dead.error });
         if let Err(failure) = self
             .finish_failed_if(&db, message_id, "failed", error, true)
             .await

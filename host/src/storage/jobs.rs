@@ -127,6 +127,11 @@ impl JobLease {
 }
 
 impl Job {
+    /// Whether this run is the job's last allowed attempt.
+    pub fn last_attempt(&self) -> bool {
+        self.attempts >= self.max_attempts
+    }
+
     /// The lease of a claimed job (`None` for a job not running).
     pub fn lease(&self) -> Option<JobLease> {
         Some(JobLease {
