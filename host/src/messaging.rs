@@ -1552,15 +1552,14 @@ impl Messaging {
         let wait = Duration::from_millis(u64::try_from(*not_before - now_ms()).unwrap_or(0));
         if wait > crate::pacing::INLINE_WAIT {
             // The recipient's pair rate limit holds it for a while: the job comes back.
-            // A campaign's message was stamped as attempted when it was queued; nothing
-            // reached the provider, so the outbox must not wait for a status first.
-            if attempt.stamped {
-                db.set_send_attempt(&message_id, None).await?;
-            }
-            return Err(JobFailure::defer(
+            return Err(Self::defer_unsent(
+                db,
+                &message_id,
+                &attempt,
                 "the provider's pair rate limit holds this recipient",
                 wait,
-            ));
+            )
+            .await);
         }
         if !attempt.paced {
             let class = if message.purpose == "marketing" {
@@ -1586,13 +1585,14 @@ impl Messaging {
         // The provider held the number (here or on another node) while this send was
         // waiting for its turn: it goes after the hold, not into it.
         if let Some(left) = self.inner.pacer.held(&message.install_id, Instant::now()) {
-            if attempt.stamped {
-                db.set_send_attempt(&message_id, None).await?;
-            }
-            return Err(JobFailure::defer(
+            return Err(Self::defer_unsent(
+                db,
+                &message_id,
+                &attempt,
                 "the provider holds the number's sends",
                 left,
-            ));
+            )
+            .await);
         }
         let outbound = ct::OutboundMessage {
             message_id: message.id.clone(),
@@ -1662,6 +1662,24 @@ impl Messaging {
                 Ok(())
             }
         }
+    }
+
+    /// The deferral of a send that did not reach the provider (it comes back after
+    /// `wait`). A campaign's message was stamped as attempted when it was queued; the
+    /// stamp is cleared, so the outbox does not wait for a status that cannot come.
+    async fn defer_unsent(
+        db: &TenantDb,
+        message_id: &str,
+        attempt: &Attempt<'_>,
+        why: &str,
+        wait: Duration,
+    ) -> JobFailure {
+        if attempt.stamped
+            && let Err(error) = db.set_send_attempt(message_id, None).await
+        {
+            return error.into();
+        }
+        JobFailure::defer(why, wait)
     }
 
     /// Records the provider's acceptance of `message` (its receipt, or a status echoing

@@ -75,10 +75,8 @@ struct Lane {
     next: Instant,
     /// Deferred jobs were promised turns up to here.
     promised: Instant,
-    /// A provider's backoff not yet folded into `next`.
-    held_until: Option<Instant>,
-    /// The end of the latest provider hold (kept after `free_at` folds the hold in), for
-    /// sends admitted before it began.
+    /// The end of the latest provider hold: no turn before it, and sends admitted
+    /// before it began check it before they go ([`Pacer::held`]).
     hold_end: Option<Instant>,
 }
 
@@ -88,7 +86,6 @@ impl Lane {
             rate,
             next: now,
             promised: now,
-            held_until: None,
             hold_end: None,
         }
     }
@@ -106,7 +103,7 @@ impl Lane {
     /// The earliest instant the lane admits a send (folding in a provider's hold, after
     /// which there is no burst).
     fn free_at(&mut self, now: Instant) -> Instant {
-        if let Some(held) = self.held_until.take() {
+        if let Some(held) = self.hold_end {
             self.next = self.next.max(held + self.tolerance());
         }
         self.next
@@ -188,7 +185,6 @@ impl Pacer {
             .entry(key.to_string())
             .or_insert_with(|| Lane::new(1.0, now));
         let until = now + wait.min(Duration::from_secs(3600));
-        lane.held_until = Some(lane.held_until.map_or(until, |held| held.max(until)));
         lane.hold_end = Some(lane.hold_end.map_or(until, |held| held.max(until)));
     }
 
